@@ -1,0 +1,221 @@
+"""The wire schema of the Kiln HTTP API.
+
+These pydantic models are shared by the service (which emits them), the worker and the SDK
+(which parses them). They live in the lightest package so that the SDK needs no server code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Artifact",
+    "CompileRequest",
+    "Failure",
+    "FailureKind",
+    "Job",
+    "JobList",
+    "JobStatus",
+    "PlacementSpec",
+    "Problem",
+    "Stage",
+]
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its lifecycle: queued → running → succeeded | failed | cancelled."""
+
+    #: accepted and stored, waiting for a worker of its target
+    QUEUED = "queued"
+    #: a worker holds it and its compile process is running
+    RUNNING = "running"
+    #: compiled; its artifacts are stored and durable
+    SUCCEEDED = "succeeded"
+    #: ended with a failure reason (see ``Job.failure``)
+    FAILED = "failed"
+    #: cancelled by its owner before it finished
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Stage(str, Enum):
+    """The step a job is at; ``Job.stage_message`` adds detail ("compiling subgraph 2 of 5")."""
+
+    #: waiting in the queue
+    QUEUED = "queued"
+    #: a worker fetches the upload and prepares the inputs
+    PREPARING = "preparing"
+    #: the SavedModel is being loaded
+    LOADING = "loading"
+    #: the function is traced, frozen and partitioned
+    TRACING = "tracing"
+    #: accelerator subgraphs are being compiled
+    COMPILING = "compiling"
+    #: compiled outputs are compared with the original's on the example inputs
+    VERIFYING = "verifying"
+    #: artifacts are being written to the artifact store
+    STORING = "storing"
+    #: the job has ended
+    DONE = "done"
+
+
+class FailureKind(str, Enum):
+    """Whose move it is after a failure."""
+
+    #: the model, inputs or flags must change (never retried)
+    CLIENT_ERROR = "client_error"
+    #: Kiln or its infrastructure failed (retried; report it if it persists)
+    SYSTEM_ERROR = "system_error"
+
+
+class Failure(BaseModel):
+    """Why a job failed, in words a person can act on."""
+
+    kind: FailureKind
+    """``client_error`` (fix the model, inputs or flags) or ``system_error`` (Kiln's fault)."""
+    code: str
+    """A stable machine code, such as ``UnsupportedModel``, ``TimeOut`` or ``WorkerLost``."""
+    message: str
+    """What went wrong and what to do about it."""
+
+
+class Artifact(BaseModel):
+    """One downloadable file produced by a job."""
+
+    name: str
+    """File name, such as ``compiled_model.tar.gz``, ``report.json``, ``compile.log``."""
+    size: int
+    """Size in bytes."""
+    sha256: str
+    """Hex digest of the content; downloads carry it in the ``Digest``/``X-Checksum-SHA256`` headers."""
+    content_type: str = "application/octet-stream"
+    """Media type of the content."""
+
+
+class PlacementSpec(BaseModel):
+    """A JSON stand-in for ``subgraph_builder_function``.
+
+    A node may go to the accelerator when its op type is in ``include_ops`` (or ``include_ops``
+    is empty) and its name matches one of ``include_names`` (shell-style patterns, or all when
+    empty), and neither its op type is in ``exclude_ops`` nor its name matches ``exclude_names``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_ops: list[str] = Field(default_factory=list)
+    """Op types allowed on the accelerator, such as ``["MatMul", "Conv2D"]``; empty means all."""
+    exclude_ops: list[str] = Field(default_factory=list)
+    """Op types kept on CPU."""
+    include_names: list[str] = Field(default_factory=list)
+    """Shell-style node-name patterns allowed on the accelerator; empty means all."""
+    exclude_names: list[str] = Field(default_factory=list)
+    """Shell-style node-name patterns kept on CPU."""
+
+
+class CompileRequest(BaseModel):
+    """The form fields of ``POST /v1/compile`` besides the uploaded files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flags: str = ""
+    """A ``NEURON_CC_FLAGS`` string, such as ``--workdir ./w --dynamic-batch-size``."""
+    target: str = "xla"
+    """Compilation target: ``xla`` (any machine) or ``inf1`` (AWS Inferentia, Neuron toolchain)."""
+    signature: str = "serving_default"
+    """The SavedModel signature to compile."""
+    placement: PlacementSpec | None = None
+    """Which nodes may go to the accelerator; automatic when omitted."""
+    input_shapes: dict[str, list[int]] | None = None
+    """Shapes for generated example inputs (name → shape) when no ``example_inputs`` is sent."""
+    name: str | None = None
+    """A human-friendly name for the job."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form key/value labels, usable as list filters (``label=key:value``)."""
+    timeout_seconds: int | None = None
+    """Wall-clock limit for the compile; the server default applies when omitted."""
+
+
+class Job(BaseModel):
+    """A compile job as the API reports it."""
+
+    id: str
+    """Opaque job id (a UUID hex string)."""
+    name: str | None = None
+    """The name given at submission, if any."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels given at submission."""
+    status: JobStatus
+    """Lifecycle state; see :class:`JobStatus`."""
+    stage: Stage = Stage.QUEUED
+    """The step the job is at; see :class:`Stage`."""
+    stage_message: str | None = None
+    """Detail of the stage, such as ``compiling subgraph 2 of 5``."""
+    progress: float = 0.0
+    """Overall progress from 0.0 to 1.0."""
+    target: str = "xla"
+    """Compilation target."""
+    flags: str = ""
+    """The ``NEURON_CC_FLAGS`` string the job was compiled with."""
+    signature: str = "serving_default"
+    """The compiled SavedModel signature."""
+    placement: PlacementSpec | None = None
+    """The placement spec, if one was given."""
+    input_shapes: dict[str, list[int]] | None = None
+    """Shapes used to generate example inputs, if given."""
+    timeout_seconds: int
+    """Wall-clock limit of the compile."""
+    input_digests: dict[str, str] = Field(default_factory=dict)
+    """sha256 of each uploaded file: ``model`` and, when sent, ``example_inputs``."""
+    created_at: datetime
+    """When the job was accepted."""
+    started_at: datetime | None = None
+    """When a worker started it (latest attempt)."""
+    finished_at: datetime | None = None
+    """When it reached a terminal status."""
+    attempts: int = 0
+    """How many times a worker has started it."""
+    failure: Failure | None = None
+    """Why it failed, when ``status`` is ``failed``."""
+    artifacts: list[Artifact] = Field(default_factory=list)
+    """Files available for download."""
+    report: dict[str, Any] | None = None
+    """Summary of the report (placement, timings, numerical check) once succeeded."""
+
+
+class JobList(BaseModel):
+    """One page of ``GET /v1/jobs``, newest first."""
+
+    items: list[Job]
+    """The jobs of this page."""
+    next_cursor: str | None = None
+    """Pass as ``cursor`` to get the next page; ``None`` on the last page."""
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every API error is answered."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    """A URI naming the problem type."""
+    title: str
+    """Short summary of the problem type."""
+    status: int
+    """The HTTP status code."""
+    detail: str | None = None
+    """What went wrong in this case, and what to do about it."""
+    instance: str | None = None
+    """The request path."""
+    code: str
+    """A stable machine code, such as ``invalid_archive`` or ``job_not_found``."""
+    request_id: str | None = None
+    """The ``X-Request-ID`` of the request, for support."""
+    errors: list[dict[str, Any]] | None = None
+    """Field-level validation errors, when any."""

@@ -1,0 +1,70 @@
+# Shared set-up steps for scripts/test.sh and scripts/quickstart.sh (sourced, not run).
+
+log() { echo "[kiln] $*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root for: $*"; return 1; fi
+}
+
+apt_install() {
+  # Install the Debian packages named, updating the package lists once.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 60); do port_open "$port" && return 0; sleep 0.5; done
+  log "$name did not start on 127.0.0.1:$port"; return 1
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  apt_install redis-server
+  log "starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/kiln.log
+  wait_port 6379 Redis
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  apt_install postgresql
+  log "starting PostgreSQL on 127.0.0.1:5432"
+  local ver
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  if [ -z "$ver" ]; then log "PostgreSQL installed but no cluster found"; return 1; fi
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+  wait_port 5432 PostgreSQL
+  # Tests connect as user postgres over TCP without a password, as on the development machines.
+  local hba="/etc/postgresql/$ver/main/pg_hba.conf"
+  if ! grep -q "kiln-test" "$hba"; then
+    { echo "# kiln-test: trust loopback for the test suite";
+      echo "host all all 127.0.0.1/32 trust"; echo "host all all ::1/128 trust"; } > "$hba.kiln"
+    cat "$hba" >> "$hba.kiln" && mv "$hba.kiln" "$hba"
+    chown postgres:postgres "$hba" 2>/dev/null || true
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
+  fi
+}
+
+ensure_services() {
+  ensure_redis
+  ensure_postgres
+}
+
+ensure_python_env() {
+  if ! command -v uv >/dev/null 2>&1; then
+    log "installing uv"
+    python3 -m pip install -q uv
+  fi
+  log "installing the Python workspace (uv sync)"
+  uv sync --all-packages --frozen --quiet
+}
