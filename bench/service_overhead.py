@@ -1,0 +1,256 @@
+"""How much time the service adds to a compile: through the API vs. ``kiln_worker.trace`` directly.
+
+    .venv/bin/python bench/service_overhead.py [--repeat 3] [--no-redis]
+
+Compiles the bundled example (``examples/mlp``) in interleaved rounds, each round running:
+
+- ``service/embedded``: ``kiln-service up`` (filesystem broker, SQLite, local artifacts):
+  submit with curl-like multipart → job succeeded with its artifacts stored;
+- ``service/redis``: ``kiln-service serve`` + ``kiln-worker`` on Redis (db 5) and PostgreSQL
+  (a fresh database, dropped after);
+- ``runner child``: ``python -m kiln_worker.runner`` alone, as the worker spawns it (import
+  TensorFlow, load, trace, save, verify, pack);
+- ``trace, fresh process``: a new interpreter that imports TensorFlow, loads the SavedModel,
+  calls ``kiln_worker.trace`` and saves the result (no verification);
+- ``trace, warm``: ``kiln_worker.trace`` + save in this already-warm process.
+
+Prints the median and min of each, and the service overhead = service - runner child (the
+child's work is the compile itself; everything else is the service). Target: under one second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
+INPUTS = ROOT / "examples" / "mlp" / "example_inputs.npz"
+REDIS_URL = "redis://127.0.0.1:6379/5"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+FRESH_TRACE = """
+import os, sys, time
+t0 = time.perf_counter()
+import numpy as np, tensorflow as tf, kiln_worker
+loaded = tf.saved_model.load(sys.argv[1])  # keep it: the signature uses its variables
+fn = loaded.signatures["serving_default"]
+x = {k: tf.constant(v) for k, v in np.load(sys.argv[2]).items()}
+kiln_worker.trace(fn, x).save(sys.argv[3])
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(extra)
+    return env
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A running Kiln (processes started here, stopped by pid and group)."""
+
+    def __init__(self, name: str, argvs: list[list[str]], env: dict[str, str], port: int,
+                 logs: Path) -> None:
+        self.name, self.url = name, f"http://127.0.0.1:{port}"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs = []
+        for i, argv in enumerate(argvs):
+            with open(logs / f"{name.replace('/', '-')}-{i}.log", "ab") as out:
+                self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                   env=env, start_new_session=True))
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        #: per job: the worker's own account of where the time went (Job.report["worker_timings"])
+        self.breakdowns: list[dict[str, float]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{name} did not start; see {logs}")
+        self.compile()  # warm-up: the worker's first job pays one-off costs
+        self.breakdowns.clear()
+
+    def compile(self) -> float:
+        """Submit the example and wait until it succeeded; return the seconds taken."""
+        start = time.perf_counter()
+        resp = self.client.post("/v1/compile", files={
+            "model": ("mlp.tar.gz", MODEL.read_bytes()), "example_inputs": ("x.npz", INPUTS.read_bytes())})
+        resp.raise_for_status()
+        job_id = resp.json()["id"]
+        while True:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] == "succeeded" and job["artifacts"]:
+                total = time.perf_counter() - start
+                self.breakdowns.append({**job["report"]["worker_timings"], "total": total})
+                return total
+            if job["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"{self.name}: job {job_id} {job['status']}: {job['failure']}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.client.close()
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _runner_child(work: Path, model_dir: Path) -> float:
+    from kiln_worker._protocol import JobSpec
+
+    run = Path(tempfile.mkdtemp(dir=work))
+    (run / "out").mkdir()
+    JobSpec(job_id="bench", model_dir=str(model_dir), output_dir=str(run / "out"),
+            error_file=str(run / "error.json"), example_inputs=str(INPUTS)).write(run / "spec.json")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "kiln_worker.runner", str(run / "spec.json")],
+                   check=True, capture_output=True, env=_env(TF_USE_LEGACY_KERAS="1",
+                                                             TF_CPP_MIN_LOG_LEVEL="2"))
+    return time.perf_counter() - start
+
+
+def _fresh_trace(work: Path, model_dir: Path) -> float:
+    out = Path(tempfile.mkdtemp(dir=work)) / "compiled"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", FRESH_TRACE, str(model_dir), str(INPUTS), str(out)],
+                   check=True, capture_output=True, env=_env(TF_USE_LEGACY_KERAS="1",
+                                                             TF_CPP_MIN_LOG_LEVEL="2"))
+    return time.perf_counter() - start
+
+
+def _warm_trace(work: Path, model_dir: Path) -> Callable[[], float]:
+    import numpy as np
+    import tensorflow as tf
+
+    import kiln_worker
+
+    loaded = tf.saved_model.load(str(model_dir))
+    fn = loaded.signatures["serving_default"]
+    inputs = {k: tf.constant(v) for k, v in np.load(INPUTS).items()}
+
+    def once() -> float:
+        assert loaded is not None  # the signature's variables live in ``loaded``
+        start = time.perf_counter()
+        kiln_worker.trace(fn, inputs).save(str(Path(tempfile.mkdtemp(dir=work)) / "c"))
+        return time.perf_counter() - start
+
+    once()  # the first call pays TensorFlow's one-off graph and XLA set-up
+    return once
+
+
+def _redis_stack(work: Path, db_name: str) -> Service:
+    env = _env(KILN_DATA_DIR=str(work / "redis-data"), KILN_BROKER_URL=REDIS_URL,
+               KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}")
+    subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env, check=True, capture_output=True)
+    port = _port()
+    return Service("service/redis", [[str(BIN / "kiln-service"), "serve", "--port", str(port),
+                                      "--log-level", "warning"],
+                                     [str(BIN / "kiln-worker"), "--targets", "xla",
+                                      "--loglevel", "WARNING"]], env, port, work / "logs")
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis/PostgreSQL stack")
+    args = parser.parse_args()
+    import psycopg
+    import redis
+
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    model_root = work / "model"
+    with tarfile.open(MODEL) as tar:
+        tar.extractall(model_root, filter="data")
+    model_dir = model_root / "mlp"
+    db_name = f"kiln_bench_{secrets.token_hex(4)}"
+    services: list[Service] = []
+    try:
+        port = _port()
+        services.append(Service("service/embedded", [[str(BIN / "kiln-service"), "up", "--port",
+                                                      str(port), "--data-dir", str(work / "emb")]],
+                                _env(), port, work / "logs"))
+        if not args.no_redis:
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{db_name}"')
+            services.append(_redis_stack(work, db_name))
+        warm = _warm_trace(work, model_dir)
+        runs: dict[str, Callable[[], float]] = {s.name: s.compile for s in services}
+        runs["runner child"] = lambda: _runner_child(work, model_dir)
+        runs["trace, fresh process"] = lambda: _fresh_trace(work, model_dir)
+        runs["trace, warm"] = warm
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for rnd in range(args.repeat):
+            for name, run in runs.items():
+                times[name].append(run())
+            print(f"round {rnd + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()),
+                  flush=True)
+        _print_table(times, services)
+    finally:
+        for service in services:
+            service.stop()
+        if not args.no_redis:
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def _print_table(times: dict[str, list[float]], services: list[Service]) -> None:
+    print(f"\n{'path':<24}{'median s':>10}{'min s':>9}   (n={len(next(iter(times.values())))})")
+    for name, values in times.items():
+        print(f"{name:<24}{statistics.median(values):>10.2f}{min(values):>9.2f}")
+    child = statistics.median(times["runner child"])
+    fresh = statistics.median(times["trace, fresh process"])
+    print("\nservice overhead (target < 1 s):")
+    for service in services:
+        total = statistics.median(times[service.name])
+        # Paired per job: the job's own wall time minus its compile child's, which is immune
+        # to the noise of a shared machine that differs from one run to the next.
+        paired = [b["total"] - b["child_seconds"] for b in service.breakdowns]
+        parts = {k: statistics.median(b[k] for b in service.breakdowns)
+                 for k in ("queue_wait_seconds", "prepare_seconds", "store_seconds")}
+        print(f"  {service.name:<17} per job (total - its child): median {statistics.median(paired):.2f} s,"
+              f" max {max(paired):.2f} s  [queue wait {parts['queue_wait_seconds']:.2f}, prepare "
+              f"{parts['prepare_seconds']:.2f}, store {parts['store_seconds']:.2f}, rest = upload "
+              "and polling]")
+        child_in = statistics.median(b["child_seconds"] for b in service.breakdowns)
+        print(f"  {'':<17} its compile child took {child_in:.2f} s (median) under the service")
+        print(f"  {'':<17} medians: {total - child:+.2f} s vs. the runner child alone, "
+              f"{total - fresh:+.2f} s vs. trace in a fresh process")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Request parts of ``POST /v1/compile`` and ``GET /v1/jobs``: form fields, query, upload files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from kiln_client import models
+from kiln_client._progress import ProgressBar, progress_enabled
+from kiln_client._upload import PreparedUpload
+from kiln_client.errors import InputError
+from kiln_client.flags import FlagsError, parse_flags
+
+__all__ = ["compile_form", "list_params", "upload_files"]
+
+
+def compile_form(
+    flags: str | Sequence[str] | None, target: str, signature: str,
+    placement: models.PlacementSpec | Mapping[str, Any] | None, name: str | None,
+    labels: Mapping[str, str] | None, timeout: int | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> dict[str, str]:
+    """The form fields of ``POST /v1/compile``, checked against ``CompileRequest`` first."""
+    flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
+    try:
+        # Checked here too so that a typo fails before a large upload, not after it.
+        parse_flags(flag_text or "")
+    except FlagsError as exc:
+        raise InputError(f"flags: {exc}") from exc
+    try:
+        req = models.CompileRequest(
+            flags=flag_text or "", target=target, signature=signature,
+            placement=models.PlacementSpec.model_validate(dict(placement))
+            if isinstance(placement, Mapping) else placement,
+            input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
+            name=name, labels=dict(labels or {}), timeout_seconds=timeout,
+        )
+    except pydantic.ValidationError as exc:
+        raise InputError(f"invalid compile options: {exc}") from exc
+    form = {"flags": req.flags, "target": req.target, "signature": req.signature}
+    if req.placement is not None:
+        form["placement"] = req.placement.model_dump_json()
+    if req.input_shapes is not None:
+        form["input_shapes"] = json.dumps(req.input_shapes)
+    if req.name is not None:
+        form["name"] = req.name
+    if req.labels:
+        form["labels"] = json.dumps(req.labels)
+    if req.timeout_seconds is not None:
+        form["timeout_seconds"] = str(req.timeout_seconds)
+    return form
+
+
+def list_params(status: str | models.JobStatus | None, label: Any, target: str | None,
+                 name: str | None, page_size: int) -> dict[str, Any]:
+    """Query parameters of ``GET /v1/jobs``; ``label`` as ``k=v``/``k:v``, dict or list."""
+    params: dict[str, Any] = {"limit": page_size}
+    if status is not None:
+        params["status"] = models.JobStatus(status).value
+    if target:
+        params["target"] = target
+    if name:
+        params["name"] = name
+    labels: list[str] = []
+    if isinstance(label, Mapping):
+        labels = [f"{k}:{v}" for k, v in label.items()]
+    elif isinstance(label, str):
+        labels = [label]
+    elif label:
+        labels = list(label)
+    if labels:
+        params["label"] = [_label_filter(item) for item in labels]
+    return params
+
+
+def _label_filter(item: str) -> str:
+    """``key=value`` or ``key:value`` as the API's ``key:value`` (the first separator wins)."""
+    eq, colon = item.find("="), item.find(":")
+    if eq != -1 and (colon == -1 or eq < colon):
+        return f"{item[:eq]}:{item[eq + 1:]}"
+    return item
+
+
+class _ProgressFile:
+    """A read-only file wrapper that advances a progress bar; httpx streams from it."""
+
+    def __init__(self, path: Path, bar: ProgressBar) -> None:
+        self._file = path.open("rb")
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._bar.advance(len(chunk))
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset == 0 and whence == 0:
+            self._bar.done = 0  # a retry starts the upload over
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@contextlib.contextmanager
+def upload_files(upload: PreparedUpload, progress: bool) -> Iterator[dict[str, Any]]:
+    size = upload.model.stat().st_size + (upload.example_inputs.stat().st_size if upload.example_inputs else 0)
+    bar = ProgressBar("upload", total=size, enabled=progress_enabled(progress))
+    model_name = upload.model.name if upload.model.name != "model.tar.gz" else "model.tar.gz"
+    files: dict[str, Any] = {"model": (model_name, _ProgressFile(upload.model, bar), "application/octet-stream")}
+    if upload.example_inputs is not None:
+        files["example_inputs"] = ("example_inputs.npz", _ProgressFile(upload.example_inputs, bar), "application/octet-stream")
+    try:
+        yield files
+    finally:
+        bar.close()
+        for _name, handle, _type in files.values():
+            handle.close()
+
+

@@ -1,0 +1,96 @@
+"""``kiln-service``: serve the API, apply migrations, or run API and worker together (``up``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln-service", description="Kiln compile service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", default=None, help="bind address (default KILN_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default KILN_PORT or 8000)")
+    serve.add_argument("--log-level", default="info")
+    sub.add_parser("migrate", help="apply the job store's migrations (KILN_DATABASE_URL)")
+    up = sub.add_parser("up", help="run the API and a worker on this machine, embedded defaults")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", type=Path, default=None, help="default KILN_DATA_DIR or ./.kiln")
+    up.add_argument("--targets", default="xla", help="comma-separated targets the worker serves")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kiln_service.config import get_settings
+    from kiln_service.main import DatabaseNotMigratedError, create_app, prepare_database
+
+    settings = get_settings()
+    try:
+        prepare_database(settings)
+    except DatabaseNotMigratedError as exc:
+        print(f"kiln-service: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=args.host or settings.host,
+                port=args.port or settings.port, log_level=args.log_level)
+    return 0
+
+
+def _migrate() -> int:
+    from kiln_service import migrations
+    from kiln_service.config import get_settings
+    from kiln_service.stores.jobs import JobStore
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    migrations.upgrade(url)
+    print(f"job store {JobStore(url).url} is at revision {migrations.current_revision(url)}")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    # Imported here: the embedded runner (a colleague's module) pulls in the worker side.
+    from kiln_service.embedded import run_up
+
+    result = run_up(host=args.host, port=args.port, data_dir=args.data_dir,
+                    targets=[t.strip() for t in args.targets.split(",") if t.strip()])
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``kiln-service`` command.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            return _migrate()
+        return _up(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if logger.isEnabledFor(logging.DEBUG):
+            raise
+        print(f"kiln-service {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

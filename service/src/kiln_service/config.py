@@ -1,0 +1,124 @@
+"""Service settings, read once per process from ``KILN_*`` environment variables.
+
+The defaults form the *embedded* column of the design: a SQLite file, a filesystem Celery
+transport and a local artifact directory, all under ``KILN_DATA_DIR``. Production sets the URLs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["TARGETS", "Settings", "get_settings"]
+
+#: Compilation targets the service accepts; each has its own queue ``kiln.<target>``.
+TARGETS: tuple[str, ...] = ("xla", "inf1")
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    """Configuration of the API process (and of the stores the worker opens)."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    data_dir: Path = Path(".kiln")
+    """Root of the embedded defaults (database, broker folders, artifacts, staging)."""
+    database_url: str | None = None
+    """Job store URL; default ``sqlite:///{data_dir}/kiln.db``."""
+    broker_url: str = "filesystem://"
+    """Celery broker; ``filesystem://`` is the embedded transport under ``{data_dir}/broker``."""
+    storage_url: str | None = None
+    """Artifact store URL; default ``file://{data_dir}/artifacts``."""
+    max_upload_bytes: int = Field(default=2 * GIB, gt=0)
+    """Hard cap on one uploaded file (413 past it)."""
+    max_request_bytes: int | None = Field(default=None, gt=0)
+    """Cap on a whole request body; default: two uploads at the cap plus 1 MiB of form fields."""
+    max_archive_members: int = Field(default=100_000, gt=0)
+    """Most entries an uploaded archive may hold."""
+    max_archive_total_bytes: int = Field(default=16 * GIB, gt=0)
+    """Largest total of the declared (uncompressed) sizes of an archive's entries."""
+    max_form_field_bytes: int = Field(default=64 * 1024, gt=0)
+    """Largest non-file form field."""
+    default_timeout_seconds: int = Field(default=900, gt=0)
+    """Compile time limit when a job does not give one."""
+    max_timeout_seconds: int = Field(default=3600, gt=0)
+    """Largest ``timeout_seconds`` a job may ask for."""
+    upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Chunk size used when copying uploads and serving downloads."""
+    auto_migrate: bool | None = None
+    """Apply migrations at start-up; default: only for a SQLite database."""
+    host: str = "127.0.0.1"
+    """Address ``kiln-service serve`` binds to."""
+    port: int = 8000
+    """Port ``kiln-service serve`` listens on."""
+    log_follow_poll_seconds: float = Field(default=0.5, gt=0)
+    """How often a log stream polls the job store for new lines."""
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Relative defaults would silently move when the process changes directory.
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_request_bytes is not None and self.max_request_bytes < self.max_upload_bytes:
+            raise ValueError(
+                "KILN_MAX_REQUEST_BYTES must be at least KILN_MAX_UPLOAD_BYTES "
+                f"({self.max_request_bytes} < {self.max_upload_bytes})"
+            )
+        if self.default_timeout_seconds > self.max_timeout_seconds:
+            raise ValueError(
+                "KILN_DEFAULT_TIMEOUT_SECONDS must not exceed KILN_MAX_TIMEOUT_SECONDS "
+                f"({self.default_timeout_seconds} > {self.max_timeout_seconds})"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The job store URL, defaulting to the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'kiln.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """The artifact store URL, defaulting to ``{data_dir}/artifacts``."""
+        return self.storage_url or f"file://{self.data_dir / 'artifacts'}"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded filesystem transport."""
+        return self.data_dir / "broker"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where uploads are spooled and checked before they enter the artifact store."""
+        return self.data_dir / "staging"
+
+    @property
+    def resolved_max_request_bytes(self) -> int:
+        """Cap on a whole request body."""
+        return self.max_request_bytes or 2 * self.max_upload_bytes + 1024 * 1024
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the job store is SQLite (the embedded default)."""
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        """Whether start-up applies migrations (default: only the embedded SQLite store)."""
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process's settings, read from the environment once.
+
+    Returns:
+        The cached :class:`Settings`. Tests override the dependency instead of the cache.
+    """
+    return Settings()

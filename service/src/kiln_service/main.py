@@ -1,0 +1,162 @@
+"""The FastAPI application: :func:`create_app` wires settings, stores, queue and routes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from celery import Celery
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kiln_service.config import Settings, get_settings
+from kiln_service.deps import Services
+from kiln_service.errors import install_error_handlers
+from kiln_service.metrics import Metrics
+from kiln_service.queue import create_celery_app
+from kiln_service.routes import artifacts, compile, health, jobs
+from kiln_service.stores.artifacts import open_artifact_store
+from kiln_service.stores.jobs import JobStore
+
+__all__ = ["DatabaseNotMigratedError", "create_app", "prepare_database", "sweep_staging"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseNotMigratedError(RuntimeError):
+    """The job store's schema is not at the revision this code needs."""
+
+
+def prepare_database(settings: Settings) -> None:
+    """Migrate the embedded SQLite store, or refuse an unmigrated database.
+
+    Args:
+        settings: The settings (database URL, ``auto_migrate``).
+
+    Raises:
+        DatabaseNotMigratedError: The database is behind and auto-migration is off.
+    """
+    from kiln_service import migrations
+
+    url = settings.resolved_database_url
+    if settings.should_auto_migrate:
+        migrations.upgrade(url)
+        return
+    current, head = migrations.current_revision(url), migrations.head_revision()
+    if current != head:
+        raise DatabaseNotMigratedError(
+            f"the job store at {JobStore(url).url} is at revision {current or 'none'}, but this "
+            f"Kiln needs {head}; run `kiln-service migrate` (with the same KILN_DATABASE_URL) "
+            "first, or set KILN_AUTO_MIGRATE=true"
+        )
+
+
+def sweep_staging(staging: Path, *, older_than_seconds: float = 6 * 3600) -> int:
+    """Remove staging leftovers of uploads cut short by a crash.
+
+    Only old entries go: other API processes may share the folder and be receiving uploads now.
+
+    Args:
+        staging: The staging folder.
+        older_than_seconds: Minimum age of what is removed.
+
+    Returns:
+        How many entries were removed.
+    """
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for entry in staging.iterdir() if staging.is_dir() else ():
+        try:
+            if entry.stat().st_mtime < cutoff:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        logger.info("removed %d stale staging entries from %s", removed, staging)
+    return removed
+
+
+def _version() -> str:
+    try:
+        return version("kiln-service")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class RequestIdMiddleware:
+    """Give every request an id (``X-Request-ID``, kept if the client sent a sane one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent if 0 < len(sent) <= 128 and sent.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> FastAPI:
+    """Build the Kiln API.
+
+    Stores are opened here (no connection is made yet), so the app also works under transports
+    that skip the lifespan (tests); the lifespan checks or applies migrations.
+
+    Args:
+        settings: Settings to use; ``get_settings()`` when omitted.
+        celery: Celery app to enqueue with; built from the settings when omitted.
+
+    Returns:
+        The application.
+    """
+    settings = settings or get_settings()
+    services = Services(
+        settings=settings,
+        job_store=JobStore(settings.resolved_database_url),
+        artifact_store=open_artifact_store(settings.resolved_storage_url),
+        celery=celery or create_celery_app(settings),
+        metrics=Metrics(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prepare_database(settings)
+        settings.staging_dir.mkdir(parents=True, exist_ok=True)
+        sweep_staging(settings.staging_dir)
+        logger.info("Kiln API ready (jobs %s, artifacts %s)", services.job_store.url,
+                    getattr(services.artifact_store, "url", "?"))
+        yield
+        services.job_store.dispose()
+
+    app = FastAPI(
+        title="Kiln", version=_version(), lifespan=lifespan,
+        description="Compile TensorFlow SavedModels for accelerators (tensorflow.neuron.trace as a service).",
+    )
+    app.state.services = services
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    for module in (compile, jobs, artifacts, health):
+        app.include_router(module.router)
+    return app

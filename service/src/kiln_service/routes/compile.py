@@ -1,0 +1,210 @@
+"""``POST /v1/compile``: receive, check and store an upload, create the job, queue it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import uuid
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+
+from kiln_client.flags import FlagsError, parse_flags
+from kiln_client.models import CompileRequest, Job
+from kiln_service import ingest
+from kiln_service.config import TARGETS, Settings
+from kiln_service.deps import Services, TenantDep, get_services
+from kiln_service.errors import PayloadTooLargeError, StoreError, UploadRejectedError
+from kiln_service.queue import enqueue_compile
+from kiln_service.stores.artifacts import job_prefix, upload_key
+from kiln_service.stores.jobs import JobRecord
+from kiln_service.uploads import ReceivedForm, receive_multipart
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["compile"])
+
+FILE_FIELDS = {"model", "example_inputs"}
+JSON_FIELDS = {"placement", "input_shapes", "labels"}
+TEXT_FIELDS = set(CompileRequest.model_fields)
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+
+_OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["model"],
+            "properties": {
+                "model": {"type": "string", "format": "binary",
+                          "description": "SavedModel folder as .tar.gz/.tgz/.tar/.zip (root or one folder down)"},
+                "example_inputs": {"type": "string", "format": "binary",
+                                   "description": ".npz keyed by signature input name (no pickle)"},
+                "flags": {"type": "string", "description": "NEURON_CC_FLAGS"},
+                "target": {"type": "string", "enum": list(TARGETS), "default": "xla"},
+                "signature": {"type": "string", "default": "serving_default"},
+                "placement": {"type": "string", "description": "JSON PlacementSpec"},
+                "input_shapes": {"type": "string", "description": "JSON object: input name to shape"},
+                "name": {"type": "string"},
+                "labels": {"type": "string", "description": "JSON object of string labels"},
+                "timeout_seconds": {"type": "integer"},
+            },
+        }}},
+    }
+}
+
+
+@router.post(
+    "/compile", status_code=202, response_model=Job, openapi_extra=_OPENAPI_BODY,
+    responses={202: {"description": "Accepted; `Location` names the job."}},
+    summary="Submit a SavedModel for compilation",
+)
+async def create_compile_job(request: Request, response: Response, tenant: TenantDep) -> Job:
+    """Stream the upload to staging, check it without TensorFlow, store it, create and queue the job."""
+    services = get_services(request)
+    settings = services.settings
+    _check_content_length(request, settings)
+    job_id = uuid.uuid4().hex
+    form = await receive_multipart(
+        request.stream(), request.headers.get("content-type", ""),
+        staging=settings.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
+        text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
+        max_body_bytes=settings.resolved_max_request_bytes,
+        max_field_bytes=settings.max_form_field_bytes,
+    )
+    try:
+        compile_request = parse_compile_request(form.fields, settings)
+        job = await anyio.to_thread.run_sync(
+            _check_store_and_queue, services, form, compile_request, job_id, tenant)
+    finally:
+        form.cleanup()
+    services.metrics.submitted.labels(target=job.target).inc()
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job.to_public()
+
+
+def _check_content_length(request: Request, settings: Settings) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.resolved_max_request_bytes:
+        raise PayloadTooLargeError(
+            f"the request body ({declared} bytes) is larger than the limit of "
+            f"{settings.resolved_max_request_bytes} bytes", code="request_too_large")
+
+
+def parse_compile_request(fields: dict[str, str], settings: Settings) -> CompileRequest:
+    """Validate the form fields into a :class:`CompileRequest` and check target, flags, timeout.
+
+    Args:
+        fields: The text parts of the form.
+        settings: The settings (timeouts).
+
+    Returns:
+        The request.
+
+    Raises:
+        UploadRejectedError: A field is malformed or not allowed.
+    """
+    data: dict[str, Any] = {}
+    for key, raw in fields.items():
+        if key in JSON_FIELDS:
+            try:
+                data[key] = json.loads(raw) if raw.strip() else None
+            except json.JSONDecodeError as exc:
+                raise UploadRejectedError(f"form field {key!r} is not valid JSON: {exc}",
+                                          code="invalid_field") from exc
+        elif raw != "" or key in ("flags", "name"):
+            data[key] = raw
+    if data.get("labels") is None:
+        data.pop("labels", None)
+    try:
+        req = CompileRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        raise UploadRejectedError(detail, code="invalid_field", errors=errors) from exc
+    _check_fields(req, settings)
+    return req
+
+
+def _check_fields(req: CompileRequest, settings: Settings) -> None:
+    if req.target not in TARGETS:
+        raise UploadRejectedError(f"unknown target {req.target!r}; targets: {', '.join(TARGETS)}",
+                                  code="unknown_target")
+    try:
+        parse_flags(req.flags)
+    except FlagsError as exc:
+        raise UploadRejectedError(str(exc), code="invalid_flags") from exc
+    timeout = req.timeout_seconds
+    if timeout is not None and not 1 <= timeout <= settings.max_timeout_seconds:
+        raise UploadRejectedError(f"timeout_seconds must be between 1 and "
+                                  f"{settings.max_timeout_seconds}", code="invalid_timeout")
+    for key, value in req.labels.items():
+        if not _LABEL_KEY.match(key) or len(value) > 256:
+            raise UploadRejectedError(f"label {key!r}: keys are 1-63 letters, digits, '_.-/' "
+                                      "(starting with a letter or digit), values at most 256 "
+                                      "characters", code="invalid_labels")
+    if req.name is not None and len(req.name) > 256:
+        raise UploadRejectedError("name is longer than 256 characters", code="invalid_field")
+
+
+def _check_store_and_queue(
+    services: Services, form: ReceivedForm, req: CompileRequest, job_id: str, tenant: str
+) -> JobRecord:
+    """Check the upload, move it into the artifact store, create and queue the job.
+
+    On any failure nothing of the job stays stored.
+    """
+    settings, artifacts = services.settings, services.artifact_store
+    _check_upload(form, req, settings, job_id)
+    stored = False
+    try:
+        digests = {}
+        for field, name in (("model", "model"), ("example_inputs", "example_inputs.npz")):
+            if field in form.files:
+                _size, sha256 = artifacts.put_file(upload_key(job_id, name), form.files[field].path)
+                if sha256 != form.files[field].sha256:
+                    raise StoreError(f"{field} changed while being stored (sha256 mismatch)")
+                digests[field] = sha256
+        job = services.job_store.create_job(
+            job_id=job_id, tenant=tenant, target=req.target, name=req.name, labels=req.labels,
+            flags=req.flags, signature=req.signature, placement=req.placement,
+            input_shapes=req.input_shapes, input_digests=digests,
+            timeout_seconds=req.timeout_seconds or settings.default_timeout_seconds,
+        )
+        stored = True
+        enqueue_compile(services.celery, job_id=job_id, target=req.target)
+        return job
+    except BaseException:
+        if stored:
+            services.job_store.delete_job(job_id=job_id, only_finished=False)
+        artifacts.delete_prefix(job_prefix(job_id))
+        raise
+
+
+def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, job_id: str) -> None:
+    model = form.files.get("model")
+    if model is None or model.size == 0:
+        raise UploadRejectedError("the 'model' file part is missing or empty; send the SavedModel "
+                                  "folder as a .tar.gz, .tar or .zip archive", code="missing_model")
+    inputs = form.files.get("example_inputs")
+    if inputs is not None and req.input_shapes is not None:
+        raise UploadRejectedError("send either example_inputs or input_shapes, not both",
+                                  code="conflicting_inputs")
+    scratch = settings.staging_dir / f"{job_id}-scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        info = ingest.inspect_archive(model.path, max_members=settings.max_archive_members,
+                                      max_total_bytes=settings.max_archive_total_bytes)
+        signature = ingest.select_signature(
+            ingest.read_signatures(model.path, info, scratch=scratch), req.signature)
+        if inputs is not None:
+            ingest.check_example_inputs(inputs.path, signature,
+                                        max_array_bytes=settings.max_upload_bytes)
+        else:
+            ingest.check_input_shapes(signature, req.input_shapes)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

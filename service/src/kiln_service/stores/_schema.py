@@ -1,0 +1,113 @@
+"""SQL schema of the job store (SQLAlchemy Core tables, shared by the store and migrations).
+
+Columns for the reliability and security work are here already: ``tenant`` scopes every job,
+``lease_expires_at``/``heartbeat_at``/``fence`` let a reconciler recover lost attempts and refuse
+stale ones, ``idempotency_key``/``request_sha256`` back ``Idempotency-Key`` replays.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+
+__all__ = ["UTCDateTime", "job_logs", "jobs", "metadata", "utcnow"]
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and read back timezone-aware.
+
+    SQLite has no time zones; storing naive UTC everywhere keeps ordering and comparisons the
+    same on both databases.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return value.replace(tzinfo=timezone.utc)
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(64), nullable=False, server_default="default"),
+    Column("name", String(256)),
+    Column("labels", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("stage_message", Text),
+    Column("progress", Float, nullable=False, server_default="0"),
+    Column("target", String(32), nullable=False),
+    Column("flags", Text, nullable=False, server_default=""),
+    Column("signature", String(256), nullable=False),
+    Column("placement", JSON),
+    Column("input_shapes", JSON),
+    Column("timeout_seconds", Integer, nullable=False),
+    Column("input_digests", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("failure", JSON),
+    Column("artifacts", JSON, nullable=False),
+    Column("report", JSON),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("worker_id", String(256)),
+    Column("fence", Integer, nullable=False, server_default="0"),
+    Column("heartbeat_at", UTCDateTime()),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("log_seq", Integer, nullable=False, server_default="0"),
+    Column("idempotency_key", String(256)),
+    Column("request_sha256", String(64)),
+    UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+    Index("ix_jobs_status", "status"),
+)
+
+job_logs = Table(
+    "job_logs",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("line", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)

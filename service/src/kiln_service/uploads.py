@@ -1,0 +1,215 @@
+"""Receive a multipart upload as a stream: files go to disk in chunks, never whole into memory.
+
+FastAPI's ``UploadFile`` would spool the whole body before the route runs, so a file past the cap
+would be received entirely before being refused. Here the body is parsed as it arrives
+(``python_multipart``); each file part is written to a staging file while its sha256 is computed,
+and the request is refused (413) the moment a file or the body passes its cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import IO
+
+import anyio.to_thread
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from kiln_service.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    UploadRejectedError,
+)
+
+__all__ = ["ReceivedFile", "ReceivedForm", "receive_multipart"]
+
+logger = logging.getLogger(__name__)
+_BATCH_BYTES = 1024 * 1024
+
+
+@dataclass
+class ReceivedFile:
+    """A file part written to a staging file."""
+
+    path: Path
+    size: int
+    sha256: str
+    filename: str | None
+    """The client's file name: informative only, never used as a path."""
+
+
+@dataclass
+class ReceivedForm:
+    """The parts of a multipart body."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, ReceivedFile] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        """Delete the staging files."""
+        for received in self.files.values():
+            received.path.unlink(missing_ok=True)
+
+
+class _Receiver:
+    """Callbacks for :class:`MultipartParser` (all synchronous, run off the event loop)."""
+
+    def __init__(self, *, staging: Path, prefix: str, file_fields: set[str], text_fields: set[str],
+                 max_file_bytes: int, max_field_bytes: int) -> None:
+        self.form = ReceivedForm()
+        self.staging, self.prefix = staging, prefix
+        self.file_fields, self.text_fields = file_fields, text_fields
+        self.max_file_bytes, self.max_field_bytes = max_file_bytes, max_field_bytes
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[str, str] = {}
+        self._name = ""
+        self._out: IO[bytes] | None = None
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._text = bytearray()
+
+    def on_part_begin(self) -> None:
+        self._headers, self._size, self._text = {}, 0, bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode("latin-1")
+        self._header_field = self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        msg = Message()
+        msg["content-disposition"] = self._headers.get("content-disposition", "")
+        name = msg.get_param("name", header="content-disposition")
+        filename = msg.get_param("filename", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise BadRequestError("a multipart part has no name", code="invalid_multipart")
+        if name in self.form.fields or name in self.form.files:
+            raise UploadRejectedError(f"form field {name!r} was sent twice", code="duplicate_field")
+        if name not in self.file_fields | self.text_fields:
+            known = ", ".join(sorted(self.file_fields | self.text_fields))
+            raise UploadRejectedError(f"unknown form field {name!r}; known fields: {known}",
+                                      code="unknown_field")
+        self._name = name
+        if name in self.file_fields:
+            path = self.staging / f"{self.prefix}-{name}"
+            self._out = open(path, "wb")  # noqa: SIM115 - closed in on_part_end / close()
+            self._hash = hashlib.sha256()
+            self.form.files[name] = ReceivedFile(path=path, size=0, sha256="",
+                                                 filename=filename if isinstance(filename, str) else None)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        self._size += len(chunk)
+        if self._out is not None:
+            if self._size > self.max_file_bytes:
+                raise PayloadTooLargeError(f"{self._name} is larger than the limit of "
+                                           f"{self.max_file_bytes} bytes", code="upload_too_large")
+            self._hash.update(chunk)
+            self._out.write(chunk)
+        else:
+            if self._size > self.max_field_bytes:
+                raise PayloadTooLargeError(f"form field {self._name!r} is larger than "
+                                           f"{self.max_field_bytes} bytes", code="field_too_large")
+            self._text += chunk
+
+    def on_part_end(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            received = self.form.files[self._name]
+            received.size, received.sha256 = self._size, self._hash.hexdigest()
+        else:
+            try:
+                self.form.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UploadRejectedError(f"form field {self._name!r} is not UTF-8 text",
+                                          code="invalid_field") from exc
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+async def receive_multipart(
+    stream: AsyncIterator[bytes], content_type: str, *, staging: Path, prefix: str,
+    file_fields: set[str], text_fields: set[str], max_file_bytes: int, max_body_bytes: int,
+    max_field_bytes: int,
+) -> ReceivedForm:
+    """Parse a ``multipart/form-data`` body as it arrives.
+
+    Args:
+        stream: The request body chunks.
+        content_type: The request's ``Content-Type`` header.
+        staging: Folder for the staging files.
+        prefix: Prefix of the staging files' names (the job id; client names are never used).
+        file_fields: Names of the file parts accepted.
+        text_fields: Names of the text parts accepted.
+        max_file_bytes: Cap on each file.
+        max_body_bytes: Cap on the whole body.
+        max_field_bytes: Cap on each text field.
+
+    Returns:
+        The form; the caller must call :meth:`ReceivedForm.cleanup` when done.
+
+    Raises:
+        UnsupportedMediaTypeError: Not ``multipart/form-data``.
+        PayloadTooLargeError: A file or the body is over its cap.
+        UploadRejectedError: Unknown or duplicate fields.
+        BadRequestError: A malformed body.
+    """
+    media, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if media != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaTypeError("POST /v1/compile takes multipart/form-data with a "
+                                        "'model' file part", code="multipart_required")
+    staging.mkdir(parents=True, exist_ok=True)
+    receiver = _Receiver(staging=staging, prefix=prefix, file_fields=file_fields,
+                         text_fields=text_fields, max_file_bytes=max_file_bytes,
+                         max_field_bytes=max_field_bytes)
+    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+        name: getattr(receiver, name) for name in (
+            "on_part_begin", "on_part_data", "on_part_end", "on_header_field",
+            "on_header_value", "on_header_end", "on_headers_finished")
+    })
+    total, batch = 0, bytearray()
+    try:
+        async for chunk in stream:
+            total += len(chunk)
+            if total > max_body_bytes:
+                raise PayloadTooLargeError(f"the request body is larger than {max_body_bytes} bytes",
+                                           code="request_too_large")
+            batch += chunk
+            if len(batch) >= _BATCH_BYTES:
+                # Hashing and disk writes run in a thread so the event loop keeps serving others.
+                await anyio.to_thread.run_sync(parser.write, bytes(batch))
+                batch.clear()
+        if batch:
+            await anyio.to_thread.run_sync(parser.write, bytes(batch))
+        parser.finalize()
+    except MultipartParseError as exc:
+        receiver.close()
+        receiver.form.cleanup()
+        raise BadRequestError(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+    except BaseException:
+        receiver.close()
+        receiver.form.cleanup()
+        raise
+    receiver.close()
+    if any(not f.sha256 for f in receiver.form.files.values()):
+        receiver.form.cleanup()
+        raise BadRequestError("the multipart body ended in the middle of a file", code="invalid_multipart")
+    logger.debug("received %s", {k: v.size for k, v in receiver.form.files.items()})
+    return receiver.form

@@ -1,0 +1,58 @@
+"""What ``import kiln_client`` exposes and what it must not load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import kiln_client
+
+
+def test_import_loads_no_tensorflow_fastapi_or_celery() -> None:
+    code = (
+        "import sys, kiln_client, kiln_client.cli\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'fastapi', 'celery', 'kiln_service', 'kiln_worker')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_exported_members() -> None:
+    for name in kiln_client.__all__:
+        assert hasattr(kiln_client, name), name
+        member = getattr(kiln_client, name)
+        if hasattr(member, "__module__") and not isinstance(member, str):
+            # Public names are defined in kiln_client's own modules and re-exported once.
+            assert member.__module__.startswith("kiln_client"), name
+    assert sorted(kiln_client.__all__) == kiln_client.__all__ or set(kiln_client.__all__) == set(
+        sorted(kiln_client.__all__)
+    )
+    for name in ("Client", "AsyncClient", "Job", "AsyncJob", "JobFailed", "KilnError", "parse_flags"):
+        assert name in kiln_client.__all__
+
+
+def test_sync_and_async_surfaces_match() -> None:
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert public(kiln_client.Client) - {"close"} == public(kiln_client.AsyncClient) - {"close"}
+    assert public(kiln_client.Jobs) == public(kiln_client.AsyncJobs)
+    assert public(kiln_client.Job) == public(kiln_client.AsyncJob)
+
+
+def test_env_fallbacks_and_key_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KILN_URL", "http://from-env:9000/v1/")
+    monkeypatch.setenv("KILN_API_KEY", "sk-secret")
+    client = kiln_client.Client()
+    assert client.base_url == "http://from-env:9000"
+    assert client._headers(None)["Authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in repr(client)
+    other = client.with_options(max_retries=0, api_key="sk-other")
+    assert other.max_retries == 0 and other._headers(None)["Authorization"] == "Bearer sk-other"
+    assert client.max_retries != 0 and other._http is client._http
+    monkeypatch.delenv("KILN_API_KEY")
+    assert "Authorization" not in kiln_client.Client("http://x")._headers(None)

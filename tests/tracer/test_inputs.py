@@ -1,0 +1,130 @@
+"""Calling conventions (seed point 1): Keras 2 and 3 models, tf.functions, ConcreteFunctions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tests.tracer.conftest import max_rel_diff
+
+
+def test_keras2_model_matches_original(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+    import tf_keras
+
+    import kiln_worker
+
+    inputs = tf.keras.Input(8)
+    hidden = tf.keras.layers.Dense(16, activation="tanh")(inputs)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(4)(hidden))
+    x = rng.normal(size=(2, 8)).astype("float32")
+    traced = kiln_worker.trace(model, x, subgraph_builder_function=lambda node: True)
+    assert isinstance(traced, tf_keras.Model)
+    assert max_rel_diff(model(x), traced(x)) < 1e-5
+    assert traced.report["numerical_check"]["within_tolerance"]
+    assert [s["status"] for s in traced.report["subgraphs"]] == ["compiled"]
+
+
+def test_keras3_model_is_traced(rng: np.random.Generator) -> None:
+    import keras
+
+    import kiln_worker
+
+    assert keras.__version__.startswith("3")
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(12, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    x = rng.normal(size=(1, 6)).astype("float32")
+    traced = kiln_worker.trace(model, x, subgraph_builder_function=lambda node: True)
+    assert max_rel_diff(np.asarray(model(x)), traced(x)) < 1e-5
+    assert traced.report["ops_on_accelerator"] > 0
+
+
+def test_tf_function_with_tuple_inputs(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    @tf.function
+    def func(a, b):  # type: ignore[no-untyped-def]
+        return tf.nn.relu(tf.matmul(a, b) + 1.0)
+
+    a = tf.constant(rng.normal(size=(2, 3)).astype("float32"))
+    b = tf.constant(rng.normal(size=(3, 4)).astype("float32"))
+    traced = kiln_worker.trace(func, (a, b), subgraph_builder_function=lambda n: True)
+    assert max_rel_diff(func(a, b), traced((a, b))) < 1e-6
+    assert max_rel_diff(func(a, b), traced(a, b)) < 1e-6
+
+
+def test_tf_function_with_dict_inputs_and_dict_outputs(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    @tf.function
+    def func(left, right):  # type: ignore[no-untyped-def]
+        return {"sum": left + right, "prod": tf.tanh(left * right)}
+
+    x = {
+        "left": rng.normal(size=(2, 5)).astype("float32"),
+        "right": rng.normal(size=(2, 5)).astype("float32"),
+    }
+    traced = kiln_worker.trace(func, x, subgraph_builder_function=lambda n: True)
+    out = traced(x)
+    assert set(out) == {"sum", "prod"}
+    expected = func(**x)
+    for key in out:
+        assert max_rel_diff(expected[key], out[key]) < 1e-6
+
+
+def test_keras_model_with_dict_inputs_gets_the_dict(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    a = tf.keras.Input(4, name="a")
+    b = tf.keras.Input(4, name="b")
+    merged = tf.keras.layers.Concatenate()([a, b])
+    model = tf.keras.Model({"a": a, "b": b}, tf.keras.layers.Dense(2)(merged))
+    x = {
+        "a": rng.normal(size=(1, 4)).astype("float32"),
+        "b": rng.normal(size=(1, 4)).astype("float32"),
+    }
+    traced = kiln_worker.trace(model, x, subgraph_builder_function=lambda n: True)
+    assert max_rel_diff(model(x), traced(x)) < 1e-5
+
+
+def test_list_inputs_and_list_outputs(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    def func(pair):  # type: ignore[no-untyped-def]
+        return [pair[0] * 2.0, tf.reduce_sum(pair[1], axis=1)]
+
+    x = [rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=(3, 4)).astype("float32")]
+    traced = kiln_worker.trace(func, x)
+    out = traced(x)
+    assert isinstance(out, list) and len(out) == 2
+    assert max_rel_diff(func(x)[1], out[1]) < 1e-6
+
+
+def test_loaded_saved_model_signature_takes_keywords(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    inputs = tf.keras.Input(5, name="features")
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="sigmoid")(inputs))
+    model.save(str(tmp_path / "orig"))
+    loaded = tf.saved_model.load(str(tmp_path / "orig"))  # keeps the variables alive
+    signature = loaded.signatures["serving_default"]
+    x = rng.normal(size=(2, 5)).astype("float32")
+    traced = kiln_worker.trace(signature, x, subgraph_builder_function=lambda n: True)
+    out = traced(x)
+    assert isinstance(out, dict) and len(out) == 1
+    assert max_rel_diff(model(x), next(iter(out.values()))) < 1e-5
+    traced_by_name = kiln_worker.trace(signature, {"features": x})
+    assert max_rel_diff(model(x), next(iter(traced_by_name({"features": x}).values()))) < 1e-5

@@ -1,0 +1,113 @@
+"""Tiny SavedModels for the worker, integration and benchmark tests (run as a script).
+
+    python tests/worker/model_zoo.py OUT_DIR KIND [KIND ...]
+
+writes ``OUT_DIR/KIND/model.tar.gz`` (the SavedModel under a top folder ``model/``), the
+SavedModel itself in ``OUT_DIR/KIND/model/`` and, for kinds that have them,
+``OUT_DIR/KIND/example_inputs.npz``. Run in a subprocess so that test processes never
+import TensorFlow themselves. Kinds:
+
+- ``mlp``: x float32[None, 8] → {"logits": float32[None, 4]} (MatMul, BiasAdd, Relu, Tanh).
+- ``mixed``: x float32[None, 6] → {"y"}: MatMul, Relu, Tanh, Sigmoid, Reshape, Mul.
+- ``two_inputs``: a float32[None, 4], b int32[None, 4] → {"y"}; for generated inputs.
+- ``dynamic``: x float32[None, None, 3] → {"y"}; needs ``input_shapes`` for generated inputs.
+- ``hash_table``: a StaticHashTable lookup; the tracer rejects it (UnsupportedModel).
+- ``slow``: x float32[None, 4], n int32[] → a while loop of n steps; with the .npz written here
+  (n = 2e9) it runs for many minutes, for cancel and timeout tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np
+import tensorflow as tf
+
+
+class _Mixed(tf.Module):
+    def __init__(self) -> None:
+        rng = np.random.default_rng(1)
+        self.w1 = tf.Variable(rng.standard_normal((6, 8)).astype(np.float32))
+        self.w2 = tf.Variable(rng.standard_normal((8, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        h = tf.nn.relu(tf.matmul(x, self.w1))
+        h = tf.tanh(h) * tf.sigmoid(h)
+        h = tf.reshape(tf.matmul(h, self.w2), [-1, 2, 2])
+        return {"y": tf.reshape(h * 0.5, [-1, 4])}
+
+
+class _TwoInputs(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([None, 4], tf.int32, name="b")])
+    def serve(self, a: tf.Tensor, b: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.nn.relu(a * 2.0 + tf.cast(b, tf.float32))}
+
+
+class _Dynamic(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.reduce_sum(tf.nn.relu(x), axis=1)}
+
+
+class _HashTable(tf.Module):
+    def __init__(self) -> None:
+        init = tf.lookup.KeyValueTensorInitializer(
+            tf.constant([0, 1, 2], tf.int64), tf.constant([10.0, 20.0, 30.0]))
+        self.table = tf.lookup.StaticHashTable(init, default_value=-1.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
+    def serve(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": self.table.lookup(ids) * 2.0}
+
+
+class _Slow(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                  tf.TensorSpec([], tf.int32, name="n")])
+    def serve(self, x: tf.Tensor, n: tf.Tensor) -> dict[str, tf.Tensor]:
+        _, y = tf.while_loop(lambda i, v: i < n, lambda i, v: (i + 1, v * 0.5 + 0.5),
+                             (tf.constant(0), x))
+        return {"y": y}
+
+
+def _mlp() -> tf.Module:
+    tf.keras.utils.set_random_seed(7)
+    x = tf.keras.Input(shape=(8,), name="x")
+    h = tf.keras.layers.Dense(16, activation="relu")(x)
+    h = tf.keras.layers.Dense(16, activation="tanh")(h)
+    return tf.keras.Model(x, {"logits": tf.keras.layers.Dense(4)(h)})
+
+
+def build(kind: str, out: Path) -> None:
+    """Write ``out/model.tar.gz`` (and ``out/example_inputs.npz`` where the kind has one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    module = {"mlp": _mlp, "mixed": _Mixed, "two_inputs": _TwoInputs, "dynamic": _Dynamic,
+              "hash_table": _HashTable, "slow": _Slow}[kind]()
+    saved = out / "model"
+    if isinstance(module, tf.keras.Model):
+        tf.saved_model.save(module, str(saved))
+    else:
+        tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+    with tarfile.open(out / "model.tar.gz", "w:gz") as tar:
+        tar.add(saved, arcname="model")
+    rng = np.random.default_rng(3)
+    if kind == "mlp":
+        np.savez(out / "example_inputs.npz", x=rng.standard_normal((3, 8)).astype(np.float32))
+    elif kind == "slow":
+        np.savez(out / "example_inputs.npz", x=rng.random((1, 4)).astype(np.float32),
+                 n=np.array(2_000_000_000, np.int32))
+
+
+KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow")
+
+if __name__ == "__main__":
+    for name in sys.argv[2:] or KINDS:
+        build(name, Path(sys.argv[1]) / name)

@@ -1,0 +1,80 @@
+"""Helpers of the worker tests: run the compile child as the worker does, read what it did."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln_worker._protocol import JobSpec, parse_event
+
+ZOO_SCRIPT = Path(__file__).with_name("model_zoo.py")
+
+
+def child_env() -> dict[str, str]:
+    """The environment the worker gives a compile child (TensorFlow quiet, no GPU probing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+@dataclass
+class RunResult:
+    """What a compile child did: exit status, events, stderr and its output files."""
+
+    returncode: int
+    events: list[dict[str, Any]]
+    stray_stdout: list[str]
+    stderr: str
+    out_dir: Path
+    error: dict[str, str] | None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return json.loads((self.out_dir / "report.json").read_text())
+
+    @property
+    def stages(self) -> list[str]:
+        stages: list[str] = []
+        for event in self.events:
+            if event["event"] == "progress" and (not stages or stages[-1] != event["stage"]):
+                stages.append(event["stage"])
+        return stages
+
+
+def run_child(tmp: Path, model_dir: Path, **spec_fields: Any) -> RunResult:
+    """Run ``python -m kiln_worker.runner`` on ``model_dir`` as the worker would."""
+    out = tmp / "out"
+    out.mkdir(parents=True)
+    spec = JobSpec(job_id="test", model_dir=str(model_dir), output_dir=str(out),
+                   error_file=str(tmp / "error.json"), **spec_fields)
+    spec.write(tmp / "spec.json")
+    proc = subprocess.run([sys.executable, "-m", "kiln_worker.runner", str(tmp / "spec.json")],
+                          capture_output=True, text=True, env=child_env(), cwd=tmp, timeout=600)
+    events, stray = [], []
+    for line in proc.stdout.splitlines():
+        event = parse_event(line)
+        (events.append(event) if event is not None else stray.append(line))
+    error_file = tmp / "error.json"
+    error = json.loads(error_file.read_text()) if error_file.exists() else None
+    return RunResult(proc.returncode, events, stray, proc.stderr, out, error)
+
+
+def runner_processes(job_id: str) -> list[int]:
+    """Pids of live compile children of ``job_id`` (their spec path holds the job id)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if "kiln_worker.runner" in cmdline and job_id in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids

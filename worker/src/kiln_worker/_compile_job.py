@@ -1,0 +1,324 @@
+"""One attempt at one compile job, as the ``kiln.compile`` task runs it.
+
+claim (the job store decides) → fetch and unpack the upload into a fresh temporary directory →
+write the spec → run ``python -m kiln_worker.runner`` in its own process group, streaming its
+progress and log lines to the job store, renewing the lease, watching for cancellation and the
+time limit → store the artifacts → finish the job with the attempt's fence. The temporary
+directory is removed afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, Stage
+from kiln_service.config import Settings, get_settings
+from kiln_service.stores.artifacts import (
+    ArtifactStore,
+    artifact_key,
+    open_artifact_store,
+    upload_key,
+)
+from kiln_service.stores.jobs import JobRecord, JobStore
+from kiln_worker._job_io import LogBuffer, ProgressBuffer, child_failure, summarize_report
+from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, parse_event, rewrite_workdir
+from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker._upload import UploadError, pack_dir, unpack_model
+from kiln_worker.config import WorkerSettings, get_worker_settings, worker_id
+
+__all__ = ["CompileAttempt", "WorkerContext", "run_compile_job"]
+
+logger = logging.getLogger(__name__)
+_STAGES = frozenset(stage.value for stage in Stage)
+
+
+@dataclass
+class WorkerContext:
+    """The stores and settings a worker process uses for every job (built once per process)."""
+
+    settings: Settings
+    options: WorkerSettings
+    jobs: JobStore
+    artifacts: ArtifactStore
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, options: WorkerSettings | None = None) -> WorkerContext:
+        """Open the job and artifact stores named by the settings (environment by default)."""
+        settings = settings or get_settings()
+        return cls(
+            settings=settings,
+            options=options or get_worker_settings(),
+            jobs=JobStore(settings.resolved_database_url),
+            artifacts=open_artifact_store(settings.resolved_storage_url),
+        )
+
+
+def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
+    """Claim and run one job; the body of the ``kiln.compile`` task.
+
+    Args:
+        ctx: the worker's stores and settings.
+        job_id: the job from the task message.
+
+    Returns:
+        ``{"job_id", "status"}``: the final status, or ``skipped`` when the job was not claimable
+        (already claimed, cancelled or gone: the job store is the truth, not the message).
+    """
+    job = ctx.jobs.claim_job(job_id=job_id, worker_id=worker_id(),
+                             lease_seconds=ctx.options.lease_seconds)
+    if job is None:
+        return {"job_id": job_id, "status": "skipped"}
+    if ctx.options.work_dir is not None:
+        ctx.options.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"kiln-job-{job_id}-", dir=ctx.options.work_dir) as tmp:
+        try:
+            status = CompileAttempt(ctx, job, Path(tmp)).run()
+        except Exception as exc:
+            # Kiln's own fault (a store failed mid-job, say). Record it if the store lets us,
+            # rather than leave the job running with nobody working on it.
+            logger.exception("job %s: attempt crashed", job_id)
+            _fail_quietly(ctx, job, exc)
+            raise
+    return {"job_id": job_id, "status": status}
+
+
+def _fail_quietly(ctx: WorkerContext, job: JobRecord, exc: Exception) -> None:
+    failure = Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
+                      message=f"the worker failed while running the job ({type(exc).__name__}: "
+                      f"{exc}); this is Kiln's fault, please retry or report it")
+    try:
+        ctx.jobs.finish_job(job_id=job.id, status=JobStatus.FAILED, failure=failure, fence=job.fence)
+    except Exception:
+        logger.exception("job %s: could not record the failure either", job.id)
+
+
+class _FlagsRewriteError(Exception):
+    """The flags string cannot be parsed to move ``--workdir`` (a ``client_error``)."""
+
+
+class CompileAttempt:
+    """One run of a claimed job in the temporary directory ``tmp``.
+
+    Every write to the job store carries the claim's ``fence``, so a stale attempt (its lease
+    lapsed and the job was handed to another worker) can neither report progress nor finish it.
+    """
+
+    def __init__(self, ctx: WorkerContext, job: JobRecord, tmp: Path) -> None:
+        self.ctx, self.job, self.tmp = ctx, job, tmp
+        self.fence = job.fence
+        self.out_dir, self.home = tmp / "out", tmp / "home"
+        self.error_file = tmp / "error.json"
+        # Where the attempt's time goes, reported on the job (Job.report["worker_timings"]).
+        self.timings: dict[str, float] = {}
+        self._started = time.monotonic()
+        self.workdir: Path | None = None
+        self.logs = LogBuffer(
+            lambda lines: ctx.jobs.append_logs(job_id=job.id, lines=lines),
+            ctx.options.log_flush_seconds,
+        )
+        self.progress = ProgressBuffer(
+            lambda stage, fraction, message: ctx.jobs.update_progress(
+                job_id=job.id, stage=stage, progress=fraction, message=message, fence=self.fence),
+            ctx.options.log_flush_seconds,
+        )
+
+    def run(self) -> str:
+        """Run the attempt to its end and return the job's final status (``lost`` if stale)."""
+        self.logs.add(f"[kiln] job {self.job.id} attempt {self.job.attempts} on {worker_id()}")
+        try:
+            spec_path = self._prepare()
+        except UploadError as exc:
+            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidModel",
+                                      message=str(exc)))
+        except _FlagsRewriteError as exc:
+            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidFlags",
+                                      message=f"cannot use the flags {self.job.flags!r}: {exc}"))
+        except Exception as exc:  # the store failed us: Kiln's fault, not the model's
+            logger.exception("job %s: preparing failed", self.job.id)
+            return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
+                                      message=f"the worker could not fetch the upload: {exc}"))
+        ended = self._supervise(spec_path)
+        if isinstance(ended, str):
+            return self._stopped(ended)
+        if ended == EXIT_OK:
+            return self._succeed()
+        return self._fail(child_failure(ended, self.error_file, self.logs.tail(),
+                                        exit_failed=EXIT_FAILED))
+
+    def _stopped(self, reason: str) -> str:
+        """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
+        if reason == "lost":
+            logger.warning("job %s: attempt lost its lease; leaving the job alone", self.job.id)
+            return "lost"
+        if reason == "cancelled":
+            self.logs.add("[kiln] cancelled at the owner's request; compile process group killed")
+            return self._finish(JobStatus.CANCELLED, None)
+        limit, most = self.job.timeout_seconds, self.ctx.settings.max_timeout_seconds
+        return self._fail(Failure(
+            kind=FailureKind.CLIENT_ERROR, code="TimeOut",
+            message=f"the compile ran past its time limit of {limit} s and was stopped; "
+            f"resubmit with a larger timeout_seconds (this server allows up to {most} s)",
+        ))
+
+    # -- preparing ---------------------------------------------------------------------------
+
+    def _prepare(self) -> Path:
+        self.progress.set(Stage.PREPARING.value, 0.01, "fetching the upload", force=True)
+        for path in (self.out_dir, self.home, self.tmp / "upload"):
+            path.mkdir(parents=True)
+        archive = self.tmp / "upload" / "model"
+        self.ctx.artifacts.get_to_file(upload_key(self.job.id, "model"), archive)
+        model_dir = unpack_model(archive, self.tmp / "model")
+        archive.unlink()
+        npz: str | None = None
+        npz_key = upload_key(self.job.id, "example_inputs.npz")
+        if self.ctx.artifacts.exists(npz_key):
+            npz = str(self.tmp / "upload" / "example_inputs.npz")
+            self.ctx.artifacts.get_to_file(npz_key, npz)
+        try:
+            flags, wants_workdir = rewrite_workdir(self.job.flags, str(self.tmp / "workdir"))
+        except ValueError as exc:
+            raise _FlagsRewriteError(str(exc)) from exc
+        if wants_workdir:
+            self.workdir = self.tmp / "workdir"
+            self.logs.add("[kiln] --workdir is kept on the worker and returned as workdir.tar.gz")
+        spec = JobSpec(
+            job_id=self.job.id, model_dir=str(model_dir), output_dir=str(self.out_dir),
+            error_file=str(self.error_file), target=self.job.target,
+            signature=self.job.signature, flags=flags, example_inputs=npz,
+            input_shapes=self.job.input_shapes,
+            placement=self.job.placement.model_dump() if self.job.placement else None,
+        )
+        spec_path = self.tmp / "spec.json"
+        spec.write(spec_path)
+        return spec_path
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _supervise(self, spec_path: Path) -> int | str:
+        """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
+        opts = self.ctx.options
+        child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
+                             env=child_environment(self.home), cwd=self.tmp,
+                             rlimits=opts.child_rlimits())
+        self.logs.add(f"[kiln] compile process {child.pid} started; time limit "
+                      f"{self.job.timeout_seconds} s")
+        start = time.monotonic()
+        deadline = start + self.job.timeout_seconds
+        next_poll, next_beat = start + opts.poll_seconds, start + opts.lease_seconds / 3
+        stop: str | None = None
+        try:
+            while stop is None:
+                item = child.next_line(timeout=0.1)
+                if item is not None:
+                    self._take(*item)
+                now = time.monotonic()
+                self.logs.flush_if_due(now)
+                self.progress.flush_if_due(now)
+                if child.poll() is not None:
+                    break
+                if now >= deadline:
+                    stop = "timeout"
+                elif now >= next_poll:
+                    next_poll = now + opts.poll_seconds
+                    if self.ctx.jobs.is_cancel_requested(job_id=self.job.id):
+                        stop = "cancelled"
+                if stop is None and now >= next_beat:
+                    next_beat = now + opts.lease_seconds / 3
+                    if not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
+                                                   lease_seconds=opts.lease_seconds):
+                        stop = "lost"
+            if stop is not None:
+                child.kill_group(opts.kill_grace_seconds)
+        except BaseException:
+            child.kill_group(0)  # never leave a compile running behind a crashed supervisor
+            raise
+        finally:
+            for stream, line in child.finish():
+                self._take(stream, line)
+            self.progress.flush()
+            self.logs.close()
+        self.timings["prepare_seconds"] = start - self._started
+        self.timings["child_seconds"] = time.monotonic() - start
+        self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or child.proc.returncode})"
+                      f" after {self.timings['child_seconds']:.2f} s")
+        return stop if stop is not None else int(child.proc.returncode)
+
+    def _take(self, stream: str, line: str) -> None:
+        event = parse_event(line) if stream == "stdout" else None
+        if event is None:
+            self.logs.add(line)
+        elif event["event"] == "progress":
+            stage, message = str(event.get("stage")), str(event.get("message", ""))
+            if stage in _STAGES:
+                self.progress.set(stage, float(event.get("progress", 0.0)), message)
+            self.logs.add(f"[{stage}] {message}")
+        elif event["event"] == "log":
+            self.logs.add(str(event.get("line", "")))
+        else:
+            self.logs.add(line)
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _succeed(self) -> str:
+        self.progress.set(Stage.STORING.value, 0.97, "storing artifacts", force=True)
+        report_path = self.out_dir / "report.json"
+        report = json.loads(report_path.read_text())
+        artifacts = [
+            self._put("compiled_model.tar.gz", self.out_dir / "compiled_model.tar.gz",
+                      "application/gzip"),
+            self._put("report.json", report_path, "application/json"),
+        ]
+        artifacts += self._put_workdir()
+        artifacts.append(self._put_log())
+        summary = summarize_report(report)
+        self.timings["store_seconds"] = time.monotonic() - self._started - sum(self.timings.values())
+        if self.job.started_at is not None:
+            self.timings["queue_wait_seconds"] = (self.job.started_at - self.job.created_at
+                                                  ).total_seconds()
+        summary["worker_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return self._finish(JobStatus.SUCCEEDED, None, artifacts, summary)
+
+    def _fail(self, failure: Failure) -> str:
+        self.logs.add(f"[kiln] failed: {failure.kind.value} {failure.code}: {failure.message}")
+        try:
+            artifacts = [*self._put_workdir(), self._put_log()]
+        except Exception:  # the failure matters more than its leftovers
+            logger.exception("job %s: could not store the artifacts of a failed job", self.job.id)
+            artifacts = []
+        return self._finish(JobStatus.FAILED, failure, artifacts)
+
+    def _finish(self, status: JobStatus, failure: Failure | None,
+                artifacts: list[Artifact] | None = None,
+                report: dict[str, Any] | None = None) -> str:
+        if artifacts is None:
+            artifacts = [self._put_log()]
+        done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
+                                        artifacts=artifacts, report=report, fence=self.fence)
+        return status.value if done is not None else "lost"
+
+    def _put_workdir(self) -> list[Artifact]:
+        if self.workdir is None or not self.workdir.is_dir():
+            return []
+        archive = self.tmp / "workdir.tar.gz"
+        files = pack_dir(self.workdir, archive, "workdir")
+        self.logs.add(f"[kiln] workdir: {files} files")
+        return [self._put("workdir.tar.gz", archive, "application/gzip")]
+
+    def _put_log(self) -> Artifact:
+        self.logs.flush()
+        path = self.tmp / "compile.log"
+        lines = self.ctx.jobs.read_logs(job_id=self.job.id)
+        path.write_text("".join(f"{entry.line}\n" for entry in lines))
+        return self._put("compile.log", path, "text/plain; charset=utf-8")
+
+    def _put(self, name: str, path: Path, content_type: str) -> Artifact:
+        size, sha256 = self.ctx.artifacts.put_file(artifact_key(self.job.id, name), path)
+        return Artifact(name=name, size=size, sha256=sha256, content_type=content_type)

@@ -1,0 +1,81 @@
+"""``kiln-worker``: a Celery worker that compiles the jobs of the targets it serves.
+
+Usage: ``kiln-worker --targets xla[,inf1] [--concurrency N] [--loglevel INFO]``. The broker,
+job store and artifact store come from the same ``KILN_*`` variables as the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from kiln_service.config import TARGETS, get_settings
+from kiln_service.queue import queue_name
+from kiln_worker.config import WorkerSettings, parse_targets
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kiln-worker``."""
+    parser = argparse.ArgumentParser(
+        prog="kiln-worker",
+        description="Run a Kiln compile worker (Celery) for the given targets.",
+    )
+    parser.add_argument(
+        "--targets", default=None,
+        help=f"comma-separated targets to serve, from {', '.join(TARGETS)} "
+        "(default: KILN_WORKER_TARGETS or xla)",
+    )
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="compiles run at once (default: KILN_WORKER_CONCURRENCY or 1)")
+    parser.add_argument("--loglevel", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="log level (default INFO)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until it is stopped (SIGTERM: finish the running job, then exit).
+
+    Returns:
+        The process exit code.
+    """
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, object] = {}
+    try:
+        if args.targets is not None:
+            overrides["targets"] = ",".join(parse_targets(args.targets))
+        if args.concurrency is not None:
+            if args.concurrency < 1:
+                raise ValueError("--concurrency must be at least 1")
+            overrides["concurrency"] = args.concurrency
+        options = WorkerSettings(**overrides)  # type: ignore[arg-type]
+        settings = get_settings()
+    except ValueError as exc:
+        print(f"kiln-worker: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.loglevel,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kiln_worker.celery_app import create_worker_app
+
+    app = create_worker_app(settings, options)
+    queues = ",".join(queue_name(t) for t in parse_targets(options.targets))
+    logging.getLogger(__name__).info(
+        "kiln-worker serving %s on %s (job store %s)", queues,
+        settings.broker_url.split("@")[-1], settings.resolved_database_url.split("@")[-1],
+    )
+    app.worker_main([
+        "worker", f"--loglevel={args.loglevel}", f"--queues={queues}",
+        f"--concurrency={options.concurrency}", "--pool=prefork",
+        # Gossip, mingle and event heartbeats coordinate Celery features Kiln does not use,
+        # and cost seconds at start-up on the embedded transport.
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        f"--hostname=kiln-{options.targets.replace(',', '-')}@%h",
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Worker settings (``KILN_WORKER_*``), next to the service's ``KILN_*`` ones it also reads.
+
+The worker opens the same job store, artifact store and broker as the API, so it reads
+:class:`kiln_service.config.Settings` for those; what only a worker needs lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kiln_service.config import TARGETS
+
+__all__ = ["WorkerSettings", "get_worker_settings", "parse_targets", "worker_id"]
+
+
+class WorkerSettings(BaseSettings):
+    """Configuration of one ``kiln-worker`` process."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_WORKER_", extra="ignore")
+
+    targets: str = "xla"
+    """Comma-separated targets whose queues (``kiln.<target>``) this worker consumes."""
+    concurrency: int = Field(default=1, ge=1)
+    """Compiles run at once (Celery pool processes); each compile is one child process."""
+    max_tasks_per_child: int = Field(default=100, ge=1)
+    """Recycle a pool process after this many jobs (cheap: TensorFlow never loads there)."""
+    poll_seconds: float = Field(default=1.0, gt=0)
+    """How often a running job checks for cancellation and its time limit."""
+    log_flush_seconds: float = Field(default=0.5, gt=0)
+    """Longest a log line waits in the worker before it reaches the job store."""
+    kill_grace_seconds: float = Field(default=3.0, ge=0)
+    """Between SIGTERM and SIGKILL when a compile is cancelled or times out."""
+    lease_seconds: int = Field(default=60, ge=5)
+    """Lease of a running attempt; renewed by heartbeats every third of it."""
+    child_max_file_bytes: int | None = Field(default=None, gt=0)
+    """Largest file a compile may write (RLIMIT_FSIZE); unlimited when unset."""
+    child_max_memory_bytes: int | None = Field(default=None, gt=0)
+    """Address-space cap of a compile (RLIMIT_AS); unlimited when unset. TensorFlow reserves
+    far more virtual memory than it uses, so set it generously (several GiB)."""
+    work_dir: Path | None = None
+    """Parent of the jobs' temporary directories (default: the system temporary directory)."""
+
+    def child_rlimits(self) -> dict[int, int]:
+        """The resource limits of a compile child (``resource.RLIMIT_*`` → value)."""
+        import resource
+
+        limits: dict[int, int] = {}
+        if self.child_max_file_bytes is not None:
+            limits[resource.RLIMIT_FSIZE] = self.child_max_file_bytes
+        if self.child_max_memory_bytes is not None:
+            limits[resource.RLIMIT_AS] = self.child_max_memory_bytes
+        return limits
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value: str) -> str:
+        return ",".join(parse_targets(value))
+
+
+def parse_targets(value: str) -> list[str]:
+    """Split ``"xla,inf1"`` into known targets.
+
+    Raises:
+        ValueError: empty, or a target the service does not know (the message lists them).
+    """
+    targets = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if not targets or unknown:
+        raise ValueError(
+            f"unknown target(s) {unknown or value!r}; choose from {', '.join(TARGETS)} "
+            "(comma-separated, such as --targets xla,inf1)"
+        )
+    return list(dict.fromkeys(targets))
+
+
+def worker_id() -> str:
+    """This process's identity in the job store: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    """The process's worker settings, read from the environment once."""
+    return WorkerSettings()

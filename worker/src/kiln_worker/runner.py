@@ -1,0 +1,316 @@
+"""The compile child process: ``python -m kiln_worker.runner SPEC.json``.
+
+It runs one compile and exits; TensorFlow lives here and never in the Celery process. See
+:mod:`kiln_worker._protocol` for the spec, the stdout event lines and the exit codes. Stages:
+``loading`` (SavedModel, signature, example inputs, the original's outputs), ``tracing`` and
+``compiling`` (from ``kiln_worker.trace``'s progress), ``verifying`` (the saved compiled model is
+reloaded and its ``serving_default`` outputs compared with the original's), ``storing`` (packing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import tarfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, encode_event
+
+__all__ = ["EventChannel", "classify_exception", "main"]
+
+logger = logging.getLogger("kiln_worker.runner")
+
+#: relative and absolute tolerance of the numerical check (compiled vs. original outputs)
+RTOL = 1e-3
+ATOL = 1e-5
+
+#: where each tracer stage sits in the job's overall progress (start, end)
+_TRACER_SPAN = {"tracing": (0.10, 0.30), "compiling": (0.30, 0.75), "verifying": (0.75, 0.80)}
+
+
+class EventChannel:
+    """Writes protocol lines to the parent, on a private copy of the original stdout.
+
+    :meth:`take_stdout` moves file descriptor 1 onto stderr, so stray prints (from TensorFlow or
+    from model code) land in the log instead of corrupting the protocol.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    @classmethod
+    def take_stdout(cls) -> EventChannel:
+        """Claim the process's stdout for events and send fd 1 to stderr from now on."""
+        sys.stdout.flush()
+        private_fd = os.dup(1)
+        os.dup2(2, 1)
+        return cls(os.fdopen(private_fd, "w", buffering=1, encoding="utf-8"))
+
+    def send(self, event: str, **fields: Any) -> None:
+        """Send one event line; callable from any thread."""
+        with self._lock:
+            self._stream.write(encode_event(event, **fields) + "\n")
+            self._stream.flush()
+
+    def progress(self, stage: str, progress: float, message: str) -> None:
+        """Send a ``progress`` event (``progress`` is the job's overall fraction, 0..1)."""
+        self.send("progress", stage=stage, progress=round(progress, 4), message=message)
+
+    def log(self, line: str) -> None:
+        """Send a ``log`` event: a line for the job log."""
+        self.send("log", line=line)
+
+
+def classify_exception(exc: BaseException) -> dict[str, str] | None:
+    """The ``{kind, code, message}`` failure of a known exception, or ``None`` if unexpected.
+
+    User mistakes (the tracer's ``TraceInputError`` / ``UnsupportedModelError``, bad flags, a
+    model that cannot be loaded or run) are ``client_error``; other tracer errors are
+    ``system_error``; anything else is unexpected and becomes a crash (exit 1).
+    """
+    from kiln_worker._inputs import JobError
+
+    if isinstance(exc, JobError):
+        return {"kind": exc.kind, "code": exc.code, "message": str(exc)}
+    if isinstance(exc, MemoryError):
+        return {
+            "kind": "client_error",
+            "code": "OutOfMemory",
+            "message": "the compile ran out of memory; try a smaller model or batch size",
+        }
+    name = type(exc).__name__
+    if name == "FlagsError":
+        return {"kind": "client_error", "code": "InvalidFlags", "message": str(exc)}
+    try:
+        from kiln_worker.tracer import errors as tracer_errors
+    except ImportError:
+        return None
+    if not isinstance(exc, tracer_errors.TraceError):
+        return None
+    code = getattr(exc, "code", None)
+    if isinstance(exc, tracer_errors.TraceInputError):
+        return {"kind": "client_error", "code": code or "InvalidInputs", "message": str(exc)}
+    if isinstance(exc, tracer_errors.UnsupportedModelError):
+        return {"kind": "client_error", "code": code or "UnsupportedModel", "message": str(exc)}
+    return {"kind": "system_error", "code": code or name.removesuffix("Error"), "message": str(exc)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the compile described by the spec file named in ``argv``.
+
+    Returns:
+        The process exit code: 0 success, 3 a failure written to the spec's ``error_file``,
+        1 an unexpected error (traceback on stderr), 2 a usage error.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m kiln_worker.runner SPEC.json", file=sys.stderr)
+        return 2
+    events = EventChannel.take_stdout()
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    spec = JobSpec.read(Path(args[0]))
+    logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
+    try:
+        _compile(spec, events)
+    except BaseException as exc:
+        failure = classify_exception(exc)
+        if failure is None:
+            traceback.print_exc(file=sys.stderr)
+            return 1
+        Path(spec.error_file).write_text(json.dumps(failure))
+        logger.error("job %s failed: %s: %s", spec.job_id, failure["code"], failure["message"])
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _compile(spec: JobSpec, events: EventChannel) -> None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import numpy as np  # noqa: F401  (imported before TensorFlow on purpose: faster failures)
+    import tensorflow as tf
+
+    from kiln_worker._inputs import placement_callback, prepare_inputs, signature_specs
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    events.progress("loading", 0.02, "loading the SavedModel")
+    _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
+    inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes, spec.seed)
+    expected = _run_model(tf, fn, inputs, "the model failed on the example inputs")
+    timings["load_seconds"] = time.perf_counter() - started
+
+    events.progress("tracing", 0.10, "tracing the signature")
+    mark = time.perf_counter()
+    model = _trace(spec, fn, inputs, placement_callback(spec.placement), events)
+    timings["trace_seconds"] = time.perf_counter() - mark
+
+    events.progress("verifying", 0.80, "saving and reloading the compiled model")
+    mark = time.perf_counter()
+    compiled_dir = Path(spec.output_dir) / "compiled_model"
+    model.save(str(compiled_dir))
+    timings["save_seconds"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    check = _verify(tf, compiled_dir, inputs, expected)
+    timings["verify_seconds"] = time.perf_counter() - mark
+    events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
+               f"within_tolerance={check['within_tolerance']}")
+
+    events.progress("storing", 0.90, "packing the compiled model")
+    mark = time.perf_counter()
+    _pack(compiled_dir, Path(spec.output_dir) / "compiled_model.tar.gz")
+    timings["pack_seconds"] = time.perf_counter() - mark
+    timings["total_seconds"] = time.perf_counter() - started
+    report = {
+        "tracer": getattr(model, "report", None),
+        "numerical_check": check,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "versions": _versions(tf),
+        "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
+        "inputs_generated": spec.example_inputs is None,
+    }
+    (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
+    from kiln_worker._inputs import JobError
+
+    try:
+        loaded = tf.saved_model.load(spec.model_dir)
+    except Exception as exc:  # TensorFlow raises many types for a broken SavedModel
+        raise JobError("InvalidModel", f"cannot load the SavedModel: {_first_line(exc)}") from exc
+    signatures = dict(loaded.signatures)
+    if spec.signature not in signatures:
+        raise JobError(
+            "UnknownSignature",
+            f"the SavedModel has no signature {spec.signature!r}; it has {sorted(signatures)}",
+        )
+    return loaded, signatures[spec.signature]
+
+
+def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
+    from kiln_worker._inputs import JobError
+
+    try:
+        outputs = fn(**inputs)
+    except (tf.errors.OpError, ValueError, TypeError) as exc:
+        raise JobError("ModelError", f"{what}: {_first_line(exc)}") from exc
+    if not isinstance(outputs, dict):
+        flat = tf.nest.flatten(outputs)
+        outputs = {f"output_{i}": t for i, t in enumerate(flat)}
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: EventChannel) -> Any:
+    from kiln_worker import trace
+
+    def on_progress(stage: str, fraction: float, message: str) -> None:
+        start, end = _TRACER_SPAN.get(stage, (0.10, 0.80))
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        events.progress(stage, start + (end - start) * fraction, message)
+
+    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend, on_progress=on_progress)
+
+
+def _verify(
+    tf: Any, compiled_dir: Path, inputs: dict[str, Any], expected: dict[str, Any]
+) -> dict[str, Any]:
+    """Compare the reloaded compiled model's outputs with the original's."""
+    import numpy as np
+
+    from kiln_worker._inputs import JobError
+
+    try:
+        reloaded = tf.saved_model.load(str(compiled_dir))
+        serving = reloaded.signatures["serving_default"]
+        actual = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
+    except (JobError, KeyError) as exc:
+        raise JobError(
+            "VerificationFailed",
+            f"the compiled model does not run after saving and reloading: {exc}",
+            kind="system_error",
+        ) from exc
+    pairs = _pair_outputs(expected, actual)
+    per_output: dict[str, dict[str, float]] = {}
+    worst_diff = worst_abs = 0.0
+    for name, (want, got) in pairs.items():
+        want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
+        if want64.shape != got64.shape:
+            raise JobError(
+                "VerificationFailed",
+                f"output {name!r} has shape {list(got64.shape)} after compiling, "
+                f"{list(want64.shape)} before",
+                kind="system_error",
+            )
+        diff = float(np.max(np.abs(want64 - got64), initial=0.0))
+        biggest = float(np.max(np.abs(want64), initial=0.0))
+        per_output[name] = {"max_abs_diff": diff, "max_abs_output": biggest}
+        worst_diff, worst_abs = max(worst_diff, diff), max(worst_abs, biggest)
+    return {
+        "max_abs_diff": worst_diff,
+        "max_abs_output": worst_abs,
+        "rtol": RTOL,
+        "atol": ATOL,
+        "within_tolerance": worst_diff <= ATOL + RTOL * worst_abs,
+        "outputs": per_output,
+    }
+
+
+def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs keyed as ``fn`` names them (by sorted position if it renamed them)."""
+    names = sorted(fn.structured_input_signature[1])
+    if set(names) == set(inputs) or len(names) != len(inputs):
+        return inputs
+    return {new: inputs[old] for new, old in zip(names, sorted(inputs), strict=True)}
+
+
+def _pair_outputs(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Match outputs by name, or by sorted position when the compiled model renamed them."""
+    from kiln_worker._inputs import JobError
+
+    if set(expected) == set(actual):
+        return {name: (expected[name], actual[name]) for name in sorted(expected)}
+    if len(expected) != len(actual):
+        raise JobError(
+            "VerificationFailed",
+            f"the compiled model has outputs {sorted(actual)}, the original {sorted(expected)}",
+            kind="system_error",
+        )
+    return {
+        name: (expected[name], actual[other])
+        for name, other in zip(sorted(expected), sorted(actual), strict=True)
+    }
+
+
+def _pack(directory: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(directory, arcname=directory.name)
+
+
+def _versions(tf: Any) -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "tensorflow": tf.__version__}
+    for dist in ("tf-keras", "numpy", "kiln-worker"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

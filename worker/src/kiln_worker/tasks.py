@@ -1,0 +1,63 @@
+"""The ``kiln.compile`` Celery task: thin, idempotent, job id in and a small dict out.
+
+All the work is in :mod:`kiln_worker._compile_job`; the task only finds this process's stores
+(opened once per pool process, after the fork) and hands over the job id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.utils.log import get_task_logger
+
+from kiln_service.config import Settings
+from kiln_service.queue import COMPILE_TASK
+from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker.config import WorkerSettings
+
+__all__ = ["compile_job", "register_tasks"]
+
+logger: logging.Logger = get_task_logger(__name__)
+_context: WorkerContext | None = None
+_configured: tuple[Settings | None, WorkerSettings | None] = (None, None)
+
+
+def _worker_context() -> WorkerContext:
+    # Opened lazily in the pool process: database connections must not cross a fork.
+    global _context
+    if _context is None:
+        _context = WorkerContext.open(*_configured)
+    return _context
+
+
+def compile_job(job_id: str) -> dict[str, Any]:
+    """Compile one job (``kiln.compile``).
+
+    Args:
+        job_id: the job to compile; the job store says whether it still needs to run.
+
+    Returns:
+        ``{"job_id", "status"}`` with the job's final status, or ``skipped``.
+    """
+    logger.info("job %s: received", job_id)
+    result = run_compile_job(_worker_context(), job_id)
+    logger.info("job %s: %s", job_id, result["status"])
+    return result
+
+
+def register_tasks(
+    app: Celery, settings: Settings | None = None, options: WorkerSettings | None = None
+) -> None:
+    """Register ``kiln.compile`` on ``app`` (late acks: a lost worker's job is redelivered).
+
+    Args:
+        app: the worker's Celery app.
+        settings: service settings the task's stores are opened with (default: environment).
+        options: worker settings the task runs with (default: environment).
+    """
+    global _configured
+    _configured = (settings, options)
+    app.task(name=COMPILE_TASK, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)(compile_job)

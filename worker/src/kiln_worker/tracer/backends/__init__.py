@@ -1,0 +1,1 @@
+"""Compiler backends of the tracer (``xla`` here; ``neuron`` delegates to tensorflow-neuron)."""

@@ -1,0 +1,204 @@
+"""Pass ``compile``: each partition becomes a function, compiled now by the backend.
+
+A partition the backend rejects goes back to CPU (``fallback_cpu``) with the reason; in automatic
+placement, a partition that compiles but does not run faster than plain TensorFlow on the example
+inputs also goes back (``rejected_no_gain``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
+from kiln_worker.tracer.freeze import FrozenGraph
+from kiln_worker.tracer.partition import NodeGraph, Partition
+from kiln_worker.tracer.rewrite import GraphImporter
+
+logger = logging.getLogger(__name__)
+#: Keep a subgraph in automatic mode only if it runs at most this fraction of plain TF's time.
+GAIN_THRESHOLD = 0.95
+
+
+@dataclass
+class SubgraphResult:
+    """What happened to one partition."""
+
+    partition: Partition
+    status: str
+    reason: str | None
+    compile_seconds: float
+    graph_def: Any
+    specs: list[tf.TensorSpec]
+    example_args: list[Any]
+    compiled: CompiledSubgraph | None = None
+    speedup: float | None = None
+
+
+def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
+    """Static dtype and shape of tensors, from shape inference on import."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    specs = {}
+    for name in names:
+        tensor = graph.get_tensor_by_name(name)
+        specs[name] = tf.TensorSpec(tensor.shape, tensor.dtype)
+    return specs
+
+
+def run_graph(
+    frozen: FrozenGraph, graph_def: Any, fetches: list[str], examples: list[Any]
+) -> list[Any]:
+    """Run ``graph_def`` (inside a tf.function, never eagerly) and fetch tensors by name."""
+    feeds = list(frozen.input_names) + list(frozen.weights)
+    values = [tf.constant(x) for x in examples] + [v.value() for v in frozen.weights.values()]
+    fed = dict(zip(feeds, values, strict=True))
+    computed = [f for f in fetches if f not in fed]
+
+    importer = GraphImporter(graph_def)
+
+    @tf.function(autograph=False)  # type: ignore[untyped-decorator]
+    def run(*args: tf.Tensor) -> list[tf.Tensor]:
+        return importer(dict(zip(feeds, args, strict=True)), computed)
+
+    results = dict(zip(computed, run(*values) if computed else [], strict=True))
+    return [fed[f] if f in fed else results[f] for f in fetches]
+
+
+def subgraph_graph_def(graph: NodeGraph, partition: Partition, library: Any) -> Any:
+    """The partition's nodes as a GraphDef whose loose inputs are fed through ``input_map``."""
+    inside = set(partition.nodes) | set(partition.constants)
+    sub = graph_pb2.GraphDef()
+    if any(_calls_functions(graph.nodes[n]) for n in partition.nodes):
+        sub.library.CopyFrom(library)
+    for name in partition.constants + partition.nodes:
+        node = sub.node.add()
+        node.CopyFrom(graph.nodes[name])
+        kept = [i for i in node.input if not (i.startswith("^") and i[1:] not in inside)]
+        del node.input[:]
+        node.input.extend(kept)
+        node.ClearField("device")
+    return sub
+
+
+def _calls_functions(node: Any) -> bool:
+    return any(
+        v.HasField("func") or (v.HasField("list") and v.list.func) for v in node.attr.values()
+    )
+
+
+def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
+    """A Python function over the boundary inputs that builds the subgraph."""
+    inputs, outputs = list(partition.inputs), list(partition.outputs)
+    importer = GraphImporter(sub)
+
+    def body(*args: tf.Tensor) -> list[tf.Tensor]:
+        return importer(dict(zip(inputs, args, strict=True)), outputs)
+
+    return body
+
+
+def _mean_call_seconds(fn: Any, args: list[Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter() - start) / calls
+
+
+def speedup(candidate: Any, baseline: Any, args: list[Any], rounds: int = 5) -> float:
+    """Median of ``baseline time / candidate time`` over interleaved rounds (both warmed up).
+
+    The machine's speed drifts from minute to minute, so only interleaved runs are compared.
+    """
+    candidate(*args)
+    baseline(*args)
+    single = max(_mean_call_seconds(baseline, args, 1), 1e-6)
+    calls = int(min(20, max(1, 0.01 / single)))
+    ratios = []
+    for _ in range(rounds):
+        candidate_time = _mean_call_seconds(candidate, args, calls)
+        baseline_time = _mean_call_seconds(baseline, args, calls)
+        ratios.append(baseline_time / max(candidate_time, 1e-9))
+    return float(statistics.median(ratios))
+
+
+def measure_gain(
+    compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
+) -> float:
+    """Speed-up of the compiled subgraph over the same subgraph in plain TensorFlow."""
+    plain = tf.function(body, autograph=False).get_concrete_function(*specs)
+    return speedup(compiled, plain, args)
+
+
+def compile_partitions(
+    backend: Backend,
+    graph: NodeGraph,
+    frozen: FrozenGraph,
+    partitions: list[Partition],
+    *,
+    examples: list[np.ndarray],
+    measure: bool,
+    progress: Callable[[int, int], None],
+) -> list[SubgraphResult]:
+    """Compile each partition with ``backend``; keep a failed or slower one on CPU."""
+    boundary = list(dict.fromkeys(t for p in partitions for t in p.inputs + p.outputs))
+    specs = tensor_specs(frozen.graph_def, boundary)
+    values = dict(
+        zip(boundary, run_graph(frozen, frozen.graph_def, boundary, examples), strict=True)
+    )
+    results = []
+    for i, partition in enumerate(partitions):
+        progress(i, len(partitions))
+        results.append(_compile_one(backend, graph, frozen, partition, specs, values, measure))
+    return results
+
+
+def _compile_one(
+    backend: Backend,
+    graph: NodeGraph,
+    frozen: FrozenGraph,
+    partition: Partition,
+    specs: dict[str, tf.TensorSpec],
+    values: dict[str, Any],
+    measure: bool,
+) -> SubgraphResult:
+    sub = subgraph_graph_def(graph, partition, frozen.graph_def.library)
+    body = make_body(sub, partition)
+    in_specs = [specs[t] for t in partition.inputs]
+    args = [values[t] for t in partition.inputs]
+    result = SubgraphResult(partition, "compiled", None, 0.0, sub, in_specs, args)
+    try:
+        result.compiled = backend.compile_subgraph(partition.name, body, in_specs, args)
+        result.compile_seconds = result.compiled.compile_seconds
+    except Exception as e:  # any compiler failure sends the subgraph to CPU
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        result.status, result.reason = "fallback_cpu", f"{backend.name} rejected it: {first_line}"
+        logger.info("%s back to CPU: %s", partition.name, first_line)
+        return result
+    if measure:
+        result.speedup = measure_gain(result.compiled.function, body, in_specs, args)
+        if result.speedup * GAIN_THRESHOLD < 1.0:
+            result.status = "rejected_no_gain"
+            result.reason = (
+                f"measured {result.speedup:.2f}x of plain TensorFlow on the example inputs "
+                f"(needs {1 / GAIN_THRESHOLD:.2f}x)"
+            )
+    logger.debug("compile: %s %s", partition.name, result.status)
+    return result
+
+
+def outputs_on_examples(result: SubgraphResult) -> list[np.ndarray]:
+    """The compiled subgraph's outputs on its example inputs (for replay dumps)."""
+    fn = result.compiled.function if result.compiled else None
+    if fn is None:
+        return []
+    return [np.asarray(t) for t in fn(*result.example_args)]

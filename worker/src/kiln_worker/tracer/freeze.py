@@ -1,0 +1,173 @@
+"""Pass ``freeze``: variables become constants (or, with ``--extract-weights``, extra inputs),
+then a grappler clean-up that deliberately leaves fusions (remapper) and layout changes out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, types_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.framework import convert_to_constants
+from tensorflow.python.grappler import tf_optimizer
+from tensorflow.python.training import saver
+
+from kiln_worker.tracer.errors import UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+_PASS = "freeze"
+# Grappler passes that only simplify; "remapper" (fuses MatMul+BiasAdd+Relu into _FusedMatMul,
+# which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
+_CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
+_STATEFUL_TABLE_HINTS = ("HashTable", "LookupTable", "MutableHashTable", "Iterator")
+
+
+@dataclass
+class FrozenGraph:
+    """A self-contained GraphDef with named input and output tensors.
+
+    ``weights`` (only with ``--extract-weights``) maps placeholder names to the variables whose
+    values they take at run time.
+    """
+
+    graph_def: Any
+    input_names: list[str]
+    output_names: list[str]
+    weights: dict[str, Any] = field(default_factory=dict)
+
+
+def cleanup(graph_def: Any, fetches: list[str]) -> Any:
+    """Run grappler's simplifying passes (no fusion, no layout change) on ``graph_def``.
+
+    Args:
+        graph_def: the frozen GraphDef.
+        fetches: tensor names that must survive (inputs and outputs).
+
+    Returns:
+        The optimised GraphDef.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    meta = saver.export_meta_graph(graph_def=graph_def, graph=graph)
+    collection = meta_graph_pb2.CollectionDef()
+    collection.node_list.value.extend(fetches)
+    meta.collection_def["train_op"].CopyFrom(collection)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.optimizers.extend(_CLEANUP_OPTIMIZERS)
+    rewrite.min_graph_nodes = -1
+    return tf_optimizer.OptimizeGraph(config, meta)
+
+
+def drop_placeholder_control_edges(graph_def: Any) -> Any:
+    """Remove ``^placeholder`` control inputs: meaningless, and they defeat ``input_map``."""
+    placeholders = {n.name for n in graph_def.node if n.op == "Placeholder"}
+    for node in graph_def.node:
+        kept = [i for i in node.input if not (i.startswith("^") and i[1:] in placeholders)]
+        if len(kept) != len(node.input):
+            del node.input[:]
+            node.input.extend(kept)
+    return graph_def
+
+
+def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
+    """Nodes that still hold state after freezing (resource tensors, tables)."""
+    input_nodes = {n.split(":")[0] for n in inputs}
+    bad = []
+    for node in graph_def.node:
+        is_resource_input = node.op == "Placeholder" and node.attr["dtype"].type in (
+            types_pb2.DT_RESOURCE,
+            types_pb2.DT_VARIANT,
+        )
+        if (is_resource_input and node.name not in input_nodes) or any(
+            h in node.op for h in _STATEFUL_TABLE_HINTS
+        ):
+            bad.append(f"{node.name} ({node.op})")
+    return bad
+
+
+def _check_no_state(graph_def: Any, inputs: list[str]) -> None:
+    bad = _unfreezable(graph_def, inputs)
+    if bad:
+        raise UnsupportedModelError(
+            "the function keeps resource tensors that cannot be frozen into constants: "
+            f"{', '.join(bad[:5])}. Stateful lookups (tf.lookup tables, StringLookup/"
+            "TextVectorization layers, iterators) are not supported: do the lookup before the "
+            "model (in your input pipeline) and trace the numeric part only",
+            _PASS,
+        )
+
+
+def freeze(concrete: Any) -> FrozenGraph:
+    """Freeze ``concrete``'s variables into constants and clean up the graph.
+
+    Raises:
+        UnsupportedModelError: state that cannot be frozen (lookup tables, other resources).
+    """
+    try:
+        frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
+            concrete,
+            lower_control_flow=False,  # keep While/If functional: one node each
+        )
+    except Exception as e:  # TF raises several types here
+        raise UnsupportedModelError(f"freezing variables failed: {e}", _PASS) from e
+    inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in frozen_func.outputs]
+    _check_no_state(graph_def, inputs)
+    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + outputs))
+    logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
+    return FrozenGraph(optimized, inputs, outputs)
+
+
+def extract_weights(concrete: Any) -> FrozenGraph:
+    """Like :func:`freeze`, but each variable read becomes a placeholder fed by the variable.
+
+    The GraphDef then holds no weights, so it stays small and models over 2 GB trace and save.
+
+    Raises:
+        UnsupportedModelError: variables used other than by a plain read (e.g. inside a loop).
+    """
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(concrete.graph.as_graph_def())
+    handles = {}
+    for external, internal in concrete.graph.captures:
+        variable = _variable_of(concrete, external)
+        if variable is not None:
+            handles[internal.op.name] = variable
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    outputs = [t.name for t in concrete.outputs]
+    weights: dict[str, Any] = {}
+    keep = []
+    for node in graph_def.node:
+        source = node.input[0].split(":")[0] if node.input else ""
+        if node.op == "ReadVariableOp" and source in handles:
+            dtype, name = node.attr["dtype"].type, node.name
+            node.Clear()
+            node.name, node.op = name, "Placeholder"
+            node.attr["dtype"].type = dtype
+            weights[f"{name}:0"] = handles[source]
+        if node.name not in handles:
+            keep.append(node)
+    del graph_def.node[:]
+    graph_def.node.extend(keep)
+    used = {i.split(":")[0].lstrip("^") for n in graph_def.node for i in n.input}
+    if used & set(handles):
+        raise UnsupportedModelError(
+            "--extract-weights needs every variable to be read with a plain read; this model "
+            "uses variables inside functions or loops: trace it without --extract-weights",
+            _PASS,
+        )
+    _check_no_state(graph_def, inputs + list(weights))
+    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + list(weights) + outputs))
+    return FrozenGraph(optimized, inputs, outputs, weights)
+
+
+def _variable_of(concrete: Any, handle: Any) -> Any:
+    for variable in concrete.graph.variables:
+        if variable.handle is handle:
+            return variable
+    return None
