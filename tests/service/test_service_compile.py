@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -224,9 +225,21 @@ class TestBodyCap:
         assert_nothing_stored(app, app_settings)
 
 
-def test_api_modules_never_import_tensorflow() -> None:
-    # The test process built its models in a subprocess; nothing here may have loaded TF.
-    assert "tensorflow" not in sys.modules
+def test_api_modules_never_import_tensorflow(tmp_path: Path) -> None:
+    # A fresh interpreter: other tests of this pytest process may well have loaded TensorFlow.
+    code = (
+        "import sys\n"
+        "from kiln_service.config import Settings\n"
+        "from kiln_service.main import create_app\n"
+        "import kiln_service.ingest, kiln_service.routes.compile\n"
+        f"create_app(Settings(data_dir={str(tmp_path)!r}))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'))\n"
+        "print(','.join(loaded))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"the API loaded {result.stdout.strip()}"
 
 
 async def test_chunked_body_over_cap_without_length_is_413(tmp_path: Path) -> None:

@@ -166,3 +166,21 @@ def test_log_buffer_caps_an_endless_log_and_says_so() -> None:
     assert written[:10] == [f"line {i}" for i in range(10)]
     assert written[10:] == ["[kiln] 15 more log lines were dropped (limit 10 lines per attempt)"]
     assert buf.tail()[-1] == "line 24"  # failure messages still quote the real end
+
+
+def test_stray_prints_in_the_child_go_to_stderr_not_the_protocol() -> None:
+    import subprocess
+    import sys
+
+    script = ("import os\n"
+              "from kiln_worker.runner import EventChannel\n"
+              "events = EventChannel.take_stdout()\n"
+              "print('stray print from model code', flush=True)\n"
+              "os.write(1, b'stray C-level write\\n')\n"
+              "events.progress('loading', 0.1, 'hello')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert [parse_event(line) for line in proc.stdout.splitlines()] == [
+        {"event": "progress", "stage": "loading", "progress": 0.1, "message": "hello"}]
+    assert "stray print from model code" in proc.stderr
+    assert "stray C-level write" in proc.stderr

@@ -111,3 +111,15 @@ def test_unexpected_error_exits_1_with_a_traceback(zoo: Path, tmp_path: Path) ->
     assert result.returncode == 1
     assert result.error is None
     assert "Traceback" in result.stderr and "unknown target 'tpu'" in result.stderr
+
+
+def test_inf1_without_the_neuron_toolchain_says_what_is_missing(zoo: Path, tmp_path: Path) -> None:
+    # Real absence of AWS's tensorflow-neuron on this host (nothing faked): a worker that serves
+    # inf1 without it is misconfigured, which is Kiln's side, not the user's.
+    result = run_child(tmp_path, zoo / "mlp" / "model", target="inf1",
+                       example_inputs=str(zoo / "mlp" / "example_inputs.npz"))
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.error is not None
+    assert result.error["kind"] == "system_error"
+    assert result.error["code"] == "BackendUnavailable"
+    assert "neuron" in result.error["message"].lower()

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     """Port ``kiln-service serve`` listens on."""
     log_follow_poll_seconds: float = Field(default=0.5, gt=0)
     """How often a log stream polls the job store for new lines."""
+    worker_liveness_seconds: float = Field(default=60.0, gt=0)
+    """A worker counts as live while it was seen within this many seconds (workers refresh
+    every ``KILN_WORKER_ADVERTISE_SECONDS``, 10 by default)."""
+    reject_unserved_targets: bool = False
+    """Refuse (503 ``no_worker_for_target``) a job whose target no live worker serves, instead
+    of queueing it with a stage message saying what it waits for."""
 
     @field_validator("data_dir")
     @classmethod

@@ -7,13 +7,14 @@ tenant dependency is where API-key authentication will plug in (every store call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
 
 from kiln_service.config import Settings, get_settings
+from kiln_service.idempotency import InFlightKeys
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
 from kiln_service.stores.jobs import JobRecord, JobStore
@@ -41,6 +42,8 @@ class Services:
     artifact_store: ArtifactStore
     celery: Celery
     metrics: Metrics
+    in_flight: InFlightKeys = field(default_factory=InFlightKeys)
+    """``Idempotency-Key`` values whose first request this process is still handling."""
 
 
 def get_services(request: Request) -> Services:

@@ -8,13 +8,17 @@ Tree::
     │   ├── JobNotFoundError         404 job_not_found
     │   └── ArtifactNotFoundError    404 artifact_not_found
     ├── ConflictError                409 conflict
-    │   └── JobStateError            409 job_state_conflict
+    │   ├── JobStateError            409 job_state_conflict
+    │   ├── IdempotencyInFlightError 409 idempotency_key_in_flight
+    │   └── DuplicateIdempotencyKeyError 409 (a race, resolved by the route)
     ├── PayloadTooLargeError         413 payload_too_large
     ├── UnsupportedMediaTypeError    415 unsupported_media_type
     ├── RangeNotSatisfiableError     416 range_not_satisfiable
     ├── UploadRejectedError          422 (code given per case: invalid_archive, unknown_signature…)
+    │   └── IdempotencyKeyReusedError 422 idempotency_key_reused
     ├── StoreError                   503 store_unavailable
     └── DependencyUnavailableError   503 dependency_unavailable
+        └── NoWorkerForTargetError   503 no_worker_for_target
 
 The exception classes import nothing from FastAPI so that the stores (used by the worker too)
 can raise them; :func:`install_error_handlers` wires them into an app.
@@ -35,9 +39,13 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "DependencyUnavailableError",
+    "DuplicateIdempotencyKeyError",
+    "IdempotencyInFlightError",
+    "IdempotencyKeyReusedError",
     "JobNotFoundError",
     "JobStateError",
     "KilnServiceError",
+    "NoWorkerForTargetError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
@@ -121,6 +129,23 @@ class JobStateError(ConflictError):
     code = "job_state_conflict"
 
 
+class IdempotencyInFlightError(ConflictError):
+    """A request with the same ``Idempotency-Key`` is still being processed."""
+
+    code = "idempotency_key_in_flight"
+    retry_after = 2
+
+
+class DuplicateIdempotencyKeyError(ConflictError):
+    """Another request created a job with this ``Idempotency-Key`` first (a race)."""
+
+    code = "idempotency_key_in_flight"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"a job with Idempotency-Key {key!r} was created concurrently; retry")
+        self.key = key
+
+
 class PayloadTooLargeError(KilnServiceError):
     """An upload or the request body is over its size cap."""
 
@@ -149,6 +174,12 @@ class UploadRejectedError(KilnServiceError):
     code = "invalid_request"
 
 
+class IdempotencyKeyReusedError(UploadRejectedError):
+    """The ``Idempotency-Key`` was already used for a request with another body."""
+
+    code = "idempotency_key_reused"
+
+
 class StoreError(KilnServiceError):
     """The job store or artifact store failed or is unreachable."""
 
@@ -163,6 +194,13 @@ class DependencyUnavailableError(KilnServiceError):
     status_code = 503
     code = "dependency_unavailable"
     retry_after = 5
+
+
+class NoWorkerForTargetError(DependencyUnavailableError):
+    """No live worker serves the job's target and the service refuses such jobs."""
+
+    code = "no_worker_for_target"
+    retry_after = 30
 
 
 def problem_response(

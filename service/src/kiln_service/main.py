@@ -20,7 +20,7 @@ from kiln_service.deps import Services
 from kiln_service.errors import install_error_handlers
 from kiln_service.metrics import Metrics
 from kiln_service.queue import create_celery_app
-from kiln_service.routes import artifacts, compile, health, jobs
+from kiln_service.routes import artifacts, compile, health, jobs, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
 
@@ -157,6 +157,6 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    for module in (compile, jobs, artifacts, health):
+    for module in (compile, jobs, artifacts, workers, health):
         app.include_router(module.router)
     return app

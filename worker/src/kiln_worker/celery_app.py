@@ -51,7 +51,10 @@ def worker_config(settings: Settings, options: WorkerSettings) -> dict[str, Any]
 def create_worker_app(
     settings: Settings | None = None, options: WorkerSettings | None = None
 ) -> Celery:
-    """Create the worker's Celery app with ``kiln.compile`` registered.
+    """Create the worker's Celery app with ``kiln.compile`` registered and advertised.
+
+    Once the worker is ready it registers its node name and targets in the job store's
+    ``workers`` table and refreshes them until it shuts down (:mod:`kiln_worker._advertise`).
 
     Args:
         settings: service settings (default: from the environment).
@@ -71,6 +74,9 @@ def create_worker_app(
     from kiln_worker.tasks import register_tasks
 
     register_tasks(worker_app, settings, options)
+    from kiln_worker._advertise import install_advertiser
+
+    install_advertiser(worker_app, settings, options)
     return worker_app
 
 

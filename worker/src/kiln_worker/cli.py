@@ -1,6 +1,6 @@
 """``kiln-worker``: a Celery worker that compiles the jobs of the targets it serves.
 
-Usage: ``kiln-worker --targets xla[,inf1] [--concurrency N] [--loglevel INFO]``. The broker,
+Usage: ``kiln-worker --targets xla[,inf1] [--concurrency N] [--hostname NAME] [--loglevel INFO]``. The broker,
 job store and artifact store come from the same ``KILN_*`` variables as the API.
 """
 
@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--concurrency", type=int, default=None,
                         help="compiles run at once (default: KILN_WORKER_CONCURRENCY or 1)")
+    parser.add_argument(
+        "--hostname", default=None,
+        help="Celery node name, also this worker's id in GET /v1/workers; give each worker on "
+        "one host its own (Celery expands %%h to the host name; default kiln-<targets>@%%h)",
+    )
     parser.add_argument("--loglevel", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="log level (default INFO)")
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["concurrency"] = args.concurrency
         options = WorkerSettings(**overrides)  # type: ignore[arg-type]
         settings = get_settings()
+        if args.hostname is not None and not args.hostname.strip():
+            raise ValueError("--hostname must not be empty (such as --hostname kiln-xla-2@%h)")
     except ValueError as exc:
         print(f"kiln-worker: error: {exc}", file=sys.stderr)
         return 2
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from kiln_worker.celery_app import create_worker_app
 
+    hostname = args.hostname or f"kiln-{options.targets.replace(',', '-')}@%h"
     app = create_worker_app(settings, options)
     queues = ",".join(queue_name(t) for t in parse_targets(options.targets))
     logging.getLogger(__name__).info(
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         # Gossip, mingle and event heartbeats coordinate Celery features Kiln does not use,
         # and cost seconds at start-up on the embedded transport.
         "--without-gossip", "--without-mingle", "--without-heartbeat",
-        f"--hostname=kiln-{options.targets.replace(',', '-')}@%h",
+        f"--hostname={hostname}",
     ])
     return 0
 

@@ -36,6 +36,9 @@ class WorkerSettings(BaseSettings):
     """Longest a log line waits in the worker before it reaches the job store."""
     kill_grace_seconds: float = Field(default=3.0, ge=0)
     """Between SIGTERM and SIGKILL when a compile is cancelled or times out."""
+    advertise_seconds: float = Field(default=10.0, gt=0)
+    """How often the worker refreshes its row in the job store's ``workers`` table (keep it well
+    under the API's ``KILN_WORKER_LIVENESS_SECONDS``, 60 by default)."""
     lease_seconds: int = Field(default=60, ge=5)
     """Lease of a running attempt; renewed by heartbeats every third of it."""
     child_max_file_bytes: int | None = Field(default=None, gt=0)

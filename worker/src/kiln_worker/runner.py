@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(spec: JobSpec, events: EventChannel) -> None:
+    # Keras 2 (tf_keras) as tf.keras, as the tracer's returned model and tensorflow-neuron
+    # users expect; must be set before TensorFlow is imported.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import numpy as np  # noqa: F401  (imported before TensorFlow on purpose: faster failures)
     import tensorflow as tf
 
     from kiln_worker._inputs import placement_callback, prepare_inputs, signature_specs

@@ -15,11 +15,18 @@ from pydantic import ValidationError
 
 from kiln_client.flags import FlagsError, parse_flags
 from kiln_client.models import CompileRequest, Job
-from kiln_service import ingest
+from kiln_service import idempotency, ingest
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
-from kiln_service.errors import PayloadTooLargeError, StoreError, UploadRejectedError
+from kiln_service.errors import (
+    DuplicateIdempotencyKeyError,
+    NoWorkerForTargetError,
+    PayloadTooLargeError,
+    StoreError,
+    UploadRejectedError,
+)
 from kiln_service.queue import enqueue_compile
+from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
 from kiln_service.uploads import ReceivedForm, receive_multipart
@@ -35,6 +42,13 @@ TEXT_FIELDS = set(CompileRequest.model_fields)
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
 _OPENAPI_BODY: dict[str, Any] = {
+    "parameters": [{
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "Retry-safe submission: the same key and request return the first job "
+                       "(`Idempotent-Replayed: true`); the same key with another request is a 422; "
+                       "the same key while the first request is in flight is a 409.",
+    }],
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
@@ -68,6 +82,22 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     services = get_services(request)
     settings = services.settings
     _check_content_length(request, settings)
+    key = idempotency.check_key(request.headers.get(idempotency.HEADER))
+    with services.in_flight.hold(tenant, key):
+        job, replayed = await _receive_and_submit(request, services, tenant, key)
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    else:
+        services.metrics.submitted.labels(target=job.target).inc()
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job.to_public()
+
+
+async def _receive_and_submit(
+    request: Request, services: Services, tenant: str, key: str | None
+) -> tuple[JobRecord, bool]:
+    """Receive the form, then replay the job of an earlier request with ``key`` or submit anew."""
+    settings = services.settings
     job_id = uuid.uuid4().hex
     form = await receive_multipart(
         request.stream(), request.headers.get("content-type", ""),
@@ -78,13 +108,30 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     )
     try:
         compile_request = parse_compile_request(form.fields, settings)
-        job = await anyio.to_thread.run_sync(
-            _check_store_and_queue, services, form, compile_request, job_id, tenant)
+        digest = idempotency.request_digest(form) if key else None
+        if key and digest:
+            earlier = await anyio.to_thread.run_sync(_replay, services, tenant, key, digest)
+            if earlier is not None:
+                return earlier, True
+        try:
+            job = await anyio.to_thread.run_sync(
+                _check_store_and_queue, services, form, compile_request, job_id, tenant,
+                key, digest)
+        except DuplicateIdempotencyKeyError:
+            # Another API process created the job with this key between our look-up and insert.
+            if key is None or digest is None:
+                raise
+            earlier = await anyio.to_thread.run_sync(_replay, services, tenant, key, digest)
+            if earlier is None:
+                raise
+            return earlier, True
+        return job, False
     finally:
         form.cleanup()
-    services.metrics.submitted.labels(target=job.target).inc()
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job.to_public()
+
+
+def _replay(services: Services, tenant: str, key: str, digest: str) -> JobRecord | None:
+    return idempotency.replay(services.job_store, tenant=tenant, key=key, digest=digest)
 
 
 def _check_content_length(request: Request, settings: Settings) -> None:
@@ -152,7 +199,8 @@ def _check_fields(req: CompileRequest, settings: Settings) -> None:
 
 
 def _check_store_and_queue(
-    services: Services, form: ReceivedForm, req: CompileRequest, job_id: str, tenant: str
+    services: Services, form: ReceivedForm, req: CompileRequest, job_id: str, tenant: str,
+    idempotency_key: str | None = None, request_sha256: str | None = None,
 ) -> JobRecord:
     """Check the upload, move it into the artifact store, create and queue the job.
 
@@ -160,6 +208,7 @@ def _check_store_and_queue(
     """
     settings, artifacts = services.settings, services.artifact_store
     _check_upload(form, req, settings, job_id)
+    stage_message = _check_served(services, req.target)
     stored = False
     try:
         digests = {}
@@ -174,6 +223,8 @@ def _check_store_and_queue(
             flags=req.flags, signature=req.signature, placement=req.placement,
             input_shapes=req.input_shapes, input_digests=digests,
             timeout_seconds=req.timeout_seconds or settings.default_timeout_seconds,
+            stage_message=stage_message, idempotency_key=idempotency_key,
+            request_sha256=request_sha256,
         )
         stored = True
         enqueue_compile(services.celery, job_id=job_id, target=req.target)
@@ -183,6 +234,25 @@ def _check_store_and_queue(
             services.job_store.delete_job(job_id=job_id, only_finished=False)
         artifacts.delete_prefix(job_prefix(job_id))
         raise
+
+
+def _check_served(services: Services, target: str) -> str | None:
+    """Return the waiting message when no live worker serves ``target`` (``None`` if one does).
+
+    Raises:
+        NoWorkerForTargetError: None serves it and ``KILN_REJECT_UNSERVED_TARGETS`` is set.
+    """
+    settings = services.settings
+    live = services.job_store.live_targets(live_within_seconds=settings.worker_liveness_seconds)
+    if target in live:
+        return None
+    if settings.reject_unserved_targets:
+        raise NoWorkerForTargetError(
+            f"no live worker serves target {target!r}, and this service refuses such jobs; "
+            f"start one with `kiln-worker --targets {target}` (GET /v1/workers lists the live "
+            "ones), then submit again")
+    logger.info("job for target %s queued with no live worker serving it", target)
+    return unserved_target_message(target)
 
 
 def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, job_id: str) -> None:

@@ -15,6 +15,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from kiln_client.models import Job, JobList, JobStatus
 from kiln_service.deps import ArtifactStoreDep, JobStoreDep, SettingsDep, TenantDep, ValidJobDep
 from kiln_service.errors import JobStateError, UploadRejectedError
+from kiln_service.routes.workers import with_waiting_messages
 from kiln_service.stores.artifacts import job_prefix
 from kiln_service.stores.jobs import JobStore
 
@@ -29,6 +30,7 @@ _KEEPALIVE_SECONDS = 15.0
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
     store: JobStoreDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     status: Annotated[list[JobStatus] | None, Query(description="Repeatable status filter")] = None,
     target: Annotated[str | None, Query()] = None,
@@ -44,16 +46,17 @@ def list_jobs(
         if not sep or not key:
             raise UploadRejectedError(f"label filter {item!r} must be key:value", code="invalid_query")
         labels[key] = value
-    return store.list_jobs(
+    page = store.list_jobs(
         tenant=tenant, status=[s.value for s in status] if status else None, target=target,
         labels=labels, name=name, limit=limit, cursor=cursor,
     )
+    return page.model_copy(update={"items": with_waiting_messages(store, settings, page.items)})
 
 
 @router.get("/{job_id}", response_model=Job, summary="Read a job")
-def read_job(job: ValidJobDep) -> Job:
-    """Return the job."""
-    return job.to_public()
+def read_job(job: ValidJobDep, store: JobStoreDep, settings: SettingsDep) -> Job:
+    """Return the job (a queued one says when no live worker serves its target)."""
+    return with_waiting_messages(store, settings, [job.to_public()])[0]
 
 
 @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job")

@@ -29,7 +29,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["UTCDateTime", "job_logs", "jobs", "metadata", "utcnow"]
+__all__ = ["UTCDateTime", "job_logs", "jobs", "metadata", "utcnow", "workers"]
 
 metadata = MetaData()
 
@@ -110,4 +110,19 @@ job_logs = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("line", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+#: One row per running ``kiln-worker`` (its Celery node name), refreshed every few seconds; a
+#: worker is live while ``last_seen_at`` is recent (see ``Settings.worker_liveness_seconds``).
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(256), primary_key=True),
+    Column("targets", JSON, nullable=False),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Index("ix_workers_last_seen_at", "last_seen_at"),
 )

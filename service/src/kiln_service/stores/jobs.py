@@ -31,16 +31,23 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from kiln_client.models import Job, JobList, JobStatus, PlacementSpec, Stage
-from kiln_service.errors import BadRequestError, JobNotFoundError, JobStateError, StoreError
+from kiln_service.errors import (
+    BadRequestError,
+    DuplicateIdempotencyKeyError,
+    JobNotFoundError,
+    JobStateError,
+    StoreError,
+)
 from kiln_service.stores._records import JobRecord, LogLine, row_to_record
 from kiln_service.stores._schema import job_logs, jobs, utcnow
 from kiln_service.stores._worker_ops import WorkerOpsMixin
+from kiln_service.stores._workers import WorkerInfo, WorkerRegistryMixin
 
-__all__ = ["JobRecord", "JobStore", "LogLine", "normalize_database_url"]
+__all__ = ["JobRecord", "JobStore", "LogLine", "WorkerInfo", "normalize_database_url"]
 
 logger = logging.getLogger(__name__)
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
@@ -54,19 +61,23 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-class JobStore(WorkerOpsMixin):
-    """Jobs and their logs over one SQLAlchemy engine.
+class JobStore(WorkerOpsMixin, WorkerRegistryMixin):
+    """Jobs, their logs and the advertised workers over one SQLAlchemy engine.
 
     Args:
         url: A SQLAlchemy URL: ``sqlite:///path/kiln.db`` or ``postgresql+psycopg://…``.
         engine: An engine to use instead of ``url`` (tests).
+        pooled: Keep PostgreSQL connections in a pool; ``False`` opens one per use (for a
+            process that forks, such as the Celery worker's main process).
     """
 
-    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, engine: Engine | None = None, pooled: bool = True
+    ) -> None:
         if engine is None:
             if url is None:
                 raise ValueError("JobStore needs a database url or an engine")
-            engine = _make_engine(normalize_database_url(url))
+            engine = _make_engine(normalize_database_url(url), pooled=pooled)
         self.engine = engine
 
     @property
@@ -104,6 +115,7 @@ class JobStore(WorkerOpsMixin):
         input_shapes: Mapping[str, list[int]] | None = None,
         idempotency_key: str | None = None,
         request_sha256: str | None = None,
+        stage_message: str | None = None,
     ) -> JobRecord:
         """Insert a new ``queued`` job and return it.
 
@@ -121,6 +133,7 @@ class JobStore(WorkerOpsMixin):
             input_shapes: Shapes for generated inputs, if any.
             idempotency_key: Client's ``Idempotency-Key`` (unique per tenant), if any.
             request_sha256: Digest of the request, to tell a replay from a different body.
+            stage_message: Initial stage message (why the job may wait), if any.
 
         Returns:
             The stored job.
@@ -132,7 +145,7 @@ class JobStore(WorkerOpsMixin):
         values: dict[str, Any] = {
             "id": job_id or uuid.uuid4().hex, "tenant": tenant, "name": name,
             "labels": dict(labels or {}), "status": JobStatus.QUEUED.value,
-            "stage": Stage.QUEUED.value, "progress": 0.0, "target": target, "flags": flags,
+            "stage": Stage.QUEUED.value, "stage_message": stage_message, "progress": 0.0, "target": target, "flags": flags,
             "signature": signature,
             "placement": placement.model_dump() if placement is not None else None,
             "input_shapes": dict(input_shapes) if input_shapes is not None else None,
@@ -141,11 +154,36 @@ class JobStore(WorkerOpsMixin):
             "cancel_requested": False, "fence": 0, "log_seq": 0,
             "idempotency_key": idempotency_key, "request_sha256": request_sha256,
         }
-        with self._tx() as conn:
-            conn.execute(jobs.insert().values(**values))
-            row = conn.execute(select(jobs).where(jobs.c.id == values["id"])).mappings().one()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(jobs.insert().values(**values))
+                row = conn.execute(select(jobs).where(jobs.c.id == values["id"])).mappings().one()
+        except IntegrityError as exc:
+            if idempotency_key is None:
+                raise StoreError(f"job store refused the job: {exc}") from exc
+            raise DuplicateIdempotencyKeyError(idempotency_key) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"job store unavailable: {type(exc).__name__}: {exc}") from exc
         logger.info("job %s created (target %s, tenant %s)", values["id"], target, tenant)
         return row_to_record(row)
+
+    def find_idempotent(self, *, tenant: str, key: str) -> tuple[JobRecord, str | None] | None:
+        """Return the job created with ``Idempotency-Key`` ``key`` and its request digest.
+
+        Args:
+            tenant: Owner of the key (keys are unique per tenant).
+            key: The client's ``Idempotency-Key``.
+
+        Returns:
+            ``(job, request_sha256)``, or ``None`` when no job holds the key.
+
+        Raises:
+            StoreError: The database failed.
+        """
+        query = select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)
+        with self._tx() as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else (row_to_record(row), row["request_sha256"])
 
     def get_job(self, *, job_id: str, tenant: str | None = None) -> JobRecord:
         """Return one job.
@@ -353,7 +391,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
                               code="invalid_cursor") from exc
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, *, pooled: bool = True) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -363,6 +401,8 @@ def _make_engine(url: str) -> Engine:
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if not pooled:
+        return create_engine(url, poolclass=NullPool)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
