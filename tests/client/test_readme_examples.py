@@ -1,4 +1,5 @@
-"""The SDK and CLI examples of docs/sdk.md (merged into the README) run against a real service."""
+"""The SDK and CLI examples of the README's "Compile from Python or the shell" section run
+against a real service."""
 
 from __future__ import annotations
 
@@ -15,12 +16,21 @@ from model_factory import run_saved_model, save_model
 
 pytestmark = pytest.mark.integration
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "## Compile from Python or the shell"
+
+
+def _section() -> str:
+    """The README's SDK section: from its heading to the next second-level heading."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    return text[start:] if end < 0 else text[start:end]
 
 
 def code_blocks(language: str) -> list[str]:
-    """The fenced code blocks of ``language`` in docs/sdk.md."""
-    return re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+    """The fenced code blocks of ``language`` in the README's SDK section."""
+    return re.findall(rf"^```{language}\n(.*?)^```", _section(), flags=re.S | re.M)
 
 
 @pytest.fixture
@@ -35,6 +45,7 @@ def _env(service: RunningService) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(TF_ENV)
     env["KILN_URL"] = service.url
+    env["KILN_API_KEY"] = service.api_key
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
