@@ -78,11 +78,23 @@ else
   curl -sf "$URL/readyz" >/dev/null || { log "the API did not become ready; see $DATA_DIR/logs/"; exit 1; }
 fi
 
+# -- API key: `kiln-service up` (auth on by default) wrote a first key to $DATA_DIR/api-key ------
+AUTH=()
+if [ -n "${KILN_API_KEY:-}" ]; then
+  AUTH=(-H "Authorization: Bearer $KILN_API_KEY")
+elif [ -f "$DATA_DIR/api-key" ]; then
+  AUTH=(-H "Authorization: Bearer $(cat "$DATA_DIR/api-key")")
+  log "using the API key in $DATA_DIR/api-key"
+else
+  log "no API key in $DATA_DIR/api-key (fine if auth is off); create one with:"
+  log "  KILN_DATA_DIR=$DATA_DIR $ROOT/.venv/bin/kiln-service keys create --tenant default"
+fi
+
 json() { "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
 
 # -- 3. compile the bundled example through the API ---------------------------------------------
 log "submitting examples/mlp/mlp.tar.gz with its example inputs"
-code=$(curl -sS -o "$WORK/job.json" -w '%{http_code}' -X POST "$URL/v1/compile" \
+code=$(curl -sS "${AUTH[@]}" -o "$WORK/job.json" -w '%{http_code}' -X POST "$URL/v1/compile" \
   -F "model=@examples/mlp/mlp.tar.gz" -F "example_inputs=@examples/mlp/example_inputs.npz" \
   -F "name=quickstart-mlp" -F 'labels={"source": "quickstart"}')
 if [ "$code" != 202 ]; then log "submission refused (HTTP $code):"; cat "$WORK/job.json" >&2; exit 1; fi
@@ -91,7 +103,7 @@ log "job $JOB queued; following it"
 
 last=""
 for _ in $(seq 1 900); do
-  curl -sSf -o "$WORK/job.json" "$URL/v1/jobs/$JOB"
+  curl -sSf "${AUTH[@]}" -o "$WORK/job.json" "$URL/v1/jobs/$JOB"
   status=$(json "$WORK/job.json" "d['status']")
   line=$(json "$WORK/job.json" "f\"{d['status']:<9} {d['stage']:<10} {d['progress']*100:3.0f}%  {d['stage_message'] or ''}\"")
   [ "$line" != "$last" ] && log "  $line" && last=$line
@@ -100,12 +112,12 @@ for _ in $(seq 1 900); do
 done
 if [ "$status" != succeeded ]; then
   log "job $JOB ended $status: $(json "$WORK/job.json" "d['failure']")"
-  log "last lines of its log:"; curl -sS "$URL/v1/jobs/$JOB/logs" | tail -n 20 >&2
+  log "last lines of its log:"; curl -sS "${AUTH[@]}" "$URL/v1/jobs/$JOB/logs" | tail -n 20 >&2
   exit 1
 fi
 
 # -- 4. download, check the digest, load and compare ---------------------------------------------
-curl -sSf -o "$WORK/compiled_model.tar.gz" "$URL/v1/jobs/$JOB/artifacts/compiled_model.tar.gz"
+curl -sSf "${AUTH[@]}" -o "$WORK/compiled_model.tar.gz" "$URL/v1/jobs/$JOB/artifacts/compiled_model.tar.gz"
 want=$(json "$WORK/job.json" "[a['sha256'] for a in d['artifacts'] if a['name'] == 'compiled_model.tar.gz'][0]")
 got=$(sha256sum "$WORK/compiled_model.tar.gz" | cut -d' ' -f1)
 if [ "$want" != "$got" ]; then log "sha256 mismatch: job says $want, download is $got"; exit 1; fi
@@ -146,8 +158,8 @@ Kiln is running on $URL and compiled the example.
   placement    $placement
   check        compiled vs. original outputs match (max abs diff $(json "$WORK/check.json" "f\"{d['max_abs_diff']:.2e}\""))
   files        $WORK/compiled_model.tar.gz (extracted in $WORK/compiled)
-  report       curl $URL/v1/jobs/$JOB/artifacts/report.json
-  browse       $URL/docs  (interactive API docs), $URL/v1/jobs
+  report       curl -H "Authorization: Bearer \$(cat $DATA_DIR/api-key)" $URL/v1/jobs/$JOB/artifacts/report.json
+  browse       $URL/docs  (interactive API docs; "Authorize" with the key in $DATA_DIR/api-key)
   logs         $DATA_DIR/logs/
   stop         bash scripts/quickstart.sh --stop --data-dir $DATA_DIR   (or: kill $(cat "$PID_FILE"))
 EOF

@@ -34,10 +34,14 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture(autouse=True)
-def _no_kiln_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests must not pick up the developer's KILN_URL / KILN_API_KEY."""
+def _no_kiln_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests must not pick up the developer's KILN_URL / KILN_API_KEY; contract tests get
+    the API key the running service wrote (auth is on, as for any newcomer's ``kiln-service up``)."""
     monkeypatch.delenv("KILN_URL", raising=False)
     monkeypatch.delenv("KILN_API_KEY", raising=False)
+    if "kiln_service" in request.fixturenames:
+        service: RunningService = request.getfixturevalue("kiln_service")
+        monkeypatch.setenv("KILN_API_KEY", service.api_key)
 
 
 # --- a real running service (contract tests) -------------------------------------------------
@@ -61,6 +65,11 @@ class RunningService:
     url: str
     data_dir: Path
     log: Path
+
+    @property
+    def api_key(self) -> str:
+        """The first API key ``up`` wrote to ``{data_dir}/api-key`` (tenant ``default``)."""
+        return (self.data_dir / "api-key").read_text().strip()
 
 
 def _service_command() -> list[str] | None:

@@ -47,7 +47,7 @@ def test_installed_kiln_compiles_a_saved_model(fresh_venv: Path, kiln_service: R
     model = save_model(tmp_path / "model", seed=5)
     np.savez(tmp_path / "inputs.npz", x=example_input(2))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_ENV, KILN_URL=kiln_service.url)
+    env.update(TF_ENV, KILN_URL=kiln_service.url, KILN_API_KEY=kiln_service.api_key)
     result = subprocess.run(
         [str(fresh_venv / "bin" / "kiln"), "compile", str(model), "--inputs", str(tmp_path / "inputs.npz"),
          "--out", str(tmp_path / "compiled")],

@@ -179,3 +179,14 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after("garbage") is None
     past = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT")
     assert past == 0.0
+
+
+def test_idempotency_key_in_flight_conflict_is_retried(tmp_path: Path, sleeps: list[float]) -> None:
+    def handler(req: httpx.Request, i: int) -> httpx.Response:
+        if i == 0:
+            return problem(409, "idempotency_key_in_flight", "still being processed")
+        return httpx.Response(200, json=job_payload(), headers={"idempotent-replayed": "true"})
+
+    rec = Recorder(handler)
+    assert rec.client().compile(_archive(tmp_path), wait=False, progress=False).id == "a" * 32
+    assert len(rec.requests) == 2 and len(sleeps) == 1

@@ -133,6 +133,7 @@ def cluster(
         "KILN_BROKER_URL": redis_url,
         "KILN_STORAGE_URL": f"s3://{bucket}/{prefix}?addressing_style=path&part_size_mb=5",
         "KILN_AUTO_MIGRATE": "false",
+        "KILN_AUTH": "off",  # scale-out, not tenants, is under test here
         "TF_USE_LEGACY_KERAS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }

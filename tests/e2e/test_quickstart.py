@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +55,15 @@ def test_quickstart_ends_with_a_succeeded_job_and_a_matching_model(data_dir: Pat
     assert check["match"] is True
     assert "outputs match the original" in output
     assert (data_dir / "quickstart" / "compiled" / "compiled_model" / "saved_model.pb").is_file()
+
+    # Auth is on for a newcomer: `up` wrote a first key (owner-only) that the script used.
+    key_file = data_dir / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    url = f"http://127.0.0.1:{port}/v1/jobs/{job['id']}"
+    assert httpx.get(url, timeout=30).status_code == 401
+    with_key = httpx.get(url, headers={"Authorization": f"Bearer {key_file.read_text().strip()}"},
+                         timeout=30)
+    assert with_key.status_code == 200 and with_key.json()["status"] == "succeeded"
 
     pid = int((data_dir / "kiln-service.pid").read_text())
     stop = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "--stop",

@@ -51,6 +51,9 @@ def base_env(**overrides: str) -> dict[str, str]:
     """This environment without KILN_* settings, with TensorFlow quiet, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    # These tests are about compiling, not tenants: auth is turned off explicitly (it is tested
+    # in tests/reliability/test_tenants.py and, with `up`'s first key, in tests/client).
+    env.update(KILN_AUTH="off")
     env.update(overrides)
     return env
 

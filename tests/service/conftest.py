@@ -59,10 +59,18 @@ def two_inputs_tgz(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return make_tar(models_dir / "two_inputs", tmp_path_factory.mktemp("arch") / "m.tar.gz")
 
 
+@pytest.fixture(autouse=True)
+def _auth_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route tests run without API keys (explicitly ``KILN_AUTH=off``, also for ``Settings()``
+    built inside tests); authentication itself is tested in ``tests/reliability/test_tenants.py``."""
+    monkeypatch.setenv("KILN_AUTH", "off")
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Embedded settings rooted in ``tmp_path`` (SQLite, filesystem broker, local artifacts)."""
-    return Settings(data_dir=tmp_path / "kiln")
+    """Embedded settings rooted in ``tmp_path`` (SQLite, filesystem broker, local artifacts),
+    with auth explicitly off."""
+    return Settings(data_dir=tmp_path / "kiln", auth="off")
 
 
 @pytest.fixture

@@ -84,7 +84,8 @@ def test_migration_adds_workers_table_after_initial(tmp_path: Path) -> None:
     migrations.upgrade(url, "0001_initial")
     assert migrations.current_revision(url) == "0001_initial"
     migrations.upgrade(url)
-    assert migrations.current_revision(url) == migrations.head_revision() == "0002_workers"
+    # Later revisions (0003_api_keys, …) come after it; the head is whatever is newest.
+    assert migrations.current_revision(url) == migrations.head_revision()
     store = JobStore(url)
     try:
         _register(store, "kiln-xla@a", ["xla"])

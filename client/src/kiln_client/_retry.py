@@ -10,6 +10,7 @@ the server's ``Retry-After`` header (seconds or an HTTP date).
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ __all__ = ["IDEMPOTENCY_HEADER", "RetryPolicy"]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: the service's code for "a request with this Idempotency-Key is still being handled"
+_IN_FLIGHT = "idempotency_key_in_flight"
 #: a Retry-After above this is not worth blocking a caller for; the error is raised instead
 _MAX_RETRY_AFTER = 120.0
 
@@ -60,12 +63,14 @@ class RetryPolicy:
             response: the answer received.
 
         Returns:
-            True when the status is transient; ``Retry-After`` on a 409 also counts, as the
-            service uses it for "the same idempotency key is still being processed".
+            True when the status is transient; a 409 with ``Retry-After`` or the code
+            ``idempotency_key_in_flight`` also counts (the same key is still being processed).
         """
         if response.status_code in _RETRY_STATUSES:
             return True
-        return response.status_code == 409 and "retry-after" in response.headers
+        if response.status_code != 409:
+            return False
+        return "retry-after" in response.headers or _problem_code(response) == _IN_FLIGHT
 
     def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
         """Seconds to sleep before retry number ``attempt`` (0-based).
@@ -85,6 +90,14 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.initial_delay * (2**attempt))
         # Full jitter: spread clients that failed together so they do not retry together.
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    try:
+        body = json.loads(response.content or b"null")
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -17,13 +17,14 @@ import os
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kiln_client._protowire import ProtoDecodeError, fields, message, text
 from kiln_client.errors import InputError
 
 __all__ = ["ARCHIVE_SUFFIXES", "PreparedUpload", "prepare_upload", "signature_input_names"]
@@ -237,22 +238,10 @@ def signature_input_names(model: Path, signature: str) -> list[str]:
     Raises:
         InputError: no ``saved_model.pb``, or no such signature.
     """
-    data = _read_saved_model_pb(model)
-    signatures: dict[str, list[str]] = {}
-    for field, meta in _proto_fields(data):
-        if field != 2:  # SavedModel.meta_graphs
-            continue
-        for mfield, entry in _proto_fields(meta):
-            if mfield != 5:  # MetaGraphDef.signature_def (map<string, SignatureDef>)
-                continue
-            parts = dict(_proto_fields(entry))
-            key = bytes(parts.get(1, b"")).decode()
-            inputs = [
-                bytes(dict(_proto_fields(e)).get(1, b"")).decode()
-                for f, e in _proto_fields(bytes(parts.get(2, b"")))
-                if f == 1  # SignatureDef.inputs (map<string, TensorInfo>)
-            ]
-            signatures[key] = sorted(inputs)
+    try:
+        signatures = _signature_inputs(memoryview(_read_saved_model_pb(model)))
+    except ProtoDecodeError as exc:
+        raise InputError(f"{model.name}: saved_model.pb is not a valid SavedModel ({exc})") from exc
     if signature not in signatures:
         known = ", ".join(sorted(signatures)) or "none"
         raise InputError(f"the SavedModel has no signature {signature!r} (it has: {known})")
@@ -283,34 +272,21 @@ def _is_top_pb(member: str) -> bool:
     return bool(parts) and parts[-1] == "saved_model.pb" and len(parts) <= 2
 
 
-def _proto_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
-    """Yield ``(field_number, value)`` of a protobuf message; length-delimited values as bytes."""
-    view = memoryview(buf)
-    pos = 0
-    while pos < len(view):
-        key, pos = _varint(view, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(view, pos)
-            yield field, value
-        elif wire == 2:
-            length, pos = _varint(view, pos)
-            yield field, bytes(view[pos : pos + length])
-            pos += length
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-        else:
-            raise InputError("saved_model.pb is not a valid protobuf (unexpected wire type)")
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(view):
-            raise InputError("saved_model.pb is truncated")
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+def _signature_inputs(data: memoryview) -> dict[str, list[str]]:
+    """Map each signature key of a ``saved_model.pb`` to its sorted input names."""
+    signatures: dict[str, list[str]] = {}
+    for number, _wire, meta in fields(data):
+        if number != 2:  # SavedModel.meta_graphs
+            continue
+        for mnumber, _mwire, entry in fields(message(meta)):
+            if mnumber != 5:  # MetaGraphDef.signature_def (map<string, SignatureDef>)
+                continue
+            parts = {n: v for n, _w, v in fields(message(entry))}
+            key = text(parts.get(1, memoryview(b"")))
+            inputs = [
+                text({n: v for n, _w, v in fields(message(e))}.get(1, memoryview(b"")))
+                for f, _w, e in fields(message(parts.get(2, memoryview(b""))))
+                if f == 1  # SignatureDef.inputs (map<string, TensorInfo>)
+            ]
+            signatures[key] = sorted(inputs)
+    return signatures

@@ -3,10 +3,11 @@
 The API must not import TensorFlow, and importing TensorFlow's generated protos
 (``tensorflow.core.protobuf.saved_model_pb2``) runs ``tensorflow/__init__`` and loads the whole
 runtime. So this module reads the protobuf wire format directly, touching only the few fields it
-needs and skipping everything else (the graph itself is skipped in O(1), however large):
+needs and skipping everything else (tensor contents, shapes and other attributes of the graph are
+skipped in O(1), however large; the graph's ops are indexed by :mod:`._graph_scan`):
 
     SavedModel      2: repeated MetaGraphDef meta_graphs
-    MetaGraphDef    1: MetaInfoDef meta_info_def (4: repeated string tags)
+    MetaGraphDef    1: MetaInfoDef meta_info_def (4: repeated string tags), 2: GraphDef graph_def
                     5: map<string, SignatureDef> signature_def
     SignatureDef    1: map<string, TensorInfo> inputs, 2: outputs, 3: string method_name
     TensorInfo      1: string name, 2: DataType dtype, 3: TensorShapeProto tensor_shape
@@ -16,10 +17,20 @@ needs and skipping everything else (the graph itself is skipped in O(1), however
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from kiln_client._protowire import LEN as _LEN
+from kiln_client._protowire import VARINT as _VARINT
+from kiln_client._protowire import ProtoDecodeError
+from kiln_client._protowire import fields as _fields
+from kiln_client._protowire import message as _message
+from kiln_client._protowire import text as _text
+from kiln_service._graph_scan import LOAD_TIME_ALLOWED, Finding, GraphIndex, index_graph
 
 __all__ = ["DTYPE_NAMES", "MetaGraph", "ProtoDecodeError", "Signature", "TensorSpec", "parse_saved_model"]
+
+#: The signature under which ``tf.saved_model.save`` records the op run when the model loads.
+INIT_OP_SIGNATURE = "__saved_model_init_op"
 
 #: TensorFlow ``DataType`` enum values and their numpy names.
 DTYPE_NAMES: dict[int, str] = {
@@ -28,13 +39,6 @@ DTYPE_NAMES: dict[int, str] = {
     14: "bfloat16", 15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "float16",
     20: "resource", 21: "variant", 22: "uint32", 23: "uint64",
 }
-
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-
-
-class ProtoDecodeError(ValueError):
-    """The bytes are not a well-formed SavedModel protobuf."""
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -55,6 +59,8 @@ class Signature:
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     method_name: str = ""
+    forbidden: list[Finding] = field(default_factory=list)
+    """File, network or host-escaping ops the signature reaches (see :mod:`._graph_scan`)."""
 
 
 @dataclass
@@ -63,63 +69,6 @@ class MetaGraph:
 
     tags: list[str] = field(default_factory=list)
     signatures: dict[str, Signature] = field(default_factory=dict)
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            raise ProtoDecodeError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ProtoDecodeError("varint too long")
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """Yield ``(field number, wire type, value)``; length-delimited values as views (no copy)."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ProtoDecodeError("field number 0")
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-            yield number, wire, value
-        elif wire == _LEN:
-            length, pos = _varint(buf, pos)
-            if pos + length > len(buf):
-                raise ProtoDecodeError("truncated length-delimited field")
-            yield number, wire, buf[pos : pos + length]
-            pos += length
-        elif wire in (_I64, _I32):
-            size = 8 if wire == _I64 else 4
-            if pos + size > len(buf):
-                raise ProtoDecodeError("truncated fixed-width field")
-            yield number, wire, int.from_bytes(buf[pos : pos + size], "little")
-            pos += size
-        else:
-            raise ProtoDecodeError(f"unsupported wire type {wire}")
-
-
-def _text(value: int | memoryview) -> str:
-    if not isinstance(value, memoryview):
-        raise ProtoDecodeError("expected a string field")
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtoDecodeError("string field is not UTF-8") from exc
-
-
-def _message(value: int | memoryview) -> memoryview:
-    if not isinstance(value, memoryview):
-        raise ProtoDecodeError("expected a sub-message")
-    return value
 
 
 def _signed64(value: int) -> int:
@@ -178,13 +127,30 @@ def _signature(buf: memoryview) -> Signature:
 
 def _meta_graph(buf: memoryview) -> MetaGraph:
     meta = MetaGraph()
+    graph = None
     for number, _, value in _fields(buf):
         if number == 1:
             meta.tags.extend(_text(v) for n, _, v in _fields(_message(value)) if n == 4)
+        elif number == 2:
+            graph = index_graph(_message(value))
         elif number == 5:
             key, sig = _map_entry(_message(value))
             meta.signatures[key] = _signature(sig)
+    if graph is not None:
+        _scan(meta, graph)
     return meta
+
+
+def _scan(meta: MetaGraph, graph: GraphIndex) -> None:
+    """Set each signature's findings: what it reaches, plus what the load-time init op runs."""
+    init = meta.signatures.get(INIT_OP_SIGNATURE)
+    on_load = [] if init is None else [
+        replace(f, node=f"{f.node} (runs when the model is loaded)")
+        for f in graph.findings([t.name for t in init.outputs.values()])
+        if f.op not in LOAD_TIME_ALLOWED
+    ]
+    for signature in meta.signatures.values():
+        signature.forbidden = graph.findings([t.name for t in signature.outputs.values()]) + on_load
 
 
 def parse_saved_model(data: bytes | bytearray | memoryview | mmap.mmap) -> list[MetaGraph]:

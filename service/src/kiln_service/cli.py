@@ -1,4 +1,5 @@
-"""``kiln-service``: serve the API, apply migrations, or run API and worker together (``up``)."""
+"""``kiln-service``: serve the API, apply migrations, manage API keys (``keys``), or run API and
+worker together (``up``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", type=Path, default=None, help="default KILN_DATA_DIR or ./.kiln")
     up.add_argument("--targets", default="xla", help="comma-separated targets the worker serves")
+    from kiln_service.keys_cli import add_keys_parser
+
+    add_keys_parser(sub)
     return parser
 
 
@@ -76,12 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         The exit status.
     """
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # ``keys`` prints for people and scripts; migration chatter would only get in the way.
+    quiet = args.command == "keys"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "migrate":
             return _migrate()
+        if args.command == "keys":
+            from kiln_service.keys_cli import run_keys
+
+            return run_keys(args)
         return _up(args)
     except KeyboardInterrupt:
         return 130

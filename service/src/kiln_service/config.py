@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,27 @@ class Settings(BaseSettings):
     reject_unserved_targets: bool = False
     """Refuse (503 ``no_worker_for_target``) a job whose target no live worker serves, instead
     of queueing it with a stage message saying what it waits for."""
+    auth: Literal["on", "off"] = "on"
+    """``on``: every ``/v1`` route needs ``Authorization: Bearer <API key>`` and the key's tenant
+    scopes what the caller sees; ``off``: no keys, everything belongs to tenant ``default``."""
+    rate_limit_per_minute: int = Field(default=60, ge=0)
+    """Submissions (``POST /v1/compile``) one tenant may make per minute, per API process
+    (token bucket, bursts up to this many); 0 turns the limit off."""
+    max_active_jobs_per_tenant: int = Field(default=20, ge=0)
+    """Most unfinished (queued or running) jobs one tenant may have, across all API processes;
+    0 turns the cap off."""
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_words(cls, value: Any) -> Any:
+        # Accept the usual spellings of a switch; anything else fails validation by name.
+        words = {"on": "on", "true": "on", "1": "on", "yes": "on",
+                 "off": "off", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            return words.get(value.strip().lower(), value)
+        return value
 
     @field_validator("data_dir")
     @classmethod
@@ -108,6 +130,11 @@ class Settings(BaseSettings):
     def resolved_max_request_bytes(self) -> int:
         """Cap on a whole request body."""
         return self.max_request_bytes or 2 * self.max_upload_bytes + 1024 * 1024
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether API keys are required (``KILN_AUTH=on``)."""
+        return self.auth == "on"
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,8 +1,8 @@
 """FastAPI dependencies: settings, stores, queue and metrics, as ``Annotated`` aliases.
 
-The stores live on ``app.state.services`` (built by :func:`kiln_service.main.create_app`); a
-tenant dependency is where API-key authentication will plug in (every store call takes
-``tenant``).
+The stores live on ``app.state.services`` (built by :func:`kiln_service.main.create_app`).
+:func:`get_tenant` authenticates the caller's ``Authorization: Bearer`` API key and returns its
+tenant, which every store call takes; with ``KILN_AUTH=off`` every caller is tenant ``default``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kiln_service.config import Settings, get_settings
+from kiln_service.errors import UnauthorizedError
+from kiln_service.fairness import TokenBuckets
 from kiln_service.idempotency import InFlightKeys
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
@@ -28,9 +31,17 @@ __all__ = [
     "SettingsDep",
     "TenantDep",
     "ValidJobDep",
+    "get_tenant",
 ]
 
 DEFAULT_TENANT = "default"
+HOW_TO_GET_A_KEY = (
+    "Send an API key as `Authorization: Bearer <key>`. An operator creates one with "
+    "`kiln-service keys create --tenant NAME` (the key is printed last on its line); "
+    "`kiln-service up` writes a first key to the file api-key in its data folder. "
+    "The SDK and the kiln CLI read KILN_API_KEY."
+)
+_bearer = HTTPBearer(auto_error=False, description="An API key from `kiln-service keys create`")
 
 
 @dataclass
@@ -44,6 +55,12 @@ class Services:
     metrics: Metrics
     in_flight: InFlightKeys = field(default_factory=InFlightKeys)
     """``Idempotency-Key`` values whose first request this process is still handling."""
+    rate_limiter: TokenBuckets | None = None
+    """Per-tenant submission buckets of this process (built from the settings when omitted)."""
+
+    def __post_init__(self) -> None:
+        if self.rate_limiter is None:
+            self.rate_limiter = TokenBuckets(self.settings.rate_limit_per_minute)
 
 
 def get_services(request: Request) -> Services:
@@ -72,9 +89,33 @@ def get_metrics(request: Request) -> Metrics:
     return get_services(request).metrics
 
 
-def get_tenant() -> str:
-    """Return the caller's tenant (one tenant until API keys arrive)."""
-    return DEFAULT_TENANT
+def get_tenant(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Authenticate the caller's API key and return its tenant.
+
+    Args:
+        request: The request (for the app's settings and job store).
+        credentials: The ``Authorization: Bearer`` credentials, if sent.
+
+    Returns:
+        The key's tenant, or ``default`` when ``KILN_AUTH=off``.
+
+    Raises:
+        UnauthorizedError: Auth is on and the key is missing, unknown or revoked (401).
+        StoreError: The job store is unavailable (503).
+    """
+    services = get_services(request)
+    if not services.settings.auth_enabled:
+        return DEFAULT_TENANT
+    how = HOW_TO_GET_A_KEY
+    if credentials is None or not credentials.credentials:
+        raise UnauthorizedError(f"This Kiln requires an API key. {how}")
+    tenant = services.job_store.authenticate_api_key(key=credentials.credentials)
+    if tenant is None:
+        raise UnauthorizedError(f"The API key is unknown or revoked. {how}")
+    return tenant
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

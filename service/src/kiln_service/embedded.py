@@ -1,7 +1,8 @@
 """``kiln-service up``: the API and one worker on one machine, with the embedded defaults.
 
 Everything lives under ``--data-dir``: the SQLite job store (``kiln.db``), the filesystem Celery
-transport (``broker/``), the artifacts (``artifacts/``) and the worker's log (``logs/worker.log``).
+transport (``broker/``), the artifacts (``artifacts/``), the worker's log (``logs/worker.log``)
+and, with auth on (the default), the first API key (``api-key``, mode 0600).
 URLs set explicitly in ``KILN_*`` variables still win, so the same command can run against Redis
 or PostgreSQL. The worker is a ``kiln-worker`` subprocess (the service never imports worker
 code); it is stopped with the API on SIGINT or SIGTERM.
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: how long a stopping worker may take to finish its current step before it is killed
 WORKER_STOP_SECONDS = 10.0
+#: file under the data dir holding the first API key ``up`` creates
+API_KEY_FILE = "api-key"
 
 
 def worker_command(targets: str, concurrency: int, log_level: str) -> list[str]:
@@ -84,6 +87,7 @@ def run_up(
     from kiln_service.migrations import upgrade
 
     upgrade(settings.resolved_database_url)
+    auth_lines = _prepare_auth(settings)
     from kiln_service.main import create_app
 
     app = create_app(settings)
@@ -95,6 +99,7 @@ def run_up(
     died = threading.Event()
     threading.Thread(target=_watch_worker, args=(worker, server, died), daemon=True).start()
     _print_banner(settings, host, port, logs / "worker.log")
+    print("\n".join(f"kiln: {line}" for line in auth_lines), flush=True)
     _keep_signals_for_cleanup()
     try:
         server.run()
@@ -105,6 +110,37 @@ def run_up(
         return 1
     print("kiln: stopped (API and worker)", flush=True)
     return 0
+
+
+def _prepare_auth(settings: Settings) -> list[str]:
+    """Give a newcomer a first key; return the lines that tell how to authenticate.
+
+    When auth is on and the job store has no key at all, a key for tenant ``default`` is created
+    and written to ``{data_dir}/api-key`` (mode 0600); the key itself is never printed or logged.
+    """
+    if not settings.auth_enabled:
+        return ["auth is OFF (KILN_AUTH=off): every caller is tenant 'default', no key needed"]
+    from kiln_service.keys_cli import write_key_file
+    from kiln_service.stores.jobs import JobStore
+
+    key_file = settings.data_dir / API_KEY_FILE
+    new_keys = f"KILN_DATA_DIR={settings.data_dir} kiln-service keys create --tenant NAME"
+    store = JobStore(settings.resolved_database_url)
+    try:
+        if store.count_api_keys() == 0:
+            created = store.create_api_key(tenant="default", name="first key (kiln-service up)")
+            write_key_file(key_file, created.key)
+            first = f"auth is ON: created a first API key (tenant 'default') in {key_file}"
+        elif key_file.is_file():
+            first = f"auth is ON: an API key (tenant 'default') is in {key_file}"
+        else:
+            first = "auth is ON: API keys exist in the job store"
+    finally:
+        store.dispose()
+    return [first,
+            f"use it with: export KILN_API_KEY=$(cat {key_file})  (or curl -H \"Authorization: "
+            f"Bearer $(cat {key_file})\")" if key_file.is_file() else "use a key as KILN_API_KEY",
+            f"more keys: {new_keys}; KILN_AUTH=off turns auth off"]
 
 
 def _keep_signals_for_cleanup() -> None:

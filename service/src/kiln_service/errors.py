@@ -4,6 +4,7 @@ Tree::
 
     KilnServiceError                 500 internal_error
     ├── BadRequestError              400 bad_request
+    ├── UnauthorizedError            401 unauthorized (with ``WWW-Authenticate: Bearer``)
     ├── NotFoundError                404 not_found
     │   ├── JobNotFoundError         404 job_not_found
     │   └── ArtifactNotFoundError    404 artifact_not_found
@@ -16,6 +17,7 @@ Tree::
     ├── RangeNotSatisfiableError     416 range_not_satisfiable
     ├── UploadRejectedError          422 (code given per case: invalid_archive, unknown_signature…)
     │   └── IdempotencyKeyReusedError 422 idempotency_key_reused
+    ├── TooManyRequestsError         429 rate_limited / too_many_active_jobs (with ``Retry-After``)
     ├── StoreError                   503 store_unavailable
     └── DependencyUnavailableError   503 dependency_unavailable
         └── NoWorkerForTargetError   503 no_worker_for_target
@@ -50,6 +52,8 @@ __all__ = [
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
     "StoreError",
+    "TooManyRequestsError",
+    "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UploadRejectedError",
     "install_error_handlers",
@@ -91,6 +95,16 @@ class BadRequestError(KilnServiceError):
 
     status_code = 400
     code = "bad_request"
+
+
+class UnauthorizedError(KilnServiceError):
+    """No API key, or one that is unknown or revoked (the detail says how to get one)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="kiln"'})
 
 
 class NotFoundError(KilnServiceError):
@@ -140,6 +154,7 @@ class DuplicateIdempotencyKeyError(ConflictError):
     """Another request created a job with this ``Idempotency-Key`` first (a race)."""
 
     code = "idempotency_key_in_flight"
+    retry_after = 1
 
     def __init__(self, key: str) -> None:
         super().__init__(f"a job with Idempotency-Key {key!r} was created concurrently; retry")
@@ -178,6 +193,16 @@ class IdempotencyKeyReusedError(UploadRejectedError):
     """The ``Idempotency-Key`` was already used for a request with another body."""
 
     code = "idempotency_key_reused"
+
+
+class TooManyRequestsError(KilnServiceError):
+    """The tenant submits too fast or has too many unfinished jobs; retry after ``retry_after``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after))})
 
 
 class StoreError(KilnServiceError):

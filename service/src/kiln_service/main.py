@@ -12,13 +12,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from celery import Celery
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_service.config import Settings, get_settings
-from kiln_service.deps import Services
+from kiln_service.deps import Services, get_tenant
 from kiln_service.errors import install_error_handlers
 from kiln_service.metrics import Metrics
+from kiln_service.openapi import install_openapi
 from kiln_service.queue import create_celery_app
 from kiln_service.routes import artifacts, compile, health, jobs, workers
 from kiln_service.stores.artifacts import open_artifact_store
@@ -157,6 +158,10 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    for module in (compile, jobs, artifacts, workers, health):
-        app.include_router(module.router)
+    # Every /v1 route authenticates (once per request: FastAPI caches the dependency, so the
+    # routes' own TenantDep reuses the result); health, metrics and the docs stay open.
+    for module in (compile, jobs, artifacts, workers):
+        app.include_router(module.router, dependencies=[Depends(get_tenant)])
+    app.include_router(health.router)
+    install_openapi(app)
     return app

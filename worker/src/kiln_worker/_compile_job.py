@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
+from kiln_service.errors import StoreError
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
@@ -47,9 +50,13 @@ class WorkerContext:
     options: WorkerSettings
     jobs: JobStore
     artifacts: ArtifactStore
+    enqueue: Callable[[str, str], object] | None = None
+    """Sends ``kiln.compile`` for ``(job_id, target)`` when a system error is retried (without
+    it, the reconciler re-sends the queued job after ``KILN_REQUEUE_AFTER_SECONDS``)."""
 
     @classmethod
-    def open(cls, settings: Settings | None = None, options: WorkerSettings | None = None) -> WorkerContext:
+    def open(cls, settings: Settings | None = None, options: WorkerSettings | None = None,
+             enqueue: Callable[[str, str], object] | None = None) -> WorkerContext:
         """Open the job and artifact stores named by the settings (environment by default)."""
         settings = settings or get_settings()
         return cls(
@@ -57,6 +64,7 @@ class WorkerContext:
             options=options or get_worker_settings(),
             jobs=JobStore(settings.resolved_database_url),
             artifacts=open_artifact_store(settings.resolved_storage_url),
+            enqueue=enqueue,
         )
 
 
@@ -94,9 +102,32 @@ def _fail_quietly(ctx: WorkerContext, job: JobRecord, exc: Exception) -> None:
                       message=f"the worker failed while running the job ({type(exc).__name__}: "
                       f"{exc}); this is Kiln's fault, please retry or report it")
     try:
-        ctx.jobs.finish_job(job_id=job.id, status=JobStatus.FAILED, failure=failure, fence=job.fence)
+        retry_or_fail(ctx, job, failure)
     except Exception:
+        # The job store is down too: the job keeps its lease until it lapses, and the
+        # reconciler then queues it again (or fails it after the last attempt).
         logger.exception("job %s: could not record the failure either", job.id)
+
+
+def retry_or_fail(ctx: WorkerContext, job: JobRecord, failure: Failure) -> str:
+    """Queue the job again after a system error, or fail it once it had its attempts.
+
+    Returns:
+        ``retrying``, ``failed``, or ``lost`` (the attempt was stale).
+
+    Raises:
+        StoreError: The job store failed.
+    """
+    outcome = ctx.jobs.retry_job(job_id=job.id, fence=job.fence, failure=failure,
+                                 max_attempts=ctx.options.max_attempts)
+    if outcome == "queued":
+        if ctx.enqueue is not None:
+            try:
+                ctx.enqueue(job.id, job.target)
+            except Exception as exc:  # the reconciler re-sends a queued job nobody touched
+                logger.warning("job %s: could not re-send it (%s); the reconciler will", job.id, exc)
+        return "retrying"
+    return "failed" if outcome == "failed" else "lost"
 
 
 class _FlagsRewriteError(Exception):
@@ -142,15 +173,20 @@ class CompileAttempt:
                                       message=f"cannot use the flags {self.job.flags!r}: {exc}"))
         except Exception as exc:  # the store failed us: Kiln's fault, not the model's
             logger.exception("job %s: preparing failed", self.job.id)
-            return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
-                                      message=f"the worker could not fetch the upload: {exc}"))
+            return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="StorageError",
+                                      message=f"the worker could not fetch the upload: {exc}"),
+                              retry=True)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
             return self._stopped(ended)
         if ended == EXIT_OK:
             return self._succeed()
+        if ended == -signal.SIGXCPU:  # RLIMIT_CPU, the backstop of the time limit
+            return self._stopped("timeout")
+        # A compile killed by a signal we did not send (the OOM killer, an operator, a crash)
+        # is Kiln's problem, not the model's: another attempt may well succeed.
         return self._fail(child_failure(ended, self.error_file, self.logs.tail(),
-                                        exit_failed=EXIT_FAILED))
+                                        exit_failed=EXIT_FAILED), retry=ended < 0)
 
     def _stopped(self, reason: str) -> str:
         """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
@@ -205,9 +241,12 @@ class CompileAttempt:
     def _supervise(self, spec_path: Path) -> int | str:
         """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
         opts = self.ctx.options
+        env = child_environment(self.home)
+        if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
+            env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
         child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
-                             env=child_environment(self.home), cwd=self.tmp,
-                             rlimits=opts.child_rlimits())
+                             env=env, cwd=self.tmp,
+                             rlimits=opts.child_rlimits(self.job.timeout_seconds))
         self.logs.add(f"[kiln] compile process {child.pid} started; time limit "
                       f"{self.job.timeout_seconds} s")
         start = time.monotonic()
@@ -220,21 +259,17 @@ class CompileAttempt:
                 if item is not None:
                     self._take(*item)
                 now = time.monotonic()
-                self.logs.flush_if_due(now)
-                self.progress.flush_if_due(now)
+                self._flush_quietly(now)
                 if child.poll() is not None:
                     break
                 if now >= deadline:
                     stop = "timeout"
-                elif now >= next_poll:
+                    break
+                if now >= next_poll or now >= next_beat:
+                    stop = self._check_in(now >= next_beat)
                     next_poll = now + opts.poll_seconds
-                    if self.ctx.jobs.is_cancel_requested(job_id=self.job.id):
-                        stop = "cancelled"
-                if stop is None and now >= next_beat:
-                    next_beat = now + opts.lease_seconds / 3
-                    if not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
-                                                   lease_seconds=opts.lease_seconds):
-                        stop = "lost"
+                    if now >= next_beat:
+                        next_beat = now + opts.lease_seconds / 3
             if stop is not None:
                 child.kill_group(opts.kill_grace_seconds)
         except BaseException:
@@ -250,6 +285,30 @@ class CompileAttempt:
         self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or child.proc.returncode})"
                       f" after {self.timings['child_seconds']:.2f} s")
         return stop if stop is not None else int(child.proc.returncode)
+
+    def _check_in(self, beat: bool) -> str | None:
+        """Flush, look for cancellation and renew the lease; tolerate a job store outage.
+
+        While the database is down the compile goes on: the lease is still ours until it
+        lapses, and if it does the reconciler hands the job on and this attempt's fence loses.
+        """
+        try:
+            if self.ctx.jobs.is_cancel_requested(job_id=self.job.id):
+                return "cancelled"
+            if beat and not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
+                                                    lease_seconds=self.ctx.options.lease_seconds):
+                return "lost"
+        except StoreError as exc:
+            logger.warning("job %s: job store unavailable, compile goes on: %s", self.job.id,
+                           exc.detail)
+        return None
+
+    def _flush_quietly(self, now: float) -> None:
+        try:
+            self.logs.flush_if_due(now)
+            self.progress.flush_if_due(now)
+        except StoreError as exc:
+            logger.warning("job %s: could not write progress: %s", self.job.id, exc.detail)
 
     def _take(self, stream: str, line: str) -> None:
         event = parse_event(line) if stream == "stdout" else None
@@ -268,7 +327,24 @@ class CompileAttempt:
     # -- finishing ---------------------------------------------------------------------------
 
     def _succeed(self) -> str:
+        # Fence check before writing: a stale attempt must not overwrite the winner's files
+        # (the finish below checks the fence again, in the same UPDATE that publishes).
+        if not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
+                                       lease_seconds=self.ctx.options.lease_seconds):
+            logger.warning("job %s: attempt lost its lease before storing", self.job.id)
+            return "lost"
         self.progress.set(Stage.STORING.value, 0.97, "storing artifacts", force=True)
+        try:
+            return self._store_and_finish()
+        except (OSError, StoreError) as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            return self._fail(Failure(
+                kind=FailureKind.SYSTEM_ERROR, code="StorageError",
+                message=f"the compile succeeded but its artifacts could not be stored ({detail}); "
+                "nothing was published. This is Kiln's fault (is the artifact store full?)"),
+                retry=True, store_artifacts=False)
+
+    def _store_and_finish(self) -> str:
         report_path = self.out_dir / "report.json"
         report = json.loads(report_path.read_text())
         artifacts = [
@@ -286,13 +362,20 @@ class CompileAttempt:
         summary["worker_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         return self._finish(JobStatus.SUCCEEDED, None, artifacts, summary)
 
-    def _fail(self, failure: Failure) -> str:
+    def _fail(self, failure: Failure, *, retry: bool = False, store_artifacts: bool = True) -> str:
         self.logs.add(f"[kiln] failed: {failure.kind.value} {failure.code}: {failure.message}")
-        try:
-            artifacts = [*self._put_workdir(), self._put_log()]
-        except Exception:  # the failure matters more than its leftovers
-            logger.exception("job %s: could not store the artifacts of a failed job", self.job.id)
-            artifacts = []
+        if retry and self.job.attempts < self.ctx.options.max_attempts:
+            self.logs.add(f"[kiln] attempt {self.job.attempts} of {self.ctx.options.max_attempts}"
+                          " failed for a system reason; the job is queued again")
+            self.logs.flush()
+            return retry_or_fail(self.ctx, self.job, failure)
+        artifacts: list[Artifact] = []
+        if store_artifacts:
+            try:
+                artifacts = [*self._put_workdir(), self._put_log()]
+            except Exception:  # the failure matters more than its leftovers
+                logger.exception("job %s: could not store the artifacts of a failed job",
+                                 self.job.id)
         return self._finish(JobStatus.FAILED, failure, artifacts)
 
     def _finish(self, status: JobStatus, failure: Failure | None,

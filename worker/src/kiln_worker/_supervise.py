@@ -77,6 +77,10 @@ def _child_preexec(rlimits: Mapping[int, int]) -> Callable[[], None]:
 
     def preexec() -> None:
         for which, value in limits.items():
+            # An unprivileged worker cannot raise a hard limit: never ask above the current one.
+            hard = resource.getrlimit(which)[1]
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)
             resource.setrlimit(which, (value, value))
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)

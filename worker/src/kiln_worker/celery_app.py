@@ -41,6 +41,10 @@ def worker_config(settings: Settings, options: WorkerSettings) -> dict[str, Any]
         # job store already has.
         "task_ignore_result": True,
         "worker_send_task_events": False,
+        # Reconnect to the broker forever (Celery gives up after 100 tries by default): a
+        # worker must outlive a Redis restart of any length and resume by itself.
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
     }
     if settings.broker_url.startswith("filesystem://"):
         # The embedded transport has no fanout worth using for remote control, and polls.
@@ -77,6 +81,9 @@ def create_worker_app(
     from kiln_worker._advertise import install_advertiser
 
     install_advertiser(worker_app, settings, options)
+    from kiln_worker._reconcile import install_reconciler
+
+    install_reconciler(worker_app, settings, options)
     return worker_app
 
 

@@ -39,25 +39,48 @@ class WorkerSettings(BaseSettings):
     advertise_seconds: float = Field(default=10.0, gt=0)
     """How often the worker refreshes its row in the job store's ``workers`` table (keep it well
     under the API's ``KILN_WORKER_LIVENESS_SECONDS``, 60 by default)."""
-    lease_seconds: int = Field(default=60, ge=5)
-    """Lease of a running attempt; renewed by heartbeats every third of it."""
-    child_max_file_bytes: int | None = Field(default=None, gt=0)
-    """Largest file a compile may write (RLIMIT_FSIZE); unlimited when unset."""
-    child_max_memory_bytes: int | None = Field(default=None, gt=0)
-    """Address-space cap of a compile (RLIMIT_AS); unlimited when unset. TensorFlow reserves
-    far more virtual memory than it uses, so set it generously (several GiB)."""
+    lease_seconds: int = Field(default=40, ge=3)
+    """Lease of a running attempt; renewed by heartbeats every third of it. A worker lost
+    mid-job is noticed when it lapses, so the recovery bound is this plus the reconciler's
+    interval (40 + 10 s by default)."""
+    child_max_file_bytes: int | None = Field(default=4 * 2**30, gt=0)
+    """Largest file a compile may write (RLIMIT_FSIZE, default 4 GiB)."""
+    child_max_memory_bytes: int | None = Field(default=8 * 2**30, gt=0)
+    """Address-space cap of a compile (RLIMIT_AS, default 8 GiB). TensorFlow reserves far more
+    virtual memory than it touches: the bundled MLP's compile peaks at 2.6 GiB of address space
+    (0.65 GiB resident), so do not go below about 4 GiB."""
+    child_max_processes: int | None = Field(default=4096, gt=0)
+    """RLIMIT_NPROC of a compile (a fork-bomb brake). Linux counts every thread of the *user*,
+    not of the job, and ignores the limit for root: run workers as a dedicated user."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts a job gets in all; system errors (a killed compile, storage failures) are
+    retried until then, client errors never."""
+    reconcile: bool = True
+    """Run the reconciler loop (:mod:`kiln_service.reconcile`) in this worker."""
+    test_hook_child_sleep_seconds: float = Field(default=0.0, ge=0)
+    """TEST HOOK, off by default: the compile child sleeps this long before tracing, so fault
+    tests can act "mid-job". Never set it in production."""
     work_dir: Path | None = None
     """Parent of the jobs' temporary directories (default: the system temporary directory)."""
 
-    def child_rlimits(self) -> dict[int, int]:
-        """The resource limits of a compile child (``resource.RLIMIT_*`` → value)."""
+    def child_rlimits(self, timeout_seconds: int | None = None) -> dict[int, int]:
+        """The resource limits of a compile child (``resource.RLIMIT_*`` → value).
+
+        Args:
+            timeout_seconds: the job's time limit; bounds the CPU time (RLIMIT_CPU) at that many
+                seconds per core plus a minute, a backstop behind the wall-clock limit.
+        """
         import resource
 
-        limits: dict[int, int] = {}
+        limits: dict[int, int] = {resource.RLIMIT_CORE: 0}
         if self.child_max_file_bytes is not None:
             limits[resource.RLIMIT_FSIZE] = self.child_max_file_bytes
         if self.child_max_memory_bytes is not None:
             limits[resource.RLIMIT_AS] = self.child_max_memory_bytes
+        if self.child_max_processes is not None:
+            limits[resource.RLIMIT_NPROC] = self.child_max_processes
+        if timeout_seconds is not None:
+            limits[resource.RLIMIT_CPU] = timeout_seconds * (os.cpu_count() or 1) + 60
         return limits
 
     @field_validator("targets")

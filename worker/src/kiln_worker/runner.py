@@ -150,6 +150,7 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     timings["load_seconds"] = time.perf_counter() - started
 
     events.progress("tracing", 0.10, "tracing the signature")
+    _test_hook_sleep()
     mark = time.perf_counter()
     model = _trace(spec, fn, inputs, placement_callback(spec.placement), events)
     timings["trace_seconds"] = time.perf_counter() - mark
@@ -197,11 +198,27 @@ def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
     return loaded, signatures[spec.signature]
 
 
+def _test_hook_sleep() -> None:
+    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set): makes
+    # a compile last long enough for fault-injection tests to act mid-job.
+    seconds = float(os.environ.get("KILN_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
+    if seconds > 0:
+        logger.info("test hook: sleeping %.1f s before tracing", seconds)
+        time.sleep(seconds)
+
+
 def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
     from kiln_worker._inputs import JobError
 
     try:
         outputs = fn(**inputs)
+    except tf.errors.ResourceExhaustedError as exc:
+        # The allocation failed against the job's RLIMIT_AS: the model asked for too much.
+        detail = next((line.strip() for line in str(exc).splitlines() if "OOM" in line),
+                      _first_line(exc))
+        raise JobError("MemoryLimit", f"{what}: the model tried to allocate more memory than a "
+                       f"compile may use ({detail}); reduce the model's or the example "
+                       "inputs' size") from exc
     except (tf.errors.OpError, ValueError, TypeError) as exc:
         raise JobError("ModelError", f"{what}: {_first_line(exc)}") from exc
     if not isinstance(outputs, dict):

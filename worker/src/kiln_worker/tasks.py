@@ -13,7 +13,7 @@ from celery import Celery
 from celery.utils.log import get_task_logger
 
 from kiln_service.config import Settings
-from kiln_service.queue import COMPILE_TASK
+from kiln_service.queue import COMPILE_TASK, enqueue_compile
 from kiln_worker._compile_job import WorkerContext, run_compile_job
 from kiln_worker.config import WorkerSettings
 
@@ -22,14 +22,22 @@ __all__ = ["compile_job", "register_tasks"]
 logger: logging.Logger = get_task_logger(__name__)
 _context: WorkerContext | None = None
 _configured: tuple[Settings | None, WorkerSettings | None] = (None, None)
+_app: Celery | None = None
 
 
 def _worker_context() -> WorkerContext:
     # Opened lazily in the pool process: database connections must not cross a fork.
     global _context
     if _context is None:
-        _context = WorkerContext.open(*_configured)
+        _context = WorkerContext.open(*_configured, enqueue=_enqueue)
     return _context
+
+
+def _enqueue(job_id: str, target: str) -> object:
+    # Used to re-send a job retried after a system error; the reconciler covers a failure here.
+    if _app is None:
+        raise RuntimeError("kiln.compile is not registered on an app")
+    return enqueue_compile(_app, job_id=job_id, target=target)
 
 
 def compile_job(job_id: str) -> dict[str, Any]:
@@ -57,7 +65,8 @@ def register_tasks(
         settings: service settings the task's stores are opened with (default: environment).
         options: worker settings the task runs with (default: environment).
     """
-    global _configured
+    global _configured, _app
     _configured = (settings, options)
+    _app = app
     app.task(name=COMPILE_TASK, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)(compile_job)

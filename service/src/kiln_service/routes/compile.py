@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import uuid
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -25,6 +26,7 @@ from kiln_service.errors import (
     StoreError,
     UploadRejectedError,
 )
+from kiln_service.fairness import check_active_jobs
 from kiln_service.queue import enqueue_compile
 from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import job_prefix, upload_key
@@ -82,6 +84,12 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     services = get_services(request)
     settings = services.settings
     _check_content_length(request, settings)
+    # Fairness before the body is read: a refused tenant costs no upload bandwidth or disk.
+    if services.rate_limiter is not None:
+        services.rate_limiter.check(tenant)
+    await anyio.to_thread.run_sync(partial(
+        check_active_jobs, services.job_store, tenant=tenant,
+        limit=settings.max_active_jobs_per_tenant))
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
     with services.in_flight.hold(tenant, key):
         job, replayed = await _receive_and_submit(request, services, tenant, key)

@@ -42,7 +42,9 @@ from kiln_service.errors import (
     JobStateError,
     StoreError,
 )
+from kiln_service.stores._keys import ApiKeyMixin
 from kiln_service.stores._records import JobRecord, LogLine, row_to_record
+from kiln_service.stores._recovery_ops import RecoveryOpsMixin
 from kiln_service.stores._schema import job_logs, jobs, utcnow
 from kiln_service.stores._worker_ops import WorkerOpsMixin
 from kiln_service.stores._workers import WorkerInfo, WorkerRegistryMixin
@@ -61,7 +63,7 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-class JobStore(WorkerOpsMixin, WorkerRegistryMixin):
+class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixin):
     """Jobs, their logs and the advertised workers over one SQLAlchemy engine.
 
     Args:

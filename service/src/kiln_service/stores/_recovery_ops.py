@@ -1,0 +1,176 @@
+"""Recovery operations of the job store: retries and what the reconciler does.
+
+Every change here is one conditional ``UPDATE`` (status, fence, timestamps in the ``WHERE``),
+so several reconcilers (one per worker) and the attempts themselves can race freely: exactly one
+of them wins each transition, and only the winner re-enqueues. A job moved back to ``queued``
+keeps its ``fence``; the next claim increments it, so the lost attempt can no longer publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, select, update
+
+from kiln_client.models import Failure, FailureKind, JobStatus, Stage
+from kiln_service.stores._schema import jobs, utcnow
+
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOpsMixin", "Requeued"]
+
+logger = logging.getLogger(__name__)
+
+#: attempts a job gets in all (the first run plus two retries after system errors)
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job put back on the queue: send ``kiln.compile`` for it to ``kiln.<target>``."""
+
+    job_id: str
+    target: str
+
+
+class RecoveryOpsMixin:
+    """Methods of :class:`~kiln_service.stores.jobs.JobStore` for retries and reconciling."""
+
+    def _tx(self) -> AbstractContextManager[Connection]:  # provided by JobStore
+        raise NotImplementedError
+
+    def retry_job(
+        self, *, job_id: str, fence: int, failure: Failure, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> str | None:
+        """After a system error, put the attempt's job back to ``queued``, or fail it for good.
+
+        Args:
+            job_id: The job id.
+            fence: The failed attempt's fence (a stale attempt changes nothing).
+            failure: The system error of the attempt.
+            max_attempts: Attempts allowed in all; at that count the job fails with ``failure``.
+
+        Returns:
+            ``"queued"`` (re-enqueue it), ``"failed"``, or ``None`` if the attempt was stale.
+
+        Raises:
+            StoreError: The database failed.
+        """
+        now = utcnow()
+        base = (jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.fence == fence)
+        with self._tx() as conn:
+            queued = conn.execute(
+                update(jobs).where(*base, jobs.c.attempts < max_attempts,
+                                   jobs.c.cancel_requested.is_(False))
+                .values(**_requeue_values(now, f"retrying after a system error ({failure.code})"))
+            ).rowcount
+            if queued:
+                logger.warning("job %s: attempt %s failed (%s); queued again", job_id, fence,
+                               failure.code)
+                return "queued"
+            failed = conn.execute(
+                update(jobs).where(*base).values(**_failed_values(now, failure))
+            ).rowcount
+        return "failed" if failed else None
+
+    def requeue_stale_queued(self, *, older_than_seconds: float, limit: int = 100) -> list[Requeued]:
+        """Claim the right to re-enqueue ``queued`` jobs that nothing touched for a while.
+
+        A queued job whose message was lost (broker restarted without persistence, enqueue
+        failed after the commit) would wait forever; re-sending it is harmless because
+        :meth:`claim_job` is atomic. ``updated_at`` is bumped so only one reconciler re-sends.
+
+        Args:
+            older_than_seconds: Re-enqueue jobs not updated for this long.
+            limit: At most this many per call.
+
+        Returns:
+            The jobs to re-enqueue.
+        """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than_seconds)
+        out: list[Requeued] = []
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.target, jobs.c.updated_at)
+                .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.updated_at < cutoff)
+                .order_by(jobs.c.updated_at).limit(limit)
+            ).all()
+            for job_id, target, updated_at in rows:
+                won = conn.execute(
+                    update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value,
+                                       jobs.c.updated_at == updated_at)
+                    .values(updated_at=now)
+                ).rowcount
+                if won:
+                    out.append(Requeued(job_id, target))
+        return out
+
+    def recover_expired_leases(
+        self, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, limit: int = 100
+    ) -> tuple[list[Requeued], list[str]]:
+        """Take back ``running`` jobs whose lease lapsed (their worker died or hung).
+
+        Each goes back to ``queued`` (the lost attempt counted in ``attempts``), or fails with
+        ``system_error`` ``WorkerLost`` once it had ``max_attempts``; a job whose owner asked to
+        cancel it is cancelled instead.
+
+        Args:
+            max_attempts: Attempts allowed in all.
+            limit: At most this many per call.
+
+        Returns:
+            ``(to re-enqueue, ids failed or cancelled)``.
+        """
+        now = utcnow()
+        requeued: list[Requeued] = []
+        ended: list[str] = []
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.target, jobs.c.fence, jobs.c.attempts,
+                       jobs.c.cancel_requested, jobs.c.worker_id)
+                .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now)
+                .limit(limit)
+            ).all()
+            for job_id, target, fence, attempts, cancel, worker in rows:
+                where = (jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+                         jobs.c.fence == fence, jobs.c.lease_expires_at < now)
+                values = _lost_values(now, attempts, max_attempts, bool(cancel), str(worker))
+                if not conn.execute(update(jobs).where(*where).values(**values)).rowcount:
+                    continue  # another reconciler, or the attempt itself, got there first
+                logger.warning("job %s: lease of attempt %s on %s lapsed → %s", job_id, attempts,
+                               worker, values["status"])
+                if values["status"] == JobStatus.QUEUED.value:
+                    requeued.append(Requeued(job_id, target))
+                else:
+                    ended.append(job_id)
+        return requeued, ended
+
+
+def _requeue_values(now: object, message: str) -> dict[str, object]:
+    return {"status": JobStatus.QUEUED.value, "stage": Stage.QUEUED.value,
+            "stage_message": message, "progress": 0.0, "updated_at": now, "worker_id": None,
+            "lease_expires_at": None}
+
+
+def _failed_values(now: object, failure: Failure) -> dict[str, object]:
+    return {"status": JobStatus.FAILED.value, "stage": Stage.DONE.value, "finished_at": now,
+            "updated_at": now, "lease_expires_at": None,
+            "failure": failure.model_dump(mode="json")}
+
+
+def _lost_values(now: object, attempts: int, max_attempts: int, cancel: bool,
+                 worker: str) -> dict[str, object]:
+    if cancel:
+        return {"status": JobStatus.CANCELLED.value, "stage": Stage.DONE.value,
+                "stage_message": "cancelled (its worker was lost)", "finished_at": now,
+                "updated_at": now, "lease_expires_at": None}
+    if attempts < max_attempts:
+        return _requeue_values(now, f"retrying: worker {worker} was lost (attempt {attempts})")
+    failure = Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerLost", message=(
+        f"the worker running this job stopped answering (last on {worker}) {attempts} times; "
+        f"Kiln gave up after {max_attempts} attempts. This is Kiln's fault, not the model's: "
+        "resubmit, and report it if it happens again"))
+    return _failed_values(now, failure)

@@ -1,0 +1,62 @@
+"""Run the job store reconciler (:mod:`kiln_service.reconcile`) inside every worker.
+
+When Celery's main process is ready a daemon thread re-sends ``queued`` jobs whose message was
+lost and takes back ``running`` jobs whose lease lapsed; ``kiln-service up`` gets it through its
+worker. Several workers may run it at once: each transition is a conditional ``UPDATE`` that one
+of them wins. Turn it off with ``KILN_WORKER_RECONCILE=false``. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from kiln_service.config import Settings
+from kiln_service.queue import enqueue_compile
+from kiln_service.reconcile import Reconciler, ReconcilerThread, ReconcileSettings
+from kiln_service.stores.jobs import JobStore
+from kiln_worker.config import WorkerSettings
+
+__all__ = ["install_reconciler"]
+
+logger = logging.getLogger(__name__)
+
+
+def install_reconciler(app: Celery, settings: Settings, options: WorkerSettings) -> None:
+    """Run the reconciler loop while the worker of ``app`` runs (unless turned off).
+
+    Args:
+        app: The worker's Celery app (also used to re-send jobs).
+        settings: Service settings (the job store URL).
+        options: Worker settings (``reconcile``, ``max_attempts``).
+    """
+    if not options.reconcile:
+        return
+    state: dict[str, tuple[ReconcilerThread, JobStore]] = {}
+
+    def enqueue(job_id: str, target: str) -> object:
+        return enqueue_compile(app, job_id=job_id, target=target)
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app or "loop" in state:
+            return
+        store = JobStore(settings.resolved_database_url, pooled=False)
+        config = ReconcileSettings(max_attempts=options.max_attempts)
+        loop = ReconcilerThread(Reconciler(store, enqueue, config))
+        loop.start()
+        state["loop"] = (loop, store)
+        logger.info("reconciler running every %.0f s (re-send queued jobs after %.0f s)",
+                    config.reconcile_interval_seconds, config.requeue_after_seconds)
+
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app or "loop" not in state:
+            return
+        loop, store = state.pop("loop")
+        loop.stop()
+        store.dispose()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
