@@ -70,14 +70,20 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
 def prod_stack(
-    tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> Iterator[Stack]:
-    """API (uvicorn) + Celery worker on PostgreSQL and Redis."""
-    data = tmp_path_factory.mktemp("prod")
+    """API (uvicorn) + Celery worker on Redis, with the job store on PostgreSQL, then on SQLite.
+
+    Every test using it runs against both job stores (the same code, only the URL differs).
+    """
+    data = tmp_path_factory.mktemp(f"prod-{request.param}")
+    database = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+                else f"sqlite:///{data / 'kiln.db'}")
+    redis.Redis.from_url(redis_url).flushdb()  # no message of the other stack's jobs
     env = base_env(
-        KILN_DATA_DIR=str(data), KILN_DATABASE_URL=pg_url, KILN_BROKER_URL=redis_url,
+        KILN_DATA_DIR=str(data), KILN_DATABASE_URL=database, KILN_BROKER_URL=redis_url,
         KILN_WORKER_POLL_SECONDS="0.3", KILN_WORKER_KILL_GRACE_SECONDS="1",
         KILN_WORKER_LOG_FLUSH_SECONDS="0.3", KILN_LOG_FOLLOW_POLL_SECONDS="0.2",
     )
@@ -88,7 +94,7 @@ def prod_stack(
     api = start("api", [str(BIN / "kiln-service"), "serve", "--port", str(port)], env, data / "logs")
     worker = start("worker", [str(BIN / "kiln-worker"), "--targets", "xla", "--concurrency", "2"],
                    env, data / "logs")
-    stack = Stack(f"http://127.0.0.1:{port}", [api, worker], data)
+    stack = Stack(f"http://127.0.0.1:{port}", [api, worker], data, database_url=database)
     try:
         wait_ready(stack.url, stack.procs)
         yield stack

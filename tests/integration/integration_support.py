@@ -114,6 +114,8 @@ class Stack:
     url: str
     procs: list[Proc]
     data_dir: Path
+    database_url: str = ""
+    """The job store the stack runs on (empty: the embedded default under ``data_dir``)."""
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:

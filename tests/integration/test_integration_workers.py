@@ -1,4 +1,5 @@
-"""Worker advertisement end to end on the production column (PostgreSQL, Redis, real processes):
+"""Worker advertisement end to end on the production column (Redis, real processes, PostgreSQL
+and SQLite job stores):
 the running xla worker is listed by ``GET /v1/workers``; an inf1 job waits with a message saying
 why until an inf1 worker (started with ``--hostname``) comes up and takes it; a stopped worker
 leaves the list."""
@@ -41,7 +42,7 @@ def _wait_for_worker(stack: Stack, worker_id: str, timeout: float = 120.0) -> di
 
 
 def test_workers_are_advertised_and_unserved_jobs_wait(
-    prod_stack: Stack, zoo: Path, pg_url: str, redis_url: str
+    prod_stack: Stack, zoo: Path, redis_url: str
 ) -> None:
     host = socket.gethostname()
     xla = _wait_for_worker(prod_stack, f"kiln-xla@{host}")
@@ -56,7 +57,7 @@ def test_workers_are_advertised_and_unserved_jobs_wait(
     assert again["status"] == "queued" and again["stage_message"] == WAITING_INF1
 
     # An inf1 worker with its own node name comes up: it is listed and takes the job.
-    env = base_env(KILN_DATA_DIR=str(prod_stack.data_dir), KILN_DATABASE_URL=pg_url,
+    env = base_env(KILN_DATA_DIR=str(prod_stack.data_dir), KILN_DATABASE_URL=prod_stack.database_url,
                    KILN_BROKER_URL=redis_url, KILN_WORKER_ADVERTISE_SECONDS="1")
     inf1 = start("worker-inf1", [str(BIN / "kiln-worker"), "--targets", "inf1",
                                  "--hostname", "kiln-it-inf1@%h"], env, prod_stack.data_dir / "logs")

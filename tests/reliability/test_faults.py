@@ -188,6 +188,8 @@ def test_api_killed_mid_upload_leaves_nothing(faults: FaultStack, mlp: tuple[Pat
           f"{len(_stored_jobs(faults))}, staging after restart: {staging}")
     assert faults.count_jobs() == before
     assert _stored_jobs(faults) == stored_before
+    leftovers = [p for p in staging_dir.rglob("*") if p.is_file()]
+    assert leftovers == [], f"the restarted API left the cut-short upload in staging: {leftovers}"
 
 
 def _stored_jobs(faults: FaultStack) -> set[str]:

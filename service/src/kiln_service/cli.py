@@ -1,5 +1,5 @@
-"""``kiln-service``: serve the API, apply migrations, manage API keys (``keys``), or run API and
-worker together (``up``)."""
+"""``kiln-service``: serve the API, apply migrations, manage API keys (``keys``), reconcile the job
+store with the broker (``reconcile``), or run API and worker together (``up``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", type=Path, default=None, help="default KILN_DATA_DIR or ./.kiln")
     up.add_argument("--targets", default="xla", help="comma-separated targets the worker serves")
+    reconcile = sub.add_parser(
+        "reconcile", help="re-send lost queued jobs and recover jobs of dead workers "
+        "(workers already do this; use it where no worker runs the loop, or from cron)")
+    reconcile.add_argument("--once", action="store_true", help="run one pass, print its counts")
     from kiln_service.keys_cli import add_keys_parser
 
     add_keys_parser(sub)
@@ -61,6 +65,34 @@ def _migrate() -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    import json
+    import threading
+
+    from kiln_service.config import get_settings
+    from kiln_service.queue import create_celery_app, enqueue_compile
+    from kiln_service.reconcile import Reconciler, ReconcilerThread
+    from kiln_service.stores.jobs import JobStore
+
+    settings = get_settings()
+    celery = create_celery_app(settings)
+    reconciler = Reconciler(
+        JobStore(settings.resolved_database_url),
+        lambda job_id, target: enqueue_compile(celery, job_id=job_id, target=target))
+    if args.once:
+        print(json.dumps(reconciler.run_once()))
+        return 0
+    loop = ReconcilerThread(reconciler)
+    loop.start()
+    logger.info("reconciling every %.0f s; Ctrl-C stops",
+                reconciler.settings.reconcile_interval_seconds)
+    try:
+        threading.Event().wait()
+    finally:
+        loop.stop()
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     # Imported here: the embedded runner (a colleague's module) pulls in the worker side.
     from kiln_service.embedded import run_up
@@ -89,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "migrate":
             return _migrate()
+        if args.command == "reconcile":
+            return _reconcile(args)
         if args.command == "keys":
             from kiln_service.keys_cli import run_keys
 

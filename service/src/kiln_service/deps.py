@@ -8,6 +8,7 @@ tenant, which every store call takes; with ``KILN_AUTH=off`` every caller is ten
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 from celery import Celery
@@ -53,6 +54,8 @@ class Services:
     artifact_store: ArtifactStore
     celery: Celery
     metrics: Metrics
+    staging_dir: Path = field(default_factory=Path)
+    """This process's own staging folder, ``{data_dir}/staging/<host>.<pid>``."""
     in_flight: InFlightKeys = field(default_factory=InFlightKeys)
     """``Idempotency-Key`` values whose first request this process is still handling."""
     rate_limiter: TokenBuckets | None = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -58,14 +60,24 @@ def prepare_database(settings: Settings) -> None:
         )
 
 
+def process_staging_dir(staging: Path) -> Path:
+    """This API process's own staging folder: ``<staging>/<host>.<pid>``.
+
+    A folder per process lets a restarted API tell the leftovers of a crashed process (its pid
+    is gone) from uploads another live process on the same data dir is receiving right now.
+    """
+    return staging / f"{socket.gethostname()}.{os.getpid()}"
+
+
 def sweep_staging(staging: Path, *, older_than_seconds: float = 6 * 3600) -> int:
     """Remove staging leftovers of uploads cut short by a crash.
 
-    Only old entries go: other API processes may share the folder and be receiving uploads now.
+    A process folder of this host whose pid no longer runs goes at once; anything else (other
+    hosts sharing the folder, files of older versions) only once older than the age limit.
 
     Args:
-        staging: The staging folder.
-        older_than_seconds: Minimum age of what is removed.
+        staging: The staging folder (the parent of the per-process folders).
+        older_than_seconds: Minimum age of what is removed when its owner cannot be checked.
 
     Returns:
         How many entries were removed.
@@ -74,7 +86,9 @@ def sweep_staging(staging: Path, *, older_than_seconds: float = 6 * 3600) -> int
     removed = 0
     for entry in staging.iterdir() if staging.is_dir() else ():
         try:
-            if entry.stat().st_mtime < cutoff:
+            owner_alive = _owner_alive(entry)
+            stale = entry.stat().st_mtime < cutoff if owner_alive is None else not owner_alive
+            if stale:
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -85,6 +99,21 @@ def sweep_staging(staging: Path, *, older_than_seconds: float = 6 * 3600) -> int
     if removed:
         logger.info("removed %d stale staging entries from %s", removed, staging)
     return removed
+
+
+def _owner_alive(entry: Path) -> bool | None:
+    """Whether the process owning a ``<this host>.<pid>`` folder runs; ``None`` if unknowable."""
+    host, _, pid = entry.name.rpartition(".")
+    if not entry.is_dir() or host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+    return False
 
 
 def _version() -> str:
@@ -138,12 +167,13 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         artifact_store=open_artifact_store(settings.resolved_storage_url),
         celery=celery or create_celery_app(settings),
         metrics=Metrics(),
+        staging_dir=process_staging_dir(settings.staging_dir),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prepare_database(settings)
-        settings.staging_dir.mkdir(parents=True, exist_ok=True)
+        services.staging_dir.mkdir(parents=True, exist_ok=True)
         sweep_staging(settings.staging_dir)
         logger.info("Kiln API ready (jobs %s, artifacts %s)", services.job_store.url,
                     getattr(services.artifact_store, "url", "?"))

@@ -8,6 +8,7 @@ import re
 import shutil
 import uuid
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -109,7 +110,7 @@ async def _receive_and_submit(
     job_id = uuid.uuid4().hex
     form = await receive_multipart(
         request.stream(), request.headers.get("content-type", ""),
-        staging=settings.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
+        staging=services.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
         text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
         max_body_bytes=settings.resolved_max_request_bytes,
         max_field_bytes=settings.max_form_field_bytes,
@@ -215,7 +216,7 @@ def _check_store_and_queue(
     On any failure nothing of the job stays stored.
     """
     settings, artifacts = services.settings, services.artifact_store
-    _check_upload(form, req, settings, job_id)
+    _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
     stage_message = _check_served(services, req.target)
     stored = False
     try:
@@ -263,7 +264,7 @@ def _check_served(services: Services, target: str) -> str | None:
     return unserved_target_message(target)
 
 
-def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, job_id: str) -> None:
+def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, scratch: Path) -> None:
     model = form.files.get("model")
     if model is None or model.size == 0:
         raise UploadRejectedError("the 'model' file part is missing or empty; send the SavedModel "
@@ -272,7 +273,6 @@ def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, j
     if inputs is not None and req.input_shapes is not None:
         raise UploadRejectedError("send either example_inputs or input_shapes, not both",
                                   code="conflicting_inputs")
-    scratch = settings.staging_dir / f"{job_id}-scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         info = ingest.inspect_archive(model.path, max_members=settings.max_archive_members,
