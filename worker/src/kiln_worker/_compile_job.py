@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,16 +28,22 @@ from kiln_service.stores.artifacts import (
     upload_key,
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
-from kiln_worker._job_io import LogBuffer, ProgressBuffer, child_failure, summarize_report
-from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, parse_event, rewrite_workdir
-from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker._compile_run import SupervisedRun
+from kiln_worker._job_io import (
+    LogBuffer,
+    ProgressBuffer,
+    child_failure,
+    summarize_report,
+)
+from kiln_worker._limits import CRASH_MARK, crash_failure
+from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, rewrite_workdir
+from kiln_worker._sandbox import isolation
 from kiln_worker._upload import UploadError, pack_dir, unpack_model
 from kiln_worker.config import WorkerSettings, get_worker_settings, worker_id
 
 __all__ = ["CompileAttempt", "WorkerContext", "run_compile_job"]
 
 logger = logging.getLogger(__name__)
-_STAGES = frozenset(stage.value for stage in Stage)
 
 
 @dataclass
@@ -134,7 +138,7 @@ class _FlagsRewriteError(Exception):
     """The flags string cannot be parsed to move ``--workdir`` (a ``client_error``)."""
 
 
-class CompileAttempt:
+class CompileAttempt(SupervisedRun):
     """One run of a claimed job in the temporary directory ``tmp``.
 
     Every write to the job store carries the claim's ``fence``, so a stale attempt (its lease
@@ -150,6 +154,9 @@ class CompileAttempt:
         self.timings: dict[str, float] = {}
         self._started = time.monotonic()
         self.workdir: Path | None = None
+        self.isolation = isolation(ctx.settings, ctx.options)
+        self.limit_failure: Failure | None = None
+        self.memory_group = False
         self.logs = LogBuffer(
             lambda lines: ctx.jobs.append_logs(job_id=job.id, lines=lines),
             ctx.options.log_flush_seconds,
@@ -176,17 +183,22 @@ class CompileAttempt:
             return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="StorageError",
                                       message=f"the worker could not fetch the upload: {exc}"),
                               retry=True)
+        self.isolation.sandbox.prepare(self.tmp)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
             return self._stopped(ended)
         if ended == EXIT_OK:
             return self._succeed()
-        if ended == -signal.SIGXCPU:  # RLIMIT_CPU, the backstop of the time limit
-            return self._stopped("timeout")
-        # A compile killed by a signal we did not send (the OOM killer, an operator, a crash)
-        # is Kiln's problem, not the model's: another attempt may well succeed.
-        return self._fail(child_failure(ended, self.error_file, self.logs.tail(),
-                                        exit_failed=EXIT_FAILED), retry=ended < 0)
+        failure = self.limit_failure or crash_failure(
+            ended, self.logs.tail(), crashed_before=self._crashed_before(),
+            memory_group=self.memory_group)
+        if failure is not None and failure.code == "Crashed" \
+                and failure.kind == FailureKind.SYSTEM_ERROR:
+            self.logs.add(f"{CRASH_MARK} {-ended}")
+        elif failure is None:
+            failure = child_failure(ended, self.error_file, self.logs.tail(),
+                                    exit_failed=EXIT_FAILED)
+        return self._fail(failure, retry=failure.kind == FailureKind.SYSTEM_ERROR and ended < 0)
 
     def _stopped(self, reason: str) -> str:
         """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
@@ -235,94 +247,6 @@ class CompileAttempt:
         spec_path = self.tmp / "spec.json"
         spec.write(spec_path)
         return spec_path
-
-    # -- running -----------------------------------------------------------------------------
-
-    def _supervise(self, spec_path: Path) -> int | str:
-        """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
-        opts = self.ctx.options
-        env = child_environment(self.home)
-        if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
-            env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
-        child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
-                             env=env, cwd=self.tmp,
-                             rlimits=opts.child_rlimits(self.job.timeout_seconds))
-        self.logs.add(f"[kiln] compile process {child.pid} started; time limit "
-                      f"{self.job.timeout_seconds} s")
-        start = time.monotonic()
-        deadline = start + self.job.timeout_seconds
-        next_poll, next_beat = start + opts.poll_seconds, start + opts.lease_seconds / 3
-        stop: str | None = None
-        try:
-            while stop is None:
-                item = child.next_line(timeout=0.1)
-                if item is not None:
-                    self._take(*item)
-                now = time.monotonic()
-                self._flush_quietly(now)
-                if child.poll() is not None:
-                    break
-                if now >= deadline:
-                    stop = "timeout"
-                    break
-                if now >= next_poll or now >= next_beat:
-                    stop = self._check_in(now >= next_beat)
-                    next_poll = now + opts.poll_seconds
-                    if now >= next_beat:
-                        next_beat = now + opts.lease_seconds / 3
-            if stop is not None:
-                child.kill_group(opts.kill_grace_seconds)
-        except BaseException:
-            child.kill_group(0)  # never leave a compile running behind a crashed supervisor
-            raise
-        finally:
-            for stream, line in child.finish():
-                self._take(stream, line)
-            self.progress.flush()
-            self.logs.close()
-        self.timings["prepare_seconds"] = start - self._started
-        self.timings["child_seconds"] = time.monotonic() - start
-        self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or child.proc.returncode})"
-                      f" after {self.timings['child_seconds']:.2f} s")
-        return stop if stop is not None else int(child.proc.returncode)
-
-    def _check_in(self, beat: bool) -> str | None:
-        """Flush, look for cancellation and renew the lease; tolerate a job store outage.
-
-        While the database is down the compile goes on: the lease is still ours until it
-        lapses, and if it does the reconciler hands the job on and this attempt's fence loses.
-        """
-        try:
-            if self.ctx.jobs.is_cancel_requested(job_id=self.job.id):
-                return "cancelled"
-            if beat and not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
-                                                    lease_seconds=self.ctx.options.lease_seconds):
-                return "lost"
-        except StoreError as exc:
-            logger.warning("job %s: job store unavailable, compile goes on: %s", self.job.id,
-                           exc.detail)
-        return None
-
-    def _flush_quietly(self, now: float) -> None:
-        try:
-            self.logs.flush_if_due(now)
-            self.progress.flush_if_due(now)
-        except StoreError as exc:
-            logger.warning("job %s: could not write progress: %s", self.job.id, exc.detail)
-
-    def _take(self, stream: str, line: str) -> None:
-        event = parse_event(line) if stream == "stdout" else None
-        if event is None:
-            self.logs.add(line)
-        elif event["event"] == "progress":
-            stage, message = str(event.get("stage")), str(event.get("message", ""))
-            if stage in _STAGES:
-                self.progress.set(stage, float(event.get("progress", 0.0)), message)
-            self.logs.add(f"[{stage}] {message}")
-        elif event["event"] == "log":
-            self.logs.add(str(event.get("line", "")))
-        else:
-            self.logs.add(line)
 
     # -- finishing ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from kiln_worker._cgroups import join
+
 __all__ = ["ChildProcess", "child_environment"]
 
 logger = logging.getLogger(__name__)
@@ -62,8 +64,12 @@ def child_environment(home: Path, base: Mapping[str, str] | None = None) -> dict
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_preexec(rlimits: Mapping[int, int]) -> Callable[[], None]:
-    """A ``preexec_fn``: resource limits, and SIGKILL when the parent dies (Linux).
+def _child_preexec(rlimits: Mapping[int, int], cgroups: Sequence[str] = ()
+                   ) -> Callable[[], None]:
+    """A ``preexec_fn``: control groups, resource limits, SIGKILL when the parent dies (Linux).
+
+    The child joins its control groups (``cgroup.procs`` files) before it executes anything,
+    so every process and thread it starts is counted against their limits.
 
     The child has its own session, so a worker killed outright would otherwise leave the
     compile running with nobody to report it; with PR_SET_PDEATHSIG it dies with the worker.
@@ -76,6 +82,7 @@ def _child_preexec(rlimits: Mapping[int, int]) -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
+        join(list(cgroups))
         for which, value in limits.items():
             # An unprivileged worker cannot raise a hard limit: never ask above the current one.
             hard = resource.getrlimit(which)[1]
@@ -98,15 +105,16 @@ class ChildProcess:
         env: its environment.
         cwd: its working directory.
         rlimits: resource limits (``resource.RLIMIT_*`` → value) set in the child.
+        cgroups: ``cgroup.procs`` files of the control groups the child joins.
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-                 rlimits: Mapping[int, int] | None = None) -> None:
+                 rlimits: Mapping[int, int] | None = None, cgroups: Sequence[str] = ()) -> None:
         self._lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.proc = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=dict(env), cwd=str(cwd), start_new_session=True,
-            preexec_fn=_child_preexec(rlimits or {}),
+            preexec_fn=_child_preexec(rlimits or {}, cgroups),
         )
         self.pid = self.proc.pid
         self._readers = [
