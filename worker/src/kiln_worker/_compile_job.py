@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from kiln_service.stores.artifacts import (
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
 from kiln_worker._compile_run import SupervisedRun
+from kiln_worker._job_dirs import job_dir
 from kiln_worker._job_io import (
     LogBuffer,
     ProgressBuffer,
@@ -87,9 +87,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
                              lease_seconds=ctx.options.lease_seconds)
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
-    if ctx.options.work_dir is not None:
-        ctx.options.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"kiln-job-{job_id}-", dir=ctx.options.work_dir) as tmp:
+    with job_dir(job_id, ctx.options.work_dir) as tmp:
         try:
             status = CompileAttempt(ctx, job, Path(tmp)).run()
         except Exception as exc:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from kiln_client.models import Failure
 from kiln_service.errors import StoreError
 from kiln_service.stores.jobs import JobRecord
+from kiln_worker._job_dirs import PREFIX, owner_tag
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, take_line
 from kiln_worker._limits import CRASH_MARK, CompileLimits
 from kiln_worker._sandbox import Isolation
@@ -56,7 +57,7 @@ class SupervisedRun:
         if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
             env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
         limits = CompileLimits(opts, self.isolation.cgroups,
-                               f"kiln-job-{self.job.id}-{self.job.attempts}",
+                               f"{PREFIX}{self.job.id}-a{self.job.attempts}-{owner_tag()}",
                                self.job.timeout_seconds)
         self.memory_group = limits.groups.memory is not None
         try:
