@@ -5,8 +5,8 @@ Each serving function runs a tf.data pipeline rebuilt at run time from a seriali
 graph scan looks. Run in a subprocess of the tests (the test process never imports TensorFlow).
 
 Usage: python _build_sandbox_models.py OUT_DIR SPEC.json, where SPEC holds
-``{"read": [paths], "globs": [patterns], "write": path}``. Writes OUT_DIR/<name>/model.tar.gz
-and example_inputs.npz for ``reader`` and ``writer``.
+``{"read": [paths], "globs": [patterns], "write": [paths]}``. Writes OUT_DIR/<name>/model.tar.gz
+and example_inputs.npz for ``reader``, ``writer`` and ``threads`` (a thread bomb).
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ def _reader_graph(paths: list[str], globs: list[str]) -> bytes:
     named = tf.data.Dataset.from_tensor_slices(tf.constant(paths or ["/nonexistent"]))
     globbed = tf.data.Dataset.from_tensor_slices(tf.constant(globs or ["/nonexistent"])).flat_map(
         lambda g: tf.data.Dataset.from_tensor_slices(tf.io.matching_files(g)))
-    contents = named.concatenate(globbed).map(
-        lambda p: tf.strings.join([p, tf.io.read_file(p)], separator="=")).ignore_errors()
+    contents = named.concatenate(globbed).map(  # the first 100 bytes of each file are proof
+        lambda p: tf.strings.join([p, tf.strings.substr(tf.io.read_file(p), 0, 100)],
+                                  separator="=")).ignore_errors()
     return contents._as_serialized_graph().numpy()  # noqa: SLF001 - the point of the exercise
 
 
-def _writer_graph(target: str) -> bytes:
+def _writer_graph(targets: list[str]) -> bytes:
     def write(p: tf.Tensor) -> tf.Tensor:
         with tf.control_dependencies([tf.io.write_file(p, "escaped")]):
             return tf.identity(p)
 
-    return tf.data.Dataset.from_tensor_slices(tf.constant([target])).map(write) \
+    return tf.data.Dataset.from_tensor_slices(tf.constant(targets)).map(write) \
         ._as_serialized_graph().numpy()  # noqa: SLF001
 
 
@@ -65,7 +66,19 @@ class Hidden(tf.Module):
         return {"y": x + tf.cast(tf.strings.length(joined), tf.float32) * 0.0}
 
 
-def _save(module: Hidden, out: str) -> None:
+class ThreadBomb(tf.Module):
+    """A tf.data pipeline with a private pool of 8000 threads, started when the model runs."""
+
+    @tf.function(input_signature=SPEC)
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = 8000
+        ds = tf.data.Dataset.range(8000).map(lambda i: i * 2, num_parallel_calls=8000)
+        total = ds.with_options(options).reduce(tf.constant(0, tf.int64), lambda a, b: a + b)
+        return {"y": x + tf.cast(total, tf.float32) * 0.0}
+
+
+def _save(module: tf.Module, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     tf.saved_model.save(module, os.path.join(out, "model"),
                         signatures={"serving_default": module.serve})
@@ -81,6 +94,7 @@ def main(out: str, spec_path: str) -> None:
           os.path.join(out, "reader"))
     if spec.get("write"):
         _save(Hidden(_writer_graph(spec["write"])), os.path.join(out, "writer"))
+    _save(ThreadBomb(), os.path.join(out, "threads"))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ class CompileAttempt(SupervisedRun):
         self.isolation = isolation(ctx.settings, ctx.options)
         self.limit_failure: Failure | None = None
         self.memory_group = False
+        self.peaks: dict[str, int | None] = {}
         self.logs = LogBuffer(
             lambda lines: ctx.jobs.append_logs(job_id=job.id, lines=lines),
             ctx.options.log_flush_seconds,
@@ -282,6 +283,7 @@ class CompileAttempt(SupervisedRun):
             self.timings["queue_wait_seconds"] = (self.job.started_at - self.job.created_at
                                                   ).total_seconds()
         summary["worker_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        summary["compile_peaks"] = self.peaks
         return self._finish(JobStatus.SUCCEEDED, None, artifacts, summary)
 
     def _fail(self, failure: Failure, *, retry: bool = False, store_artifacts: bool = True) -> str:

@@ -46,6 +46,7 @@ class SupervisedRun:
     isolation: Isolation
     limit_failure: Failure | None
     memory_group: bool
+    peaks: dict[str, int | None]
     _started: float
 
     # -- running -----------------------------------------------------------------------------
@@ -69,6 +70,7 @@ class SupervisedRun:
                           f" time limit {self.job.timeout_seconds} s")
             stop = self._watch(child, limits)
             status = sandbox.exit_status(int(child.proc.returncode))
+            self.peaks = limits.peaks()
             self.limit_failure = limits.failure(status, self.tmp) if stop is None else None
             if stop == "memory":
                 self.limit_failure, stop = limits.failure(-signal.SIGKILL, self.tmp), None

@@ -78,6 +78,13 @@ class CompileLimits:
         self.rss_exceeded = self.rss_exceeded or rss > limit
         return self.rss_exceeded
 
+    def peaks(self) -> dict[str, int | None]:
+        """What the compile reached: ``memory_bytes`` (group peak, else the sampled resident
+        peak) and ``processes`` (the pids group's peak), ``None`` where not measured."""
+        memory = self.groups.memory_peak() if self.groups.memory is not None else \
+            (self.rss_peak or None)
+        return {"memory_bytes": memory, "processes": self.groups.pids_peak()}
+
     def close(self) -> None:
         """Remove the groups (reading them afterwards gives nothing)."""
         self.groups.close()

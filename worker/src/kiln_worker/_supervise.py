@@ -62,6 +62,8 @@ def child_environment(home: Path, base: Mapping[str, str] | None = None) -> dict
 
 
 _PR_SET_PDEATHSIG = 1
+#: longest line of a compile's output kept (the rest of a longer line is dropped)
+MAX_LINE_BYTES = 64 * 1024
 
 
 def _child_preexec(rlimits: Mapping[int, int], cgroups: Sequence[str] = ()
@@ -126,9 +128,17 @@ class ChildProcess:
             reader.start()
 
     def _pump(self, name: str, pipe: IO[bytes]) -> None:
+        # A line is cut at MAX_LINE_BYTES and the rest of it dropped: a model printing one
+        # endless line must not fill the worker's memory nor the job log.
+        skipping = False
         with pipe:
-            for raw in iter(pipe.readline, b""):
-                self._lines.put((name, raw.decode("utf-8", "replace").rstrip("\r\n")))
+            for raw in iter(lambda: pipe.readline(MAX_LINE_BYTES), b""):
+                complete = raw.endswith(b"\n")
+                if not skipping:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    cut = "" if complete else f" [… line cut at {MAX_LINE_BYTES} bytes]"
+                    self._lines.put((name, line + cut))
+                skipping = not complete
 
     def next_line(self, timeout: float) -> tuple[str, str] | None:
         """The next ``(stream, line)`` read, or ``None`` if none came within ``timeout`` seconds."""

@@ -1,0 +1,235 @@
+"""The compile sandbox and the compile limits, caused for real on one worker (no Celery).
+
+Models that hide their file reads and writes from the op scan (a tf.data pipeline rebuilt from a
+serialised graph string, see ``_build_sandbox_models.py``) run through ``run_compile_job`` with a
+real SQLite job store, local artifact store and compile child: once with
+``KILN_WORKER_SANDBOX=none``, to show the model really reads the secrets and writes outside its
+folder when nothing stops it, then under bubblewrap, where it gets nothing. A thread bomb and a
+memory bomb cross the pids and memory cgroups and fail once, naming the limit and the peak.
+(The same escape on full stacks, embedded and Redis + PostgreSQL: ``test_sandbox_stacks.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from fault_support import BOMB_SCRIPT  # noqa: E402
+from integration_support import base_env  # noqa: E402
+
+from kiln_client.models import FailureKind, JobStatus  # noqa: E402
+from kiln_service import migrations  # noqa: E402
+from kiln_service.config import Settings  # noqa: E402
+from kiln_service.stores.artifacts import LocalArtifactStore, upload_key  # noqa: E402
+from kiln_service.stores.jobs import JobStore  # noqa: E402
+from kiln_worker._compile_job import WorkerContext, run_compile_job  # noqa: E402
+from kiln_worker._sandbox import isolation  # noqa: E402
+from kiln_worker._supervise import ChildProcess, child_environment  # noqa: E402
+from kiln_worker.config import WorkerSettings  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TOKEN = secrets.token_hex(8)
+LEAK = re.compile(r"KILN-LEAK-BEGIN (.*) KILN-LEAK-END")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and a root worker's sandbox")
+
+
+def build(script: str, out: Path, *args: str) -> Path:
+    """Run a model builder in a subprocess (no TensorFlow in the test process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, script, str(out), *args], env=base_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def plant_secrets(data: Path, work: Path) -> dict[str, Path]:
+    """Secret files where a compile must not look: data dir, key, artifact store, other job."""
+    other = work / "kiln-job-othertenant"
+    places = {"data": data / "secret.txt", "key": data / "api-key",
+              "store": data / "artifacts" / "jobs" / "other" / "secret.txt",
+              "other_job": other / "home" / "compile.log"}
+    for name, path in places.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"SECRET-{name}-{TOKEN}\n")
+    return places
+
+
+def escape_spec(places: dict[str, Path], data: Path, work: Path, pids: list[int]) -> dict[str, Any]:
+    return {
+        "read": [*(str(p) for p in places.values()), "/etc/shadow", "/proc/1/environ",
+                 *(f"/proc/{pid}/environ" for pid in pids)],
+        "globs": ["/proc/*/environ", f"{work}/kiln-job-*/*/*"],
+        "write": [str(data / f"escaped-{TOKEN}.txt"), f"/tmp/kiln-escaped-{TOKEN}.txt"],
+    }
+
+
+def read_paths(log: str) -> set[str]:
+    """The paths the reader model read something from, as it printed them."""
+    found = LEAK.search(log)
+    assert found is not None, f"the model did not run its reads:\n{log[-3000:]}"
+    return set(re.findall(r"\\n(/[^=\\\"]+)=", found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def area(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("sandbox")
+    data, work = root / "data", root / "work"
+    places = plant_secrets(data, work)
+    spec = root / "spec.json"
+    spec.write_text(json.dumps(escape_spec(places, data, work, [os.getpid()])))
+    models = build(str(HERE / "_build_sandbox_models.py"), root / "models", str(spec))
+    build_bomb = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(models)], env=base_env(),
+                                capture_output=True, text=True, timeout=300)
+    assert build_bomb.returncode == 0, build_bomb.stderr[-3000:]
+    return {"root": root, "data": data, "work": work, "places": places, "models": models}
+
+
+def context(area: dict[str, Any], **options: Any) -> WorkerContext:
+    settings = Settings(data_dir=area["data"])
+    migrations.upgrade(settings.resolved_database_url)
+    opts = WorkerSettings(poll_seconds=0.2, kill_grace_seconds=1.0, log_flush_seconds=0.2,
+                          work_dir=area["work"], **options)
+    return WorkerContext(settings=settings, options=opts,
+                         jobs=JobStore(settings.resolved_database_url),
+                         artifacts=LocalArtifactStore(area["data"] / "artifacts"))
+
+
+def compile_job(ctx: WorkerContext, model: Path, npz: Path | None = None) -> tuple[Any, str]:
+    """Create a job as the API does (skipping its op scan), run it; return (job, its log)."""
+    job_id = f"sb{time.monotonic_ns()}"
+    digests = {"model": ctx.artifacts.put_file(upload_key(job_id, "model"), model)[1]}
+    if npz is not None:
+        digests["example_inputs"] = ctx.artifacts.put_file(
+            upload_key(job_id, "example_inputs.npz"), npz)[1]
+    ctx.jobs.create_job(job_id=job_id, target="xla", input_digests=digests, timeout_seconds=600)
+    while True:  # system errors are retried, as the queue would
+        run_compile_job(ctx, job_id)
+        job = ctx.jobs.get_job(job_id=job_id)
+        if job is not None and job.status != JobStatus.QUEUED:
+            break
+    log = "\n".join(entry.line for entry in ctx.jobs.read_logs(job_id=job_id))
+    return job, log
+
+
+@pytest.fixture
+def sandboxed(area: dict[str, Any]) -> Iterator[WorkerContext]:
+    ctx = context(area)
+    yield ctx
+    ctx.jobs.dispose()
+
+
+def test_without_a_sandbox_the_model_reads_secrets_and_writes_outside(area: dict[str, Any]
+                                                                      ) -> None:
+    # The control: the same models, sandbox explicitly off, succeed at escaping.
+    ctx = context(area, sandbox="none")
+    models, places = area["models"], area["places"]
+    _, log = compile_job(ctx, models / "reader" / "model.tar.gz",
+                         models / "reader" / "example_inputs.npz")
+    got = read_paths(log)
+    print(f"\nno sandbox: the model read {len(got)} files, such as {sorted(got)[:6]}")
+    assert {str(p) for p in places.values()} <= got and "/etc/shadow" in got
+    assert f"/proc/{os.getpid()}/environ" in got
+    escaped = area["data"] / f"escaped-{TOKEN}.txt"
+    compile_job(ctx, models / "writer" / "model.tar.gz", models / "writer" / "example_inputs.npz")
+    assert escaped.exists()
+    escaped.unlink()
+    Path(f"/tmp/kiln-escaped-{TOKEN}.txt").unlink(missing_ok=True)
+    ctx.jobs.dispose()
+
+
+def test_sandboxed_model_reads_nothing_outside_its_folder(area: dict[str, Any],
+                                                          sandboxed: WorkerContext) -> None:
+    models = area["models"]
+    job, log = compile_job(sandboxed, models / "reader" / "model.tar.gz",
+                           models / "reader" / "example_inputs.npz")
+    got = read_paths(log)
+    print(f"\nbubblewrap: the model read only {sorted(got)}; job {job.status.value}")
+    assert TOKEN not in log and TOKEN not in (job.failure.message if job.failure else "")
+    assert not {str(p) for p in area["places"].values()} & got
+    assert "/etc/shadow" not in got and f"/proc/{os.getpid()}/environ" not in got
+    # What it can read: its own PID namespace's environments (the scrubbed child environment).
+    for path in got:
+        assert path.startswith(("/proc/", str(area["work"]))), path
+    assert "(bubblewrap sandbox)" in log
+
+
+def test_sandboxed_model_writing_outside_fails_without_creating_the_file(
+        area: dict[str, Any], sandboxed: WorkerContext) -> None:
+    models = area["models"]
+    job, log = compile_job(sandboxed, models / "writer" / "model.tar.gz",
+                           models / "writer" / "example_inputs.npz")
+    print(f"\nwriter under bubblewrap: {job.status.value} {job.failure}")
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
+    assert "Read-only file system" in job.failure.message or "Permission denied" in \
+        job.failure.message, job.failure.message
+    assert not (area["data"] / f"escaped-{TOKEN}.txt").exists()
+    assert not Path(f"/tmp/kiln-escaped-{TOKEN}.txt").exists()
+
+
+def test_sandboxed_process_cannot_open_a_socket(tmp_path: Path, area: dict[str, Any]) -> None:
+    sandbox = isolation(Settings(data_dir=area["data"]),
+                        WorkerSettings(work_dir=area["work"])).sandbox
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        code = ("import socket\nfor host in ('127.0.0.1', '1.1.1.1'):\n    try:\n"
+                f"        socket.create_connection((host, {port}), timeout=3)\n"
+                "        print('connected', host)\n    except OSError as e:\n"
+                "        print('refused', host, e.errno)\n")
+        job = tmp_path / "job"
+        job.mkdir()
+        sandbox.prepare(job)
+        child = ChildProcess(sandbox.command([sys.executable, "-c", code], job),
+                             env=child_environment(job), cwd=job)
+        while child.poll() is None:
+            time.sleep(0.05)
+        lines = [line for _, line in child.finish()]
+        with pytest.raises(TimeoutError):
+            server.accept()  # nobody reached the listener
+    print(f"\nsocket from the sandbox: {lines}")
+    assert sorted(lines) == sorted([f"refused 127.0.0.1 {111}", "refused 1.1.1.1 101"]), lines
+
+
+def test_thread_bomb_fails_once_naming_the_process_limit(area: dict[str, Any],
+                                                         sandboxed: WorkerContext) -> None:
+    models = area["models"]
+    job, _ = compile_job(sandboxed, models / "threads" / "model.tar.gz",
+                         models / "threads" / "example_inputs.npz")
+    print(f"\nthread bomb: {job.status.value} after {job.attempts} attempt(s): {job.failure}")
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
+    assert job.failure.code == "ProcessLimit"
+    assert "limit of 4096" in job.failure.message and "peak" in job.failure.message
+
+
+def test_memory_bomb_fails_once_with_the_limit_and_the_peak(area: dict[str, Any]) -> None:
+    ctx = context(area, child_max_memory_bytes=3 * 2**30 // 2)
+    models = area["models"]
+    job, _ = compile_job(ctx, models / "model.tar.gz", models / "example_inputs.npz")
+    ctx.jobs.dispose()
+    print(f"\nmemory bomb (8 GiB) under a 1.5 GiB memory cgroup: {job.status.value} after "
+          f"{job.attempts} attempt(s): {job.failure}")
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
+    assert job.failure.code == "MemoryLimit"
+    peak = re.search(r"peak ([\d.]+) GiB", job.failure.message)
+    assert "limit of 1.5 GiB" in job.failure.message and peak is not None, job.failure.message
+    assert float(peak.group(1)) >= 1.4
