@@ -81,7 +81,7 @@ class DatasetFromString(tf.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.graph = tf.data.Dataset.range(3)._as_serialized_graph().numpy()  # noqa: SLF001
+        self.graph = tf.data.Dataset.range(3)._as_serialized_graph().numpy()
 
     @tf.function(input_signature=SPEC)
     def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:

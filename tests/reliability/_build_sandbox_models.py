@@ -34,7 +34,7 @@ def _reader_graph(paths: list[str], globs: list[str]) -> bytes:
     contents = named.concatenate(globbed).map(  # the first 100 bytes of each file are proof
         lambda p: tf.strings.join([p, tf.strings.substr(tf.io.read_file(p), 0, 100)],
                                   separator="=")).ignore_errors()
-    return contents._as_serialized_graph().numpy()  # noqa: SLF001 - the point of the exercise
+    return contents._as_serialized_graph().numpy()
 
 
 def _writer_graph(targets: list[str]) -> bytes:
@@ -43,7 +43,7 @@ def _writer_graph(targets: list[str]) -> bytes:
             return tf.identity(p)
 
     return tf.data.Dataset.from_tensor_slices(tf.constant(targets)).map(write) \
-        ._as_serialized_graph().numpy()  # noqa: SLF001
+        ._as_serialized_graph().numpy()
 
 
 class Hidden(tf.Module):

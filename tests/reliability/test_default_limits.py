@@ -16,15 +16,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_sandbox import build, compile_job  # noqa: E402
+from test_sandbox import build, compile_job
 
-from kiln_client.models import JobStatus  # noqa: E402
-from kiln_service import migrations  # noqa: E402
-from kiln_service.config import Settings  # noqa: E402
-from kiln_service.stores.artifacts import LocalArtifactStore  # noqa: E402
-from kiln_service.stores.jobs import JobStore  # noqa: E402
-from kiln_worker._compile_job import WorkerContext  # noqa: E402
-from kiln_worker.config import WorkerSettings  # noqa: E402
+from kiln_client.models import JobStatus
+from kiln_service import migrations
+from kiln_service.config import Settings
+from kiln_service.stores.artifacts import LocalArtifactStore
+from kiln_service.stores.jobs import JobStore
+from kiln_worker._compile_job import WorkerContext
+from kiln_worker.config import WorkerSettings
 
 HERE = Path(__file__).resolve().parent
 

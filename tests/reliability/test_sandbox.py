@@ -28,18 +28,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from fault_support import BOMB_SCRIPT  # noqa: E402
-from integration_support import base_env  # noqa: E402
+from fault_support import BOMB_SCRIPT
+from integration_support import base_env
 
-from kiln_client.models import FailureKind, JobStatus  # noqa: E402
-from kiln_service import migrations  # noqa: E402
-from kiln_service.config import Settings  # noqa: E402
-from kiln_service.stores.artifacts import LocalArtifactStore, upload_key  # noqa: E402
-from kiln_service.stores.jobs import JobStore  # noqa: E402
-from kiln_worker._compile_job import WorkerContext, run_compile_job  # noqa: E402
-from kiln_worker._sandbox import isolation  # noqa: E402
-from kiln_worker._supervise import ChildProcess, child_environment  # noqa: E402
-from kiln_worker.config import WorkerSettings  # noqa: E402
+from kiln_client.models import FailureKind, JobStatus
+from kiln_service import migrations
+from kiln_service.config import Settings
+from kiln_service.stores.artifacts import LocalArtifactStore, upload_key
+from kiln_service.stores.jobs import JobStore
+from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._sandbox import isolation
+from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker.config import WorkerSettings
 
 HERE = Path(__file__).resolve().parent
 TOKEN = secrets.token_hex(8)
@@ -171,7 +171,7 @@ def test_sandboxed_model_reads_nothing_outside_its_folder(area: dict[str, Any],
 def test_sandboxed_model_writing_outside_fails_without_creating_the_file(
         area: dict[str, Any], sandboxed: WorkerContext) -> None:
     models = area["models"]
-    job, log = compile_job(sandboxed, models / "writer" / "model.tar.gz",
+    job, _ = compile_job(sandboxed, models / "writer" / "model.tar.gz",
                            models / "writer" / "example_inputs.npz")
     print(f"\nwriter under bubblewrap: {job.status.value} {job.failure}")
     assert job.status == JobStatus.FAILED and job.attempts == 1

@@ -30,8 +30,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from fault_support import wait_for  # noqa: E402
-from integration_support import (  # noqa: E402
+from fault_support import wait_for
+from integration_support import (
     BIN,
     TERMINAL,
     Proc,
@@ -41,7 +41,7 @@ from integration_support import (  # noqa: E402
     start,
     wait_ready,
 )
-from test_sandbox import TOKEN, build, plant_secrets, read_paths  # noqa: E402
+from test_sandbox import TOKEN, build, plant_secrets, read_paths
 
 HERE = Path(__file__).resolve().parent
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
