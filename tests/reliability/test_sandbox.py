@@ -128,6 +128,13 @@ def compile_job(ctx: WorkerContext, model: Path, npz: Path | None = None) -> tup
     return job, log
 
 
+def assert_failed_once(job: Any, code: str) -> None:
+    """The job failed on its first attempt, as the model's fault, with ``code``."""
+    assert job.status == JobStatus.FAILED and job.attempts == 1, job
+    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR, job.failure
+    assert job.failure.code == code, job.failure
+
+
 @pytest.fixture
 def sandboxed(area: dict[str, Any]) -> Iterator[WorkerContext]:
     ctx = context(area)
@@ -176,10 +183,8 @@ def test_sandboxed_model_writing_outside_fails_without_creating_the_file(
     job, _ = compile_job(sandboxed, models / "writer" / "model.tar.gz",
                            models / "writer" / "example_inputs.npz")
     print(f"\nwriter under bubblewrap: {job.status.value} {job.failure}")
-    assert job.status == JobStatus.FAILED and job.attempts == 1
-    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
     # (The message says "Graph execution error"; TensorFlow's whole text is issue 10 point 3.)
-    assert job.failure.code == "ModelError", job.failure
+    assert_failed_once(job, "ModelError")
     assert not (area["data"] / f"escaped-{TOKEN}.txt").exists()
     assert not Path(f"/tmp/kiln-escaped-{TOKEN}.txt").exists()
 
@@ -216,9 +221,7 @@ def test_thread_bomb_fails_once_naming_the_process_limit(area: dict[str, Any],
     job, _ = compile_job(sandboxed, models / "threads" / "model.tar.gz",
                          models / "threads" / "example_inputs.npz")
     print(f"\nthread bomb: {job.status.value} after {job.attempts} attempt(s): {job.failure}")
-    assert job.status == JobStatus.FAILED and job.attempts == 1
-    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
-    assert job.failure.code == "ProcessLimit"
+    assert_failed_once(job, "ProcessLimit")
     assert "limit of 4096" in job.failure.message and "peak" in job.failure.message
 
 
@@ -229,9 +232,7 @@ def test_memory_bomb_fails_once_with_the_limit_and_the_peak(area: dict[str, Any]
     ctx.jobs.dispose()
     print(f"\nmemory bomb (8 GiB) under a 1.5 GiB memory cgroup: {job.status.value} after "
           f"{job.attempts} attempt(s): {job.failure}")
-    assert job.status == JobStatus.FAILED and job.attempts == 1
-    assert job.failure is not None and job.failure.kind == FailureKind.CLIENT_ERROR
-    assert job.failure.code == "MemoryLimit"
+    assert_failed_once(job, "MemoryLimit")
     peak = re.search(r"peak ([\d.]+) GiB", job.failure.message)
     assert "limit of 1.5 GiB" in job.failure.message and peak is not None, job.failure.message
     assert float(peak.group(1)) >= 1.4
