@@ -166,6 +166,9 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     timings["verify_seconds"] = time.perf_counter() - mark
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
+    mark = time.perf_counter()
+    speed = _measure_speed(tf, fn, compiled_dir, inputs)
+    timings["speed_seconds"] = time.perf_counter() - mark
 
     events.progress("storing", 0.90, "packing the compiled model")
     mark = time.perf_counter()
@@ -180,8 +183,25 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
         "manifest": manifest,
+        "speed": speed,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Original vs. compiled serving latency (see ``_speed``); never fails the job."""
+    from kiln_worker._speed import measure_speed
+
+    try:
+        serving = tf.saved_model.load(str(compiled_dir)).signatures["serving_default"]
+
+        def compiled(**kwargs: Any) -> Any:
+            return serving(**_rename_inputs(serving, kwargs))
+
+        return measure_speed(fn, compiled, inputs)
+    except Exception as exc:  # a measurement problem is reported, not a failed compile
+        logger.warning("speed measurement failed: %s", _first_line(exc))
+        return {"error": _first_line(exc), "batches": {}}
 
 
 def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
