@@ -24,8 +24,8 @@ def _batch_of(inputs: Mapping[str, Any], size: int) -> dict[str, Any] | None:
     """The inputs cut to the first ``size`` rows, or None if some input has no batch axis."""
     cut = {}
     for name, value in inputs.items():
-        shape = getattr(value, "shape", ())
-        if len(shape) == 0 or shape[0] < size:
+        shape: tuple[int, ...] = tuple(getattr(value, "shape", ()))
+        if not shape or shape[0] < size:
             return None
         cut[name] = value[:size]
     return cut
