@@ -38,7 +38,7 @@ MAX_MESSAGE_CHARS = 4000
 
 _FRAME = re.compile(r'^\s*File "(?P<path>[^"]*)", line \d+')
 _DETECTED = re.compile(r"^(Detected at node .*?) defined at \(most recent call last\):\s*$")
-_GENERIC = {"Graph execution error:", "in user code:"}
+_GENERIC = {"Graph execution error:", "in user code:", "<stack traces unavailable>"}
 _INTERNAL_PATHS = ("/kiln_worker/", "/site-packages/", "/dist-packages/", "<frozen ")
 
 
