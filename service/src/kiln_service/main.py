@@ -17,6 +17,7 @@ from celery import Celery
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln_service import errors_page
 from kiln_service.config import Settings, get_settings
 from kiln_service.deps import Services, get_tenant
 from kiln_service.errors import install_error_handlers
@@ -196,6 +197,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     for module in (compile, jobs, artifacts, workers):
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
+    app.include_router(errors_page.router)
     install_ui(app)
     install_openapi(app)
     return app
