@@ -23,14 +23,14 @@ __all__ = ["TRANSPORT", "FolderStateTransport"]
 TRANSPORT = f"{__name__}:FolderStateTransport"
 
 
-class FolderStateTransport(filesystem.Transport):  # type: ignore[misc]
+class FolderStateTransport(filesystem.Transport):
     """kombu's filesystem transport whose broker state is shared per control folder."""
 
     _states: ClassVar[dict[str, virtual.BrokerState]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        super().__init__(client, **kwargs)
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
         folder = os.path.realpath(client.transport_options.get("control_folder", "control"))
         with self._lock:
-            self.state = self._states.setdefault(folder, virtual.BrokerState())
+            self.state = self._states.setdefault(folder, virtual.BrokerState())  # type: ignore[no-untyped-call]

@@ -87,13 +87,12 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     settings = services.settings
     _check_content_length(request, settings)
     # Fairness before the body is read: a refused tenant costs no upload bandwidth or disk.
-    if services.rate_limiter is not None:
-        services.rate_limiter.check(tenant)
+    await anyio.to_thread.run_sync(services.rate_limiter.check, tenant)
     await anyio.to_thread.run_sync(partial(
         check_active_jobs, services.job_store, tenant=tenant,
         limit=settings.max_active_jobs_per_tenant))
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    with services.in_flight.hold(tenant, key):
+    async with services.in_flight.hold(tenant, key):
         try:
             job, replayed = await _receive_and_submit(request, services, tenant, key)
         except (OSError, StoreError) as exc:
