@@ -59,10 +59,21 @@ async def test_job_lands_on_the_redis_queue(tmp_path: Path, redis_url: str, two_
 
 
 async def test_broker_down_is_503_and_the_job_is_rolled_back(tmp_path: Path, two_inputs_tgz: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "kiln", broker_url="redis://127.0.0.1:1/0")
+    # No rate limit, so the request gets as far as queueing before Redis is needed.
+    settings = Settings(data_dir=tmp_path / "kiln", broker_url="redis://127.0.0.1:1/0",
+                        rate_limit_per_minute=0)
     app, resp = await _post(settings, two_inputs_tgz.read_bytes())
     body = assert_problem(resp, 503, "broker_unavailable")
     assert resp.headers["retry-after"] == "5" and "queue" in body["detail"]
+    assert_nothing_stored(app, settings)
+
+
+async def test_redis_down_refuses_before_the_upload_when_it_holds_the_rate_limit(
+        tmp_path: Path, two_inputs_tgz: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "kiln", broker_url="redis://127.0.0.1:1/0")
+    app, resp = await _post(settings, two_inputs_tgz.read_bytes())
+    body = assert_problem(resp, 503, "broker_unavailable")
+    assert resp.headers["retry-after"] == "5" and "shared limits store (Redis)" in body["detail"]
     assert_nothing_stored(app, settings)
 
 
