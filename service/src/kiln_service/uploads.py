@@ -245,7 +245,11 @@ async def receive_multipart(
     except BaseException:
         receiver.discard()
         raise
-    receiver.close()
+    try:
+        receiver.close()  # a body that ended mid-file leaves one open: its last flush may fail
+    except OSError:
+        receiver.discard()
+        raise
     if any(not f.sha256 for f in receiver.form.files.values()):
         receiver.form.cleanup()
         raise BadRequestError("the multipart body ended in the middle of a file", code="invalid_multipart")
