@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, Stage
+from kiln_client.codes import FailureCode, FailureKind
+from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
 from kiln_service.stores.artifacts import (
@@ -100,9 +101,9 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
 
 
 def _fail_quietly(ctx: WorkerContext, job: JobRecord, exc: Exception) -> None:
-    failure = Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
-                      message=f"the worker failed while running the job ({type(exc).__name__}: "
-                      f"{exc}); this is Kiln's fault, please retry or report it")
+    failure = Failure.of(FailureCode.WORKER_ERROR,
+                         f"the worker failed while running the job ({type(exc).__name__}: "
+                         f"{exc}); this is Kiln's fault, please retry or report it")
     try:
         retry_or_fail(ctx, job, failure)
     except Exception:
@@ -172,15 +173,14 @@ class CompileAttempt(SupervisedRun):
         try:
             spec_path = self._prepare()
         except UploadError as exc:
-            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidModel",
-                                      message=str(exc)))
+            return self._fail(Failure.of(FailureCode.INVALID_MODEL, str(exc)))
         except _FlagsRewriteError as exc:
-            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidFlags",
-                                      message=f"cannot use the flags {self.job.flags!r}: {exc}"))
+            return self._fail(Failure.of(FailureCode.INVALID_FLAGS,
+                                         f"cannot use the flags {self.job.flags!r}: {exc}"))
         except Exception as exc:  # the store failed us: Kiln's fault, not the model's
             logger.exception("job %s: preparing failed", self.job.id)
-            return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="StorageError",
-                                      message=f"the worker could not fetch the upload: {exc}"),
+            return self._fail(Failure.of(FailureCode.STORAGE_ERROR,
+                                         f"the worker could not fetch the upload: {exc}"),
                               retry=True)
         self.isolation.sandbox.prepare(self.tmp)
         ended = self._supervise(spec_path)
@@ -188,16 +188,14 @@ class CompileAttempt(SupervisedRun):
             return self._stopped(ended)
         if ended == EXIT_OK:
             return self._succeed()
-        failure = self.limit_failure or crash_failure(
+        crash = None if self.limit_failure else crash_failure(
             ended, self.logs.tail(), crashed_before=self._crashed_before(),
             memory_group=self.memory_group)
-        if failure is not None and failure.code == "Crashed" \
-                and failure.kind == FailureKind.SYSTEM_ERROR:
+        if crash is not None and crash.code is FailureCode.WORKER_ERROR:
             self.logs.add(f"{CRASH_MARK} {-ended}")
-        elif failure is None:
-            failure = child_failure(ended, self.error_file, self.logs.tail(),
-                                    exit_failed=EXIT_FAILED)
-        return self._fail(failure, retry=failure.kind == FailureKind.SYSTEM_ERROR and ended < 0)
+        failure = self.limit_failure or crash or child_failure(
+            ended, self.error_file, self.logs.tail(), exit_failed=EXIT_FAILED)
+        return self._fail(failure, retry=failure.kind is FailureKind.SYSTEM_ERROR and ended < 0)
 
     def _stopped(self, reason: str) -> str:
         """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
@@ -208,9 +206,9 @@ class CompileAttempt(SupervisedRun):
             self.logs.add("[kiln] cancelled at the owner's request; compile process group killed")
             return self._finish(JobStatus.CANCELLED, None)
         limit, most = self.job.timeout_seconds, self.ctx.settings.max_timeout_seconds
-        return self._fail(Failure(
-            kind=FailureKind.CLIENT_ERROR, code="TimeOut",
-            message=f"the compile ran past its time limit of {limit} s and was stopped; "
+        return self._fail(Failure.of(
+            FailureCode.TIME_OUT,
+            f"the compile ran past its time limit of {limit} s and was stopped; "
             f"resubmit with a larger timeout_seconds (this server allows up to {most} s)",
         ))
 
@@ -242,6 +240,7 @@ class CompileAttempt(SupervisedRun):
             signature=self.job.signature, flags=flags, example_inputs=npz,
             input_shapes=self.job.input_shapes,
             placement=self.job.placement.model_dump() if self.job.placement else None,
+            upload_digests=dict(self.job.input_digests),
         )
         spec_path = self.tmp / "spec.json"
         spec.write(spec_path)
@@ -261,9 +260,9 @@ class CompileAttempt(SupervisedRun):
             return self._store_and_finish()
         except (OSError, StoreError) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
-            return self._fail(Failure(
-                kind=FailureKind.SYSTEM_ERROR, code="StorageError",
-                message=f"the compile succeeded but its artifacts could not be stored ({detail}); "
+            return self._fail(Failure.of(
+                FailureCode.STORAGE_ERROR,
+                f"the compile succeeded but its artifacts could not be stored ({detail}); "
                 "nothing was published. This is Kiln's fault (is the artifact store full?)"),
                 retry=True, store_artifacts=False)
 

@@ -15,7 +15,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from kiln_client.models import Failure, FailureKind
+from kiln_client.codes import FailureCode
+from kiln_client.models import Failure
 from kiln_worker._cgroups import CgroupSupport, JobCgroups, tree_rss
 from kiln_worker.config import WorkerSettings, cpu_seconds
 
@@ -99,30 +100,30 @@ class CompileLimits:
             return None
         if self.groups.oom_kills() > 0 or self.rss_exceeded:
             peak = self.groups.memory_peak() if self.groups.memory is not None else self.rss_peak
-            return _limit("MemoryLimit", "memory", human_bytes(opts.child_max_memory_bytes),
+            return _limit(FailureCode.MEMORY_LIMIT, "memory", human_bytes(opts.child_max_memory_bytes),
                           human_bytes(peak), "reduce the model's or the example inputs' size",
                           "KILN_WORKER_CHILD_MAX_MEMORY_BYTES")
         if self.groups.pids_refused() > 0:
             peak = self.groups.pids_peak()
-            return _limit("ProcessLimit", "processes and threads", str(opts.child_max_processes),
+            return _limit(FailureCode.PROCESS_LIMIT, "processes and threads", str(opts.child_max_processes),
                           str(peak if peak is not None else opts.child_max_processes),
                           "start fewer threads or processes", "KILN_WORKER_CHILD_MAX_PROCESSES")
         if status == -signal.SIGXCPU:
-            return _limit("CpuTimeLimit", "CPU time", f"{cpu_seconds(self.timeout_seconds)} s",
+            return _limit(FailureCode.CPU_TIME_LIMIT, "CPU time", f"{cpu_seconds(self.timeout_seconds)} s",
                           "the limit", "use a smaller model or a shorter timeout_seconds",
                           "timeout_seconds")
         biggest = _largest_file(job_dir)
         if opts.child_max_file_bytes is not None and biggest >= opts.child_max_file_bytes:
-            return _limit("FileSizeLimit", "file size", human_bytes(opts.child_max_file_bytes),
+            return _limit(FailureCode.FILE_SIZE_LIMIT, "file size", human_bytes(opts.child_max_file_bytes),
                           human_bytes(biggest), "write smaller files (a smaller model)",
                           "KILN_WORKER_CHILD_MAX_FILE_BYTES")
         return None
 
 
-def _limit(code: str, what: str, value: str, peak: str, advice: str, setting: str) -> Failure:
-    return Failure(kind=FailureKind.CLIENT_ERROR, code=code, message=(
-        f"the compile crossed its {what} limit of {value} (peak {peak}) and was stopped; "
-        f"{advice}, or ask the operator to raise {setting}"))
+def _limit(code: FailureCode, what: str, value: str, peak: str, advice: str,
+           setting: str) -> Failure:
+    return Failure.of(code, f"the compile crossed its {what} limit of {value} (peak {peak}) and "
+                      f"was stopped; {advice}, or ask the operator to raise {setting}")
 
 
 def _largest_file(root: Path) -> int:
@@ -140,10 +141,10 @@ def crash_failure(status: int, tail: Sequence[str], *, crashed_before: bool,
                   memory_group: bool) -> Failure | None:
     """The failure of a compile killed by a signal nobody in Kiln sent, or ``None``.
 
-    The first such death is retried (``system_error``: a machine may have had a bad moment);
-    a second on the same job is the model's (``client_error``). A SIGKILL while a memory group
-    was in force came from outside (an operator, the host's OOM killer), not from the model:
-    it stays a retried ``system_error``.
+    The first such death is retried (``WorkerError``, a ``system_error``: a machine may have had
+    a bad moment); a second on the same job is the model's (``Crashed``, a ``client_error``). A
+    SIGKILL while a memory group was in force came from outside (an operator, the host's OOM
+    killer), not from crossing the job's own limit: it stays a retried ``OOMKilled``.
     """
     if status >= 0:
         return None
@@ -151,12 +152,14 @@ def crash_failure(status: int, tail: Sequence[str], *, crashed_before: bool,
     name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
     last = "\n".join(tail[-8:])
     if sig == signal.SIGKILL and memory_group:
-        return Failure(kind=FailureKind.SYSTEM_ERROR, code="Crashed", message=(
-            f"the compile process was killed by {name} from outside the job (not for crossing "
-            f"a limit); it is retried. Last log lines:\n{last}"))
+        return Failure.of(FailureCode.OOM_KILLED, (
+            f"the compile process was killed by {name} from outside the job (the machine's "
+            f"out-of-memory killer or an operator), not for crossing its own limits; it is "
+            f"retried. Last log lines:\n{last}"))
     if crashed_before:
-        return Failure(kind=FailureKind.CLIENT_ERROR, code="Crashed", message=(
-            f"the compile process died of {name} on two attempts: the model crashes TensorFlow "
-            f"(check its ops and shapes). Last log lines:\n{last}"))
-    return Failure(kind=FailureKind.SYSTEM_ERROR, code="Crashed", message=(
-        f"the compile process died of {name}; it is tried once more. Last log lines:\n{last}"))
+        return Failure.of(FailureCode.CRASHED, (
+            f"the compile process died of {name} on two attempts: the model crashes "
+            f"TensorFlow (check its ops and shapes). Last log lines:\n{last}"))
+    return Failure.of(FailureCode.WORKER_ERROR, (
+        f"the compile process died of {name}; it is tried once more (a second death fails the "
+        f"job as Crashed). Last log lines:\n{last}"))
