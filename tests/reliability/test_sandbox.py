@@ -290,3 +290,18 @@ def test_job_folders_of_gone_workers_are_swept_and_live_ones_kept(tmp_path: Path
         removed = sweep_job_dirs(tmp_path)
         assert removed == [orphan.name] and Path(live).is_dir() and unrelated.is_dir()
     assert not orphan.exists()
+
+
+def test_links_a_compile_leaves_are_never_followed_by_the_worker(tmp_path: Path) -> None:
+    from kiln_worker._job_dirs import UnsafeOutputError, compiled_file
+
+    box = tmp_path / "compile"
+    (box / "out").mkdir(parents=True)
+    (box / "out" / "report.json").symlink_to("/etc/shadow")
+    (box / "elsewhere").symlink_to("/etc", target_is_directory=True)
+    (box / "out" / "ok.json").write_text("{}")
+    with pytest.raises(UnsafeOutputError, match=r"symbolic link at out/report\.json"):
+        compiled_file(box, box / "out" / "report.json")
+    with pytest.raises(UnsafeOutputError, match="symbolic link at elsewhere"):
+        compiled_file(box, box / "elsewhere" / "passwd")
+    assert compiled_file(box, box / "out" / "ok.json") == box / "out" / "ok.json"

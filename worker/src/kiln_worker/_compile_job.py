@@ -29,7 +29,7 @@ from kiln_service.stores.artifacts import (
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
 from kiln_worker._compile_run import SupervisedRun
-from kiln_worker._job_dirs import job_dir
+from kiln_worker._job_dirs import UnsafeOutputError, compiled_file, job_dir
 from kiln_worker._job_io import (
     LogBuffer,
     ProgressBuffer,
@@ -147,8 +147,11 @@ class CompileAttempt(SupervisedRun):
     def __init__(self, ctx: WorkerContext, job: JobRecord, tmp: Path) -> None:
         self.ctx, self.job, self.tmp = ctx, job, tmp
         self.fence = job.fence
-        self.out_dir, self.home = tmp / "out", tmp / "home"
-        self.error_file = tmp / "error.json"
+        # What the compile sees (and may write): ``compile/``. The worker's own files (the log
+        # and the workdir archive it uploads) stay beside it, out of the compile's reach.
+        self.box = tmp / "compile"
+        self.out_dir, self.home = self.box / "out", self.box / "home"
+        self.error_file = self.box / "error.json"
         # Where the attempt's time goes, reported on the job (Job.report["worker_timings"]).
         self.timings: dict[str, float] = {}
         self._started = time.monotonic()
@@ -182,7 +185,7 @@ class CompileAttempt(SupervisedRun):
             return self._fail(Failure.of(FailureCode.STORAGE_ERROR,
                                          f"the worker could not fetch the upload: {exc}"),
                               retry=True)
-        self.isolation.sandbox.prepare(self.tmp)
+        self.isolation.sandbox.prepare(self.box)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
             return self._stopped(ended)
@@ -194,8 +197,15 @@ class CompileAttempt(SupervisedRun):
         if crash is not None and crash.code is FailureCode.WORKER_ERROR:
             self.logs.add(f"{CRASH_MARK} {-ended}")
         failure = self.limit_failure or crash or child_failure(
-            ended, self.error_file, self.logs.tail(), exit_failed=EXIT_FAILED)
+            ended, self._error_file(), self.logs.tail(), exit_failed=EXIT_FAILED)
         return self._fail(failure, retry=failure.kind is FailureKind.SYSTEM_ERROR and ended < 0)
+
+    def _error_file(self) -> Path:
+        """The compile's error file, unless it is a link the compile planted (then: none)."""
+        try:
+            return compiled_file(self.box, self.error_file)
+        except (UnsafeOutputError, OSError):
+            return self.box / "no-error-file"
 
     def _stopped(self, reason: str) -> str:
         """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
@@ -216,23 +226,23 @@ class CompileAttempt(SupervisedRun):
 
     def _prepare(self) -> Path:
         self.progress.set(Stage.PREPARING.value, 0.01, "fetching the upload", force=True)
-        for path in (self.out_dir, self.home, self.tmp / "upload"):
+        for path in (self.out_dir, self.home, self.box / "upload"):
             path.mkdir(parents=True)
-        archive = self.tmp / "upload" / "model"
+        archive = self.box / "upload" / "model"
         self.ctx.artifacts.get_to_file(upload_key(self.job.id, "model"), archive)
-        model_dir = unpack_model(archive, self.tmp / "model")
+        model_dir = unpack_model(archive, self.box / "model")
         archive.unlink()
         npz: str | None = None
         npz_key = upload_key(self.job.id, "example_inputs.npz")
         if self.ctx.artifacts.exists(npz_key):
-            npz = str(self.tmp / "upload" / "example_inputs.npz")
+            npz = str(self.box / "upload" / "example_inputs.npz")
             self.ctx.artifacts.get_to_file(npz_key, npz)
         try:
-            flags, wants_workdir = rewrite_workdir(self.job.flags, str(self.tmp / "workdir"))
+            flags, wants_workdir = rewrite_workdir(self.job.flags, str(self.box / "workdir"))
         except ValueError as exc:
             raise _FlagsRewriteError(str(exc)) from exc
         if wants_workdir:
-            self.workdir = self.tmp / "workdir"
+            self.workdir = self.box / "workdir"
             self.logs.add("[kiln] --workdir is kept on the worker and returned as workdir.tar.gz")
         spec = JobSpec(
             job_id=self.job.id, model_dir=str(model_dir), output_dir=str(self.out_dir),
@@ -242,7 +252,7 @@ class CompileAttempt(SupervisedRun):
             placement=self.job.placement.model_dump() if self.job.placement else None,
             upload_digests=dict(self.job.input_digests),
         )
-        spec_path = self.tmp / "spec.json"
+        spec_path = self.box / "spec.json"
         spec.write(spec_path)
         return spec_path
 
@@ -258,6 +268,8 @@ class CompileAttempt(SupervisedRun):
         self.progress.set(Stage.STORING.value, 0.97, "storing artifacts", force=True)
         try:
             return self._store_and_finish()
+        except UnsafeOutputError as exc:
+            return self._fail(Failure.of(FailureCode.MODEL_ERROR, str(exc)))
         except (OSError, StoreError) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
             return self._fail(Failure.of(
@@ -268,9 +280,10 @@ class CompileAttempt(SupervisedRun):
 
     def _store_and_finish(self) -> str:
         report_path = self.out_dir / "report.json"
-        report = json.loads(report_path.read_text())
+        report = json.loads(compiled_file(self.box, report_path).read_text())
         artifacts = [
-            self._put("compiled_model.tar.gz", self.out_dir / "compiled_model.tar.gz",
+            self._put("compiled_model.tar.gz",
+                      compiled_file(self.box, self.out_dir / "compiled_model.tar.gz"),
                       "application/gzip"),
             self._put("report.json", report_path, "application/json"),
         ]
@@ -311,7 +324,7 @@ class CompileAttempt(SupervisedRun):
         return status.value if done is not None else "lost"
 
     def _put_workdir(self) -> list[Artifact]:
-        if self.workdir is None or not self.workdir.is_dir():
+        if self.workdir is None or self.workdir.is_symlink() or not self.workdir.is_dir():
             return []
         archive = self.tmp / "workdir.tar.gz"
         files = pack_dir(self.workdir, archive, "workdir")

@@ -38,6 +38,7 @@ class SupervisedRun:
     ctx: WorkerContext
     job: JobRecord
     tmp: Path
+    box: Path
     home: Path
     fence: int
     logs: LogBuffer
@@ -64,16 +65,16 @@ class SupervisedRun:
         try:
             child = ChildProcess(
                 sandbox.command([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
-                                self.tmp),
-                env=env, cwd=self.tmp, rlimits=limits.rlimits(), cgroups=limits.procs_files)
+                                self.box),
+                env=env, cwd=self.box, rlimits=limits.rlimits(), cgroups=limits.procs_files)
             self.logs.add(f"[kiln] compile process {child.pid} started ({sandbox.mode} sandbox);"
                           f" time limit {self.job.timeout_seconds} s")
             stop = self._watch(child, limits)
             status = sandbox.exit_status(int(child.proc.returncode))
             self.peaks = limits.peaks()
-            self.limit_failure = limits.failure(status, self.tmp) if stop is None else None
+            self.limit_failure = limits.failure(status, self.box) if stop is None else None
             if stop == "memory":
-                self.limit_failure, stop = limits.failure(-signal.SIGKILL, self.tmp), None
+                self.limit_failure, stop = limits.failure(-signal.SIGKILL, self.box), None
         finally:
             limits.close()
         self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or status})"

@@ -14,12 +14,16 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from kiln_worker._cgroups import CgroupSupport
 
-__all__ = ["job_dir", "owner_tag", "sweep_job_cgroups", "sweep_job_dirs"]
+__all__ = [
+    "UnsafeOutputError", "compiled_file", "job_dir", "owner_tag", "sweep_job_cgroups",
+    "sweep_job_dirs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,31 @@ def job_dir(job_id: str, parent: Path | None) -> tempfile.TemporaryDirectory[str
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryDirectory(prefix=f"{PREFIX}{job_id}-{owner_tag()}-", dir=parent)
+
+
+class UnsafeOutputError(Exception):
+    """A file the compile left is a link or not a regular file (the worker will not read it)."""
+
+
+def compiled_file(box: Path, path: Path) -> Path:
+    """``path``, checked to be a regular file under ``box`` reached through no symbolic link.
+
+    The compile may write anything in its folder: a link there, read by the worker (root),
+    would publish a file of the host. Checked after the compile's processes are gone.
+
+    Raises:
+        UnsafeOutputError: a component is a link, or the file is not a regular file.
+        FileNotFoundError: the file is missing.
+    """
+    current = box
+    for part in path.relative_to(box).parts:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafeOutputError(f"the compile left a symbolic link at "
+                                    f"{current.relative_to(box)}; Kiln does not follow it")
+    if not stat.S_ISREG(os.lstat(current).st_mode):
+        raise UnsafeOutputError(f"{current.relative_to(box)} is not a regular file")
+    return path
 
 
 def _orphaned(name: str) -> bool:
