@@ -2,7 +2,7 @@
 
 ResNet50 (``tf.keras.applications``, weights=None) and a BERT-base-size encoder (12 layers,
 hidden 768, sequence 16) go through ``run_compile_job`` with ``WorkerSettings()`` defaults:
-bubblewrap, an 8 GiB memory cgroup, 4096 processes and threads. Example inputs are generated
+bubblewrap, a 12 GiB memory cgroup, 4096 processes and threads. Example inputs are generated
 from the signatures. Each test prints the peaks the compile reached.
 """
 
@@ -41,7 +41,7 @@ def defaults(tmp_path: Path) -> Iterator[WorkerContext]:
     settings = Settings(data_dir=tmp_path / "data")
     migrations.upgrade(settings.resolved_database_url)
     options = WorkerSettings(work_dir=tmp_path / "work")  # the default limits and sandbox
-    assert options.child_max_memory_bytes == 8 * 2**30 and options.sandbox == "bubblewrap"
+    assert options.child_max_memory_bytes == 12 * 2**30 and options.sandbox == "bubblewrap"
     ctx = WorkerContext(settings=settings, options=options,
                         jobs=JobStore(settings.resolved_database_url),
                         artifacts=LocalArtifactStore(tmp_path / "data" / "artifacts"))
@@ -61,6 +61,6 @@ def test_standard_model_compiles_under_the_default_limits(
           f"timings {report.get('worker_timings')}")
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1, (job.failure, log[-3000:])
     assert "(bubblewrap sandbox)" in log
-    assert 0 < memory < 8 * 2**30
+    assert 0 < memory < 12 * 2**30
     assert {a.name for a in job.artifacts} >= {"compiled_model.tar.gz", "report.json"}
     assert report["inputs_generated"] is True
