@@ -340,6 +340,7 @@ class CompileAttempt:
         try:
             return self._store_and_finish()
         except (OSError, StoreError) as exc:
+            self._discard_outputs()  # what the failed store left of this attempt
             detail = getattr(exc, "detail", None) or str(exc)
             return self._fail(Failure(
                 kind=FailureKind.SYSTEM_ERROR, code="StorageError",
@@ -371,7 +372,6 @@ class CompileAttempt:
             self.logs.add(f"[kiln] attempt {self.job.attempts} of {self.ctx.options.max_attempts}"
                           " failed for a system reason; the job is queued again")
             self.logs.flush()
-            self._discard_outputs()  # whatever a failed store left of this attempt
             return retry_or_fail(self.ctx, self.job, failure)
         artifacts: list[Artifact] = []
         if store_artifacts:
