@@ -27,6 +27,7 @@ from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.main import create_app
 from kiln_service.reconcile import Reconciler
+from kiln_service.stores._recovery_ops import AttemptsOfJob
 from kiln_service.stores._schema import jobs
 from kiln_service.stores.artifacts import (
     ArtifactStore,
@@ -188,3 +189,17 @@ async def test_jobs_published_before_attempt_keys_are_still_served(rig: Rig) -> 
     reconciler = Reconciler(rig.jobs, lambda job_id, target: None, artifacts=rig.artifacts)
     assert reconciler.sweep_lost_attempts() == 0
     assert rig.artifacts.exists(f"jobs/{job.id}/report.json")
+
+
+@pytest.mark.parametrize(("status", "fence", "published", "garbage"), [
+    ("running", 3, None, {1, 2}),       # the running attempt may still publish
+    ("queued", 2, None, {1, 2}),        # its last attempt lost; the next claim gets fence 3
+    ("succeeded", 3, 3, {1, 2}),
+    ("failed", 2, None, {1, 2}),        # lost for good (WorkerLost): nothing published
+    ("cancelled", 1, 1, set()),
+])
+def test_which_attempts_are_garbage(status: str, fence: int, published: int | None,
+                                    garbage: set[int]) -> None:
+    job = AttemptsOfJob("j", status, fence, published)
+    # Attempts after the snapshot (fence + 1) were claimed since: never touched.
+    assert {n for n in range(1, fence + 2) if job.is_garbage(n)} == garbage
