@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = "on"
     """``on``: every ``/v1`` route needs ``Authorization: Bearer <API key>`` and the key's tenant
     scopes what the caller sees; ``off``: no keys, everything belongs to tenant ``default``."""
+    ui_session_secret: str | None = None
+    """Key that signs dashboard (``/ui``) session cookies; default: a random one kept in
+    ``{data_dir}/ui-session-secret``. Set the same value on every API replica that does not
+    share a data folder."""
     rate_limit_per_minute: int = Field(default=60, ge=0)
     """Submissions (``POST /v1/compile``) one tenant may make per minute, per API process
     (token bucket, bursts up to this many); 0 turns the limit off."""

@@ -22,6 +22,7 @@ from kiln_service.idempotency import InFlightKeys
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
 from kiln_service.stores.jobs import JobRecord, JobStore
+from kiln_service.ui.session import CSRF_HEADER, csrf_ok, read_session
 
 __all__ = [
     "ArtifactStoreDep",
@@ -58,6 +59,8 @@ class Services:
     """This process's own staging folder, ``{data_dir}/staging/<host>.<pid>``."""
     in_flight: InFlightKeys = field(default_factory=InFlightKeys)
     """``Idempotency-Key`` values whose first request this process is still handling."""
+    ui_secret: bytes = b""
+    """Signs the dashboard's session cookies (see :mod:`kiln_service.ui.session`)."""
     rate_limiter: TokenBuckets | None = None
     """Per-tenant submission buckets of this process (built from the settings when omitted)."""
 
@@ -114,11 +117,31 @@ def get_tenant(
         return DEFAULT_TENANT
     how = HOW_TO_GET_A_KEY
     if credentials is None or not credentials.credentials:
+        tenant = _dashboard_tenant(request, services)
+        if tenant is not None:
+            return tenant
         raise UnauthorizedError(f"This Kiln requires an API key. {how}")
     tenant = services.job_store.authenticate_api_key(key=credentials.credentials)
     if tenant is None:
         raise UnauthorizedError(f"The API key is unknown or revoked. {how}")
     return tenant
+
+
+def _dashboard_tenant(request: Request, services: Services) -> str | None:
+    """The tenant of a signed-in dashboard session, for the page's own API calls.
+
+    A session's key must still be active; a request that changes something must also carry the
+    session's CSRF token in ``X-CSRF-Token`` (a cookie alone is what a forged request has).
+    """
+    session = read_session(request, services.ui_secret)
+    if session is None:
+        return None
+    if request.method not in ("GET", "HEAD") and not csrf_ok(
+            services.ui_secret, session, request.headers.get(CSRF_HEADER)):
+        raise UnauthorizedError("This request comes with a dashboard session but without its "
+                                "CSRF token (X-CSRF-Token); reload the page and try again.")
+    tenant = services.job_store.active_key_tenant(key_id=session.key_id)
+    return tenant if tenant == session.tenant else None
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -58,10 +58,13 @@ __all__ = [
     "UploadRejectedError",
     "install_error_handlers",
     "problem_response",
+    "problem_type",
 ]
 
 logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: the API path of the error catalogue page; every problem's ``type`` is an anchor on it
+ERRORS_PATH = "/docs/errors"
 
 
 class KilnServiceError(Exception):
@@ -255,7 +258,7 @@ def problem_response(
 
     request_id = getattr(request.state, "request_id", None)
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": problem_type(request, code),
         "title": _title(status),
         "status": status,
         "detail": detail,
@@ -271,6 +274,15 @@ def problem_response(
     return JSONResponse(
         jsonable_encoder(body), status_code=status, headers=all_headers, media_type=PROBLEM_MEDIA_TYPE
     )
+
+
+def problem_type(request: Request, code: str) -> str:
+    """The problem ``type`` URI of ``code``: its entry on this server's error catalogue page.
+
+    Built from the request's base URL (scheme, host and any ``root_path`` the server runs under),
+    so it resolves wherever the client reached the API.
+    """
+    return f"{str(request.base_url).rstrip('/')}{ERRORS_PATH}#{code}"
 
 
 def _title(status: int) -> str:
