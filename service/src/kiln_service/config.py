@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     """Compile time limit when a job does not give one."""
     max_timeout_seconds: int = Field(default=3600, gt=0)
     """Largest ``timeout_seconds`` a job may ask for."""
+    upload_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    """An upload whose body sends nothing for this long is cut off (408) and its spool removed."""
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     """Chunk size used when copying uploads and serving downloads."""
     auto_migrate: bool | None = None

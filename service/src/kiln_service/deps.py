@@ -15,9 +15,10 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from kiln_service._shared_state import SharedState, open_shared_state
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import UnauthorizedError
-from kiln_service.fairness import TokenBuckets
+from kiln_service.fairness import RateLimiter
 from kiln_service.idempotency import InFlightKeys
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
@@ -57,16 +58,21 @@ class Services:
     metrics: Metrics
     staging_dir: Path = field(default_factory=Path)
     """This process's own staging folder, ``{data_dir}/staging/<host>.<pid>``."""
-    in_flight: InFlightKeys = field(default_factory=InFlightKeys)
-    """``Idempotency-Key`` values whose first request this process is still handling."""
+    shared_state: SharedState | None = None
+    """Where replicas share rate buckets and in-flight keys (default: Redis when the broker is
+    Redis, else the job store)."""
+    in_flight: InFlightKeys = field(init=False)
+    """``Idempotency-Key`` values whose first request some API replica is still handling."""
+    rate_limiter: RateLimiter = field(init=False)
+    """Per-tenant submission buckets, shared by all replicas."""
     ui_secret: bytes = b""
     """Signs the dashboard's session cookies (see :mod:`kiln_service.ui.session`)."""
-    rate_limiter: TokenBuckets | None = None
-    """Per-tenant submission buckets of this process (built from the settings when omitted)."""
 
     def __post_init__(self) -> None:
-        if self.rate_limiter is None:
-            self.rate_limiter = TokenBuckets(self.settings.rate_limit_per_minute)
+        if self.shared_state is None:
+            self.shared_state = open_shared_state(self.settings, self.job_store)
+        self.in_flight = InFlightKeys(self.shared_state)
+        self.rate_limiter = RateLimiter(self.shared_state, self.settings.rate_limit_per_minute)
 
 
 def get_services(request: Request) -> Services:
