@@ -5,7 +5,7 @@ attempt's artifact list also records its fence here. Existing jobs keep NULL and
 from ``jobs/<id>/<name>``.
 
 Revision ID: 0004_attempt_artifacts
-Revises: 0003_api_keys
+Revises: 0004_shared_limits
 Create Date: 2026-11-29
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_attempt_artifacts"
-down_revision = "0003_api_keys"
+down_revision = "0004_shared_limits"
 branch_labels = None
 depends_on = None
 
