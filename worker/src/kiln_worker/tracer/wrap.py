@@ -17,9 +17,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from kiln_worker.tracer.inputs import Structure
+from kiln_worker.tracer.inputs import Structure, example_specs
 from kiln_worker.tracer.partition import parse_input
 from kiln_worker.tracer.rewrite import GraphImporter
+from kiln_worker.tracer.tolerance import compare_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
     """An inference-only model running a partitioned, XLA-compiled graph."""
 
     def __init__(self, serving: ServingGraph, report: dict[str, Any]) -> None:
-        super().__init__(name="kiln_traced_model")
+        # autocast=False: inputs keep the example inputs' dtypes (float16, float64 ...), whatever
+        # the Keras dtype policy (a mixed-precision policy would cast them).
+        super().__init__(name="kiln_traced_model", autocast=False)
         self._kiln_report_json = json.dumps(report, sort_keys=True)
         self._in_structure = serving.input_structure
         self._out_structure = serving.output_structure
@@ -114,13 +117,23 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         return {}
 
 
+def _consumed(graph_def: Any) -> set[str]:
+    """Node names some node of ``graph_def`` reads."""
+    return {parse_input(i)[0] for n in graph_def.node for i in n.input}
+
+
 def _make_runner(serving: ServingGraph, graph_def: Any, weights: list[Any]) -> Any:
     feeds = serving.input_names + list(serving.weights)
     importer = GraphImporter(graph_def)
+    # An input no output uses is still taken (the signature is the example inputs'), not mapped.
+    read = _consumed(graph_def)
 
     def run_graph(args: list[tf.Tensor]) -> list[tf.Tensor]:
-        values = list(args) + [tf.convert_to_tensor(w) for w in weights]
-        return importer(dict(zip(feeds, values, strict=True)), serving.output_names, name="kiln")
+        values = dict(zip(feeds, list(args) + [tf.convert_to_tensor(w) for w in weights], strict=True))
+        passed = {f: v for f, v in values.items() if parse_input(f)[0] in read}
+        fetched = [o for o in serving.output_names if o not in values]
+        imported = iter(importer(passed, fetched, name="kiln") if fetched else [])
+        return [values[o] if o in values else next(imported) for o in serving.output_names]
 
     def run(*args: tf.Tensor) -> list[tf.Tensor]:
         if serving.batch_mode == "pad" and serving.traced_batch:
@@ -167,15 +180,6 @@ def _run_padded(run_graph: Any, args: list[tf.Tensor], serving: ServingGraph) ->
     return results
 
 
-def _relaxed_specs(examples: list[Any]) -> list[tf.TensorSpec]:
-    return [
-        tf.TensorSpec(
-            [None, *x.shape[1:]] if x.ndim else [], tf.as_dtype(x.dtype), name=f"input_{i}"
-        )
-        for i, x in enumerate(examples)
-    ]
-
-
 def build_model(state: Any) -> tuple[TracedModel, str]:
     """Wrap the rewritten graph; pick ``dynamic``, ``pad`` or ``fixed`` batch behaviour.
 
@@ -194,7 +198,7 @@ def build_model(state: Any) -> tuple[TracedModel, str]:
             state.rewritten,
             state.frozen.input_names,
             state.output_names,
-            _relaxed_specs(examples),
+            example_specs(examples, relax_batch=True),
             [out_specs[n] for n in state.frozen.output_names],
             state.traced.input_structure,
             state.traced.output_structure,
@@ -226,15 +230,13 @@ def _rows_consistent(model: TracedModel, traced: Any) -> bool:
     except Exception as e:  # any failure means "not dynamic"
         logger.debug("dynamic batch check failed: %s", e)
         return False
-    for out, ref in zip(outs, traced.reference_outputs, strict=True):
-        expected = np.concatenate([ref, ref]) if ref.ndim else ref
-        got = np.asarray(out)
-        if not ref.ndim or got.shape != expected.shape:
+    # An output whose axis 0 is static in the relaxed trace (a constant) does not grow.
+    grows = [t.shape.rank != 0 and t.shape[0] is None for t in traced.concrete.outputs]
+    for out, ref, batched in zip(outs, traced.reference_outputs, grows, strict=True):
+        expected = np.concatenate([ref, ref]) if batched else ref
+        if not compare_arrays(expected, np.asarray(out))["within_tolerance"]:
             return False
-        scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1.0)
-        if expected.size and float(np.max(np.abs(got - expected))) > 1e-3 * scale:
-            return False
-    return True
+    return any(grows)
 
 
 def verify(state: Any) -> None:
@@ -248,7 +250,9 @@ def verify(state: Any) -> None:
     outputs = traced.output_structure.flatten(
         state.model(traced.input_structure.pack(traced.examples))
     )
-    check = numerical_check(traced.reference_outputs, [np.asarray(o) for o in outputs])
+    check = numerical_check(
+        traced.reference_outputs, [np.asarray(o) for o in outputs], traced.output_structure.paths
+    )
     names = list(
         dict.fromkeys(t for r in state.results for t in r.partition.inputs + r.partition.outputs)
     )
@@ -264,6 +268,8 @@ def verify(state: Any) -> None:
         numerical_check=check,
         dynamic_batch=state.batch_mode != "fixed",
         batch_mode=state.batch_mode,
+        verify={"reference": traced.reference_source, "reason": traced.reference_reason},
+        nothing_compiled=nothing_compiled_reason(report),
     )
     report["warnings"].extend(state.warnings)
     for flag, why in xla_unsupported_options(state.flags).items():
@@ -275,6 +281,23 @@ def verify(state: Any) -> None:
     warn_low_ratio(report)
     state.report = report
     _dump_subgraphs(state)
+
+
+def nothing_compiled_reason(report: dict[str, Any]) -> str | None:
+    """Why no subgraph was compiled (``None`` when one was): the model still runs, on CPU."""
+    statuses = [s["status"] for s in report["subgraphs"]]
+    if "compiled" in statuses:
+        return None
+    if not report["ops_total"]:
+        return "the function has no ops to compile (its outputs are its inputs or constants)"
+    if not statuses:
+        return (
+            "no subgraph worth compiling: no op is supported by the backend, or the supported "
+            "ones form only trivial subgraphs; each op's reason is in cpu_ops"
+        )
+    return "every subgraph went back to CPU: " + "; ".join(
+        f"{s['name']} {s['status']}: {s['reason']}" for s in report["subgraphs"]
+    )
 
 
 def _dump_subgraphs(state: Any) -> None:
