@@ -195,6 +195,9 @@ class TraceState:
         self.progress("tracing", 0.0, "tracing func on the example inputs")
         with run_pass("inputs", self.timings):
             self.traced = trace_function(func, example_inputs)
+        # False when TensorFlow's CPU kernels cannot run the original (then XLA ran it): automatic
+        # placement then compiles every op XLA takes, with no timing against plain TensorFlow.
+        self.cpu_runs = self.traced.reference_source == "tensorflow"
         self.dump.graph_def("graphs/traced", self.traced.concrete.graph.as_graph_def())
 
     def run_freeze(self) -> None:
@@ -216,10 +219,12 @@ class TraceState:
         with run_pass("place", self.timings):
             library = self.frozen.graph_def.library
             backend_rule = placement.backend_policy(self.backend, library)
-            user = (
-                placement.builder_policy(self.builder) if self.builder else placement.auto_policy()
-            )
-            policy = placement.all_of(placement.plumbing_policy(), backend_rule, user)
+            rules = [placement.plumbing_policy(), backend_rule]
+            if self.builder:
+                rules.append(placement.builder_policy(self.builder))
+            elif self.cpu_runs:  # else every op XLA takes must be compiled: no CPU kernel
+                rules.append(placement.auto_policy())
+            policy = placement.all_of(*rules)
             self.graph = NodeGraph(self.frozen.graph_def)
             self.candidates, self.reasons = placement.place(self.frozen.graph_def, policy)
 
@@ -232,7 +237,7 @@ class TraceState:
             partitions = part.fuse_partitions(
                 self.graph, groups, self.candidates, self.frozen.output_names
             )
-            if self.builder is None:
+            if self.builder is None and self.cpu_runs:
                 partitions = self._drop_trivial(partitions)
             if not part.contracted_is_acyclic(self.graph, partitions):
                 raise TraceError("partitioning produced a cycle (a bug)", "partition")
@@ -268,7 +273,7 @@ class TraceState:
                 self.frozen,
                 self.partitions,
                 examples=self.traced.examples,
-                measure=self.builder is None,
+                measure=self.builder is None and self.cpu_runs,
                 progress=progress,
             )
         for r in self.results:
@@ -296,7 +301,8 @@ class TraceState:
 
         with run_pass("wrap", self.timings):
             self.model, self.batch_mode = wrap.build_model(self)
-            if self.builder is None and any(r.status == "compiled" for r in self.results):
+            compiled = any(r.status == "compiled" for r in self.results)
+            if self.builder is None and self.cpu_runs and compiled:
                 self._whole_model_check()
 
     def _whole_model_check(self) -> None:

@@ -45,9 +45,11 @@ def lacks_cpu_kernel(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an error, without TensorFlow's ``{{function_node}}`` prefix."""
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0]
+    """The line of an error that says what failed (the kernel's complaint when there is one)."""
+    lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines()]
+    lines = [line for line in lines if line and not line.endswith("execution error:")]
+    hinted = [line for line in lines if any(h in line for h in _KERNEL_HINTS)]
+    line = (hinted or lines or [type(exc).__name__])[0]
     if line.startswith("{{function_node") and "}}" in line:
         line = line.split("}}", 1)[1].strip() or line
     return line[:300]

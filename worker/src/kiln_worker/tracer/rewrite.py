@@ -145,6 +145,19 @@ class GraphImporter:
         )
 
 
+def without_feeds(graph_def: Any, feeds: list[str]) -> Any:
+    """``graph_def`` without the placeholders ``feeds`` name: an ``input_map`` supplies them.
+
+    (A placeholder left in an imported graph also stops XLA from compiling the graph whole.)
+    """
+    fed = {parse_input(f)[0] for f in feeds}
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    del out.node[:]
+    out.node.extend(n for n in graph_def.node if n.name not in fed)
+    return out
+
+
 def prune(graph_def: Any, roots: list[str]) -> Any:
     """Drop nodes that no root depends on (e.g. constants now inside subgraphs)."""
     nodes = {n.name: n for n in graph_def.node}

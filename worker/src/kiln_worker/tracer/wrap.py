@@ -19,7 +19,7 @@ import tf_keras
 
 from kiln_worker.tracer.inputs import Structure, example_specs
 from kiln_worker.tracer.partition import parse_input
-from kiln_worker.tracer.rewrite import GraphImporter
+from kiln_worker.tracer.rewrite import GraphImporter, without_feeds
 from kiln_worker.tracer.tolerance import compare_arrays
 
 logger = logging.getLogger(__name__)
@@ -41,16 +41,6 @@ class ServingGraph:
     weights: dict[str, Any] = field(default_factory=dict)
 
 
-def _without_feeds(graph_def: Any, feeds: list[str]) -> Any:
-    """Drop the fed placeholders: ``input_map`` supplies them."""
-    fed = {parse_input(f)[0] for f in feeds}
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    del out.node[:]
-    out.node.extend(n for n in graph_def.node if n.name not in fed)
-    return out
-
-
 def _only_calls(graph_def: Any) -> bool:
     from kiln_worker.tracer.rewrite import XLA_MUST_COMPILE
 
@@ -69,7 +59,7 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         self._in_structure = serving.input_structure
         self._out_structure = serving.output_structure
         self._kiln_weights = list(serving.weights.values())
-        graph_def = _without_feeds(serving.graph_def, serving.input_names + list(serving.weights))
+        graph_def = without_feeds(serving.graph_def, serving.input_names + list(serving.weights))
         self._serve = tf.function(
             _make_runner(serving, graph_def, self._kiln_weights),
             input_signature=serving.input_specs,
