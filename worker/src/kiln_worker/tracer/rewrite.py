@@ -73,7 +73,7 @@ def rewrite_graph(
         copy.CopyFrom(node)
         remapped = [_remap(i, tensors, owners, node.name) for i in node.input]
         del copy.input[:]
-        copy.input.extend(dict.fromkeys(i for i in remapped if i is not None))
+        copy.input.extend(_dedup_controls([i for i in remapped if i is not None]))
     for result in kept:
         p = result.partition
         inputs = [tensors.get(t, t) for t in p.inputs]
@@ -84,6 +84,19 @@ def rewrite_graph(
     pruned = prune(new, new_outputs + keep)
     logger.debug("rewrite: %d call nodes, %d nodes", len(kept), len(pruned.node))
     return pruned, new_outputs
+
+
+def _dedup_controls(inputs: list[str]) -> list[str]:
+    """Drop repeated control inputs; a repeated data input (``MatMul(x, x)``) is meant."""
+    seen: set[str] = set()
+    kept = []
+    for name in inputs:
+        if name.startswith("^"):
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(name)
+    return kept
 
 
 def _merge_library(graph_def: Any, kept: list[SubgraphResult]) -> None:
@@ -130,10 +143,16 @@ class GraphImporter:
         self.graph_def.ClearField("library")
         for node in self.graph_def.node:
             _rename_attrs(node, names)
+        self.read = {parse_input(i)[0] for n in self.graph_def.node for i in n.input}
 
     def __call__(self, input_map: dict[str, Any], outputs: list[str], name: str = "") -> list[Any]:
-        """Import into the current (function) graph; return the output tensors."""
+        """Import into the current (function) graph; return the output tensors.
+
+        Inputs that no node reads (an input no output uses) are left out of the ``input_map``.
+        """
         import tensorflow as tf
+
+        input_map = {k: v for k, v in input_map.items() if parse_input(k)[0] in self.read}
 
         graph = tf.compat.v1.get_default_graph()
         for function in self.functions.values():

@@ -107,22 +107,15 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         return {}
 
 
-def _consumed(graph_def: Any) -> set[str]:
-    """Node names some node of ``graph_def`` reads."""
-    return {parse_input(i)[0] for n in graph_def.node for i in n.input}
-
-
 def _make_runner(serving: ServingGraph, graph_def: Any, weights: list[Any]) -> Any:
     feeds = serving.input_names + list(serving.weights)
     importer = GraphImporter(graph_def)
-    # An input no output uses is still taken (the signature is the example inputs'), not mapped.
-    read = _consumed(graph_def)
 
     def run_graph(args: list[tf.Tensor]) -> list[tf.Tensor]:
         values = dict(zip(feeds, list(args) + [tf.convert_to_tensor(w) for w in weights], strict=True))
-        passed = {f: v for f, v in values.items() if parse_input(f)[0] in read}
+        # An output that is an input (passed straight through) is not in the imported graph.
         fetched = [o for o in serving.output_names if o not in values]
-        imported = iter(importer(passed, fetched, name="kiln") if fetched else [])
+        imported = iter(importer(values, fetched, name="kiln") if fetched else [])
         return [values[o] if o in values else next(imported) for o in serving.output_names]
 
     def run(*args: tf.Tensor) -> list[tf.Tensor]:
