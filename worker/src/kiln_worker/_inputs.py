@@ -119,7 +119,8 @@ def _as_signature_dtype(spec: tf.TensorSpec, array: np.ndarray) -> np.ndarray | 
     if spec.dtype == tf.string:
         return array if array.dtype.kind in "SU" else None
     if spec.dtype == tf.bfloat16 and array.dtype.kind == "V" and array.dtype.itemsize == 2:
-        return array.view(tf.bfloat16.as_numpy_dtype)
+        bfloat16: np.ndarray = array.view(tf.bfloat16.as_numpy_dtype)
+        return bfloat16
     return array if array.dtype == spec.dtype.as_numpy_dtype else None
 
 

@@ -157,7 +157,7 @@ def _as_array(value: Any, where: str) -> np.ndarray:
         raise TraceInputError(f"{name} {advice}", _PASS)
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return np.asarray(value.numpy())
-    if isinstance(value, (np.ndarray, np.generic, int, float, bool, str, bytes)):
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(value)
     raise TraceInputError(
         f"{name} is a {type(value).__name__}; use a tf.Tensor or a numpy array "

@@ -18,7 +18,6 @@ import tensorflow as tf
 import tf_keras
 
 from kiln_worker.tracer.inputs import Structure, example_specs
-from kiln_worker.tracer.partition import parse_input
 from kiln_worker.tracer.rewrite import GraphImporter, without_feeds
 from kiln_worker.tracer.tolerance import compare_arrays
 
