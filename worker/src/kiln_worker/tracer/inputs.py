@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kiln_worker.tracer.errors import TraceInputError
+from kiln_worker.tracer.errors import TraceInputError, model_error_text
 from kiln_worker.tracer.reference import run_reference
 
 logger = logging.getLogger(__name__)
@@ -330,10 +330,10 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
             logger.debug("tracing with relax_batch=%s failed: %s", relax, e)
             first_error = first_error or e
     if concrete is None:
+        error = first_error or RuntimeError("func could not be traced")
         raise TraceInputError(
-            f"calling func with example_inputs failed: {type(first_error).__name__}: {first_error}",
-            _PASS,
-        ) from first_error
+            f"calling func with example_inputs failed: {model_error_text(error)}", _PASS
+        ) from error
     reference = run_reference(concrete, [tf.constant(x) for x in examples])
     logger.debug("inputs: %s in, %s out, batch relaxed=%s", in_structure, out_holder[0], relaxed)
     return TracedFunction(
