@@ -80,12 +80,11 @@ class ProblemCode(str, Enum):
     IDEMPOTENCY_KEY_IN_FLIGHT = ("idempotency_key_in_flight", 409, "A request with the same "
                                  "`Idempotency-Key` is still being processed; retry after "
                                  "`Retry-After` to get its answer.")
-    # -- 408 ----------------------------------------------------------------------------------
+    # -- 408, 413, 415, 416 -------------------------------------------------------------------
     #: the request body stopped arriving
-    UPLOAD_STALLED = ("upload_stalled", 408, "No part of the body arrived for "
-                      "`KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`; the partial upload was discarded and the "
-                      "connection closed. Send it again.")
-    # -- 413, 415, 416 ------------------------------------------------------------------------
+    UPLOAD_STALLED = ("upload_stalled", 408, "The upload stopped arriving for longer than the "
+                      "server waits (`KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`); nothing was kept. Send "
+                      "it again.")
     #: a body or file is over its size cap
     PAYLOAD_TOO_LARGE = "payload_too_large", 413, "The body is over the server's size cap."
     #: the whole request body is over its cap
@@ -182,6 +181,10 @@ class ProblemCode(str, Enum):
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429, "Your tenant has as many unfinished jobs "
                             "as allowed; wait for some to finish (retry after `Retry-After`).")
     # -- 5xx: Kiln's side ---------------------------------------------------------------------
+    #: the server's disk is full
+    INSUFFICIENT_STORAGE = ("insufficient_storage", 507, "The server's disk is full; the upload "
+                            "was discarded. Retry after `Retry-After` seconds, or tell the "
+                            "operator.")
     #: an unexpected server error
     INTERNAL_ERROR = ("internal_error", 500, "Kiln hit an unexpected error; report the "
                       "`request_id` if it persists.")
@@ -200,10 +203,6 @@ class ProblemCode(str, Enum):
     #: no live worker serves the target
     NO_WORKER_FOR_TARGET = ("no_worker_for_target", 503, "No live worker serves the job's target "
                             "and the server refuses such jobs; retry later or pick another target.")
-    #: the server's disk is full
-    INSUFFICIENT_STORAGE = ("insufficient_storage", 507, "The server's disk is full; nothing of "
-                            "the upload was kept. Retry after `Retry-After`, or send a smaller "
-                            "model.")
     #: the service is unavailable
     SERVICE_UNAVAILABLE = ("service_unavailable", 503, "The service is unavailable; retry after "
                            "`Retry-After`.")
