@@ -4,7 +4,9 @@ then a grappler clean-up that deliberately leaves fusions (remapper) and layout 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ _PASS = "freeze"
 # Grappler passes that only simplify; "remapper" (fuses MatMul+BiasAdd+Relu into _FusedMatMul,
 # which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
 _CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
+_FUNCTIONAL_CASE_OPS = frozenset({"Case", "StatelessCase"})
 _STATEFUL_TABLE_HINTS = ("HashTable", "LookupTable", "MutableHashTable", "Iterator")
 
 
@@ -102,6 +105,27 @@ def _check_no_state(graph_def: Any, inputs: list[str]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _case_kept_functional() -> Iterator[None]:
+    """Make ``lower_control_flow=False`` cover ``Case`` too, as it does ``If`` and ``While``.
+
+    TensorFlow's freezer lists only If/While as control flow: the function inliner then lowers
+    every ``Case`` (``tf.switch_case``, ``tf.case``) into Switch/Merge, which no backend compiles
+    and which splits the graph into many pieces. The list is read at call time, so widening it
+    for the duration of one call is enough.
+    """
+    ops = "_CONTROL_FLOW_OPS"
+    original = getattr(convert_to_constants, ops, None)
+    if not isinstance(original, (set, frozenset)):  # another TensorFlow version: leave it
+        yield
+        return
+    setattr(convert_to_constants, ops, set(original) | _FUNCTIONAL_CASE_OPS)
+    try:
+        yield
+    finally:
+        setattr(convert_to_constants, ops, original)
+
+
 def freeze(concrete: Any) -> FrozenGraph:
     """Freeze ``concrete``'s variables into constants and clean up the graph.
 
@@ -109,10 +133,11 @@ def freeze(concrete: Any) -> FrozenGraph:
         UnsupportedModelError: state that cannot be frozen (lookup tables, other resources).
     """
     try:
-        frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
-            concrete,
-            lower_control_flow=False,  # keep While/If functional: one node each
-        )
+        with _case_kept_functional():
+            frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
+                concrete,
+                lower_control_flow=False,  # keep While/If/Case functional: one node each
+            )
     except Exception as e:  # TF raises several types here
         raise UnsupportedModelError(f"freezing variables failed: {e}", _PASS) from e
     inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
