@@ -159,6 +159,7 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     mark = time.perf_counter()
     compiled_dir = Path(spec.output_dir) / "compiled_model"
     model.save(str(compiled_dir))
+    manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
     timings["save_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
     check = _verify(tf, compiled_dir, inputs, expected)
@@ -178,8 +179,22 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "manifest": manifest,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
+    """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
+    from kiln_worker.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(
+        compiled_dir, report=report, flags=spec.flags,
+        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
+    )
+    write_manifest(compiled_dir, manifest)
+    return manifest.model_dump(mode="json")
 
 
 def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
