@@ -17,6 +17,7 @@ from tensorflow.python.framework import convert_to_constants
 from tensorflow.python.grappler import tf_optimizer
 from tensorflow.python.training import saver
 
+from kiln_worker.tracer import tables
 from kiln_worker.tracer.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ _PASS = "freeze"
 # which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
 _CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
 _FUNCTIONAL_CASE_OPS = frozenset({"Case", "StatelessCase"})
-_STATEFUL_TABLE_HINTS = ("HashTable", "LookupTable", "MutableHashTable", "Iterator")
 
 
 @dataclass
@@ -33,13 +33,25 @@ class FrozenGraph:
     """A self-contained GraphDef with named input and output tensors.
 
     ``weights`` (only with ``--extract-weights``) maps placeholder names to the variables whose
-    values they take at run time.
+    values they take at run time; ``tables`` maps placeholder names to the lookup tables whose
+    handles they take (see :mod:`kiln_worker.tracer.tables`).
     """
 
     graph_def: Any
     input_names: list[str]
     output_names: list[str]
     weights: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_names(self) -> list[str]:
+        """The placeholders fed from state at run time: weights, then tables."""
+        return list(self.weights) + list(self.tables)
+
+    def state_values(self) -> list[Any]:
+        """The tensors those placeholders take (call inside the function that runs the graph)."""
+        weights = [tf.convert_to_tensor(v) for v in self.weights.values()]
+        return weights + [t.resource_handle for t in self.tables.values()]
 
 
 def cleanup(graph_def: Any, fetches: list[str]) -> Any:
@@ -78,7 +90,8 @@ def drop_placeholder_control_edges(graph_def: Any) -> Any:
 
 
 def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
-    """Nodes that still hold state after freezing (resource tensors, tables)."""
+    """Nodes that still hold state after freezing: resources other than fed tables, in-graph
+    tables, iterators."""
     input_nodes = {n.split(":")[0] for n in inputs}
     bad = []
     for node in graph_def.node:
@@ -86,8 +99,10 @@ def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
             types_pb2.DT_RESOURCE,
             types_pb2.DT_VARIANT,
         )
-        if (is_resource_input and node.name not in input_nodes) or any(
-            h in node.op for h in _STATEFUL_TABLE_HINTS
+        if (
+            (is_resource_input and node.name not in input_nodes)
+            or node.op in tables.TABLE_STATE_OPS
+            or "Iterator" in node.op
         ):
             bad.append(f"{node.name} ({node.op})")
     return bad
@@ -98,11 +113,26 @@ def _check_no_state(graph_def: Any, inputs: list[str]) -> None:
     if bad:
         raise UnsupportedModelError(
             "the function keeps resource tensors that cannot be frozen into constants: "
-            f"{', '.join(bad[:5])}. Stateful lookups (tf.lookup tables, StringLookup/"
-            "TextVectorization layers, iterators) are not supported: do the lookup before the "
-            "model (in your input pipeline) and trace the numeric part only",
+            f"{', '.join(bad[:5])}. Lookup tables are supported when the function only reads "
+            "them and they are created outside it (as Keras layers and tf.lookup tables "
+            "built before tracing are); iterators and other resources are not: read your data "
+            "before the model and trace the computation only",
             _PASS,
         )
+
+
+def _finish(
+    graph_def: Any, inputs: list[str], outputs: list[str], captures: Any, weights: dict[str, Any]
+) -> FrozenGraph:
+    """Snapshot the tables, refuse other state, clean up; the tables that survive are fed."""
+    snapshots = tables.snapshot_tables(captures, graph_def)
+    _check_no_state(graph_def, inputs + list(weights) + list(snapshots))
+    fetches = inputs + list(weights) + outputs
+    optimized = drop_placeholder_control_edges(cleanup(graph_def, fetches))
+    present = {n.name for n in optimized.node}
+    kept = {k: v for k, v in snapshots.items() if k.split(":")[0] in present}
+    logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
+    return FrozenGraph(optimized, inputs, outputs, weights, kept)
 
 
 @contextlib.contextmanager
@@ -142,10 +172,7 @@ def freeze(concrete: Any) -> FrozenGraph:
         raise UnsupportedModelError(f"freezing variables failed: {e}", _PASS) from e
     inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen_func.outputs]
-    _check_no_state(graph_def, inputs)
-    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + outputs))
-    logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
-    return FrozenGraph(optimized, inputs, outputs)
+    return _finish(graph_def, inputs, outputs, concrete.graph.captures, {})
 
 
 def extract_weights(concrete: Any) -> FrozenGraph:
@@ -186,9 +213,7 @@ def extract_weights(concrete: Any) -> FrozenGraph:
             "uses variables inside functions or loops: trace it without --extract-weights",
             _PASS,
         )
-    _check_no_state(graph_def, inputs + list(weights))
-    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + list(weights) + outputs))
-    return FrozenGraph(optimized, inputs, outputs, weights)
+    return _finish(graph_def, inputs, outputs, concrete.graph.captures, weights)
 
 
 def _variable_of(concrete: Any, handle: Any) -> Any:
