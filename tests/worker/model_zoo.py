@@ -11,7 +11,8 @@ import TensorFlow themselves. Kinds:
 - ``mixed``: x float32[None, 6] → {"y"}: MatMul, Relu, Tanh, Sigmoid, Reshape, Mul.
 - ``two_inputs``: a float32[None, 4], b int32[None, 4] → {"y"}; for generated inputs.
 - ``dynamic``: x float32[None, None, 3] → {"y"}; needs ``input_shapes`` for generated inputs.
-- ``hash_table``: a StaticHashTable lookup; the tracer rejects it (UnsupportedModel).
+- ``table_writer``: inserts into a lookup table while serving; the tracer rejects it
+  (UnsupportedModel: tables are kept only when the model just reads them).
 - ``slow``: x float32[None, 4], n int32[] → a while loop of n steps; with the .npz written here
   (n = 2e9) it runs for many minutes, for cancel and timeout tests.
 """
@@ -58,14 +59,13 @@ class _Dynamic(tf.Module):
         return {"y": tf.reduce_sum(tf.nn.relu(x), axis=1)}
 
 
-class _HashTable(tf.Module):
+class _TableWriter(tf.Module):
     def __init__(self) -> None:
-        init = tf.lookup.KeyValueTensorInitializer(
-            tf.constant([0, 1, 2], tf.int64), tf.constant([10.0, 20.0, 30.0]))
-        self.table = tf.lookup.StaticHashTable(init, default_value=-1.0)
+        self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
     def serve(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.table.insert(ids, tf.cast(ids, tf.float32) * 10.0)  # state an inference graph cannot keep
         return {"y": self.table.lookup(ids) * 2.0}
 
 
@@ -90,7 +90,7 @@ def build(kind: str, out: Path) -> None:
     """Write ``out/model.tar.gz`` (and ``out/example_inputs.npz`` where the kind has one)."""
     out.mkdir(parents=True, exist_ok=True)
     module = {"mlp": _mlp, "mixed": _Mixed, "two_inputs": _TwoInputs, "dynamic": _Dynamic,
-              "hash_table": _HashTable, "slow": _Slow}[kind]()
+              "table_writer": _TableWriter, "slow": _Slow}[kind]()
     saved = out / "model"
     if isinstance(module, tf.keras.Model):
         tf.saved_model.save(module, str(saved))
@@ -106,7 +106,7 @@ def build(kind: str, out: Path) -> None:
                  n=np.array(2_000_000_000, np.int32))
 
 
-KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow")
+KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "table_writer", "slow")
 
 if __name__ == "__main__":
     for name in sys.argv[2:] or KINDS:
