@@ -109,7 +109,9 @@ def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Te
 
 
 def _to_tensor(name: str, spec: tf.TensorSpec, array: np.ndarray) -> tf.Tensor:
-    if array.dtype != spec.dtype.as_numpy_dtype:
+    # Strings come as bytes ("S") or text ("U", stored as UTF-8 by TensorFlow), as the API takes.
+    is_string = spec.dtype == tf.string and array.dtype.kind in "SU"
+    if not is_string and array.dtype != spec.dtype.as_numpy_dtype:
         raise JobError(
             "InvalidInputs",
             f"example input {name!r} has dtype {array.dtype}, the signature wants "
