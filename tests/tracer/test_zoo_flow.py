@@ -27,7 +27,6 @@ import tensorflow as tf
 from tests.tracer.roundtrip import RoundTrip, assert_close, check_roundtrip
 
 import kiln_worker
-from kiln_worker.tracer.errors import UnsupportedModelError
 from kiln_worker.tracer.tables import TABLE_REASON
 
 COMPILED = ("compiled", "rejected_no_gain")  # XLA compiled it (kept, or measured no faster)
@@ -296,15 +295,3 @@ def test_asset_table_survives_its_file(tmp_path: Path) -> None:
     assert_close("asset table", expected, next(iter(served.values())), rtol=1e-3)
     keras_model = tf.keras.models.load_model(str(tmp_path / "elsewhere"))
     assert_close("asset table (keras)", expected, keras_model(tf.constant(other)), rtol=1e-3)
-
-
-def test_a_table_the_function_writes_is_refused() -> None:
-    table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, default_value=-1)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])  # type: ignore[misc]
-    def learn(words: tf.Tensor) -> tf.Tensor:
-        table.insert(words, tf.ones_like(words, dtype=tf.int64))
-        return tf.cast(table.lookup(words), tf.float32) * 2.0
-
-    with pytest.raises(UnsupportedModelError, match="changes the lookup table"):
-        kiln_worker.trace(learn, tf.constant(["a", "b"]))
