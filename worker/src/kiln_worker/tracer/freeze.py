@@ -190,7 +190,9 @@ def extract_weights(concrete: Any) -> FrozenGraph:
         variable = _variable_of(concrete, external)
         if variable is not None:
             handles[internal.op.name] = variable
-    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    _captured_tensors_as_constants(graph_def, concrete.graph.captures)
+    arguments = concrete.inputs[: len(concrete.inputs) - len(concrete.captured_inputs)]
+    inputs = [t.name for t in arguments if t.dtype != tf.resource]
     outputs = [t.name for t in concrete.outputs]
     weights: dict[str, Any] = {}
     keep = []
@@ -214,6 +216,22 @@ def extract_weights(concrete: Any) -> FrozenGraph:
             _PASS,
         )
     return _finish(graph_def, inputs, outputs, concrete.graph.captures, weights)
+
+
+def _captured_tensors_as_constants(graph_def: Any, captures: Any) -> None:
+    """Captured tensors that are not resources (e.g. a table's default value) become Consts."""
+    values = {
+        internal.op.name: external
+        for external, internal in captures
+        if external.dtype != tf.resource and hasattr(external, "numpy")
+    }
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in values:
+            name = node.name
+            node.Clear()
+            node.name, node.op = name, "Const"
+            node.attr["dtype"].type = values[name].dtype.as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values[name].numpy()))
 
 
 def _variable_of(concrete: Any, handle: Any) -> Any:

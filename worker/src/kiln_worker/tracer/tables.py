@@ -13,7 +13,7 @@ graph that writes to a table, or creates one inside the function, is refused wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,10 @@ _CALLED = {
     "PartitionedCall": (("f", 0),),
     "StatefulPartitionedCall": (("f", 0),),
 }
-_KEY_VALUE_ATTRS = {"LookupTableFindV2": ("Tin", "Tout"), "LookupTableExportV2": ("Tkeys", "Tvalues")}
+_KEY_VALUE_ATTRS = {
+    "LookupTableFindV2": ("Tin", "Tout"),
+    "LookupTableExportV2": ("Tkeys", "Tvalues"),
+}
 
 
 def is_table_op(op: str) -> bool:
@@ -69,8 +72,18 @@ def is_table_op(op: str) -> bool:
     return op in TABLE_READ_OPS or op in TABLE_STATE_OPS
 
 
+def _output_of(node: str) -> Callable[[str], bool]:
+    """Whether an input names an output of ``node`` (top-level ``node:i`` form)."""
+    return lambda raw: raw.split(":")[0] == node
+
+
+def _named(arg: str) -> Callable[[str], bool]:
+    """Whether an input names the function argument ``arg``."""
+    return lambda raw: raw == arg
+
+
 def _uses(
-    nodes: Iterable[Any], refers: Callable[[str], bool], library: dict[str, Any], depth: int = 0
+    nodes: Sequence[Any], refers: Callable[[str], bool], library: dict[str, Any], depth: int = 0
 ) -> list[Any]:
     """The nodes that use a resource, through Identity ops and into called functions."""
     found: list[Any] = []
@@ -80,7 +93,7 @@ def _uses(
                 continue
             if node.op == "Identity":
                 name = node.name
-                found += _uses(nodes, lambda r, n=name: r.split(":")[0] == n, library, depth)
+                found += _uses(nodes, _output_of(name), library, depth)
             elif node.op in _CALLED and depth < 8:
                 found += _uses_in_calls(node, index, library, depth)
             else:
@@ -100,7 +113,7 @@ def _uses_in_calls(node: Any, index: int, library: dict[str, Any], depth: int) -
                 found.append(node)  # a call we cannot see into: not a plain table read
                 continue
             arg = fdef.signature.input_arg[position].name
-            found += _uses(fdef.node_def, lambda r, a=arg: r == a, library, depth + 1)
+            found += _uses(fdef.node_def, _named(arg), library, depth + 1)
     return found
 
 
@@ -111,7 +124,7 @@ def table_dtypes(graph_def: Any, placeholder: str) -> tuple[Any, Any] | None:
         UnsupportedModelError: the graph writes to the table.
     """
     library = {f.signature.name: f for f in graph_def.library.function}
-    uses = _uses(graph_def.node, lambda r: r.split(":")[0] == placeholder, library)
+    uses = _uses(graph_def.node, _output_of(placeholder), library)
     writes = sorted({u.op for u in uses if u.op in TABLE_STATE_OPS})
     if writes:
         raise UnsupportedModelError(
