@@ -53,6 +53,18 @@ def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def zoo_jobs(embedded_stack: Stack, zoo_models: Path) -> dict[str, str]:
+    """Every case submitted up front (the worker compiles one while an earlier one is checked)."""
+    jobs = {}
+    for case in CASES:
+        folder = zoo_models / case.name
+        job = embedded_stack.submit(folder / "model.tar.gz", folder / "example_inputs.npz",
+                                    name=f"zoo-{case.name}")
+        jobs[case.name] = job["id"]
+    return jobs
+
+
 def _assert_report(case: ZooCase, tracer: dict[str, Any]) -> None:
     ops = {op for s in tracer["subgraphs"] if s["status"] in COMPILED for op in s["op_types"]}
     ops |= {op.removeprefix("Stateless") for op in ops}
@@ -65,12 +77,11 @@ def _assert_report(case: ZooCase, tracer: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_zoo_model_compiles_through_the_service(
-    case: ZooCase, embedded_stack: Stack, zoo_models: Path, tmp_path: Path
+    case: ZooCase, embedded_stack: Stack, zoo_models: Path, zoo_jobs: dict[str, str],
+    tmp_path: Path
 ) -> None:
-    folder = zoo_models / case.name
-    job = embedded_stack.submit(folder / "model.tar.gz", folder / "example_inputs.npz",
-                                name=f"zoo-{case.name}")
-    done = embedded_stack.wait(job["id"], timeout=600)
+    folder, job = zoo_models / case.name, {"id": zoo_jobs[case.name]}
+    done = embedded_stack.wait(job["id"], timeout=900)
     assert done["status"] == "succeeded", done["failure"]
     report_path = embedded_stack.download(job["id"], "report.json", tmp_path / "report.json")
     report = json.loads(report_path.read_text())

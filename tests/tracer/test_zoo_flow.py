@@ -158,16 +158,14 @@ def _wide_and_deep(_: Path) -> tuple[Any, Any, Any]:
     num = tf.keras.Input((2,), dtype=tf.float32, name="num")
     wide = tf.keras.layers.Concatenate()(
         [
-            tf.keras.layers.StringLookup(vocabulary=["paris", "rome", "oslo"], output_mode="one_hot")(
-                city
-            ),
+            tf.keras.layers.StringLookup(
+                vocabulary=["paris", "rome", "oslo"], output_mode="one_hot"
+            )(city),
             tf.keras.layers.IntegerLookup(vocabulary=[10, 20, 30], output_mode="one_hot")(code),
             tf.keras.layers.Hashing(num_bins=5, output_mode="one_hot")(tag),
         ]
     )
-    deep = tf.keras.layers.Dense(8, activation="relu")(
-        tf.keras.layers.Concatenate()([wide, num])
-    )
+    deep = tf.keras.layers.Dense(8, activation="relu")(tf.keras.layers.Concatenate()([wide, num]))
     deep = tf.keras.layers.Dense(4, activation="relu")(deep)
     out = tf.keras.layers.Dense(1)(tf.keras.layers.Concatenate()([wide, deep]))
     model = tf.keras.Model({"city": city, "code": code, "tag": tag, "num": num}, out)
@@ -236,12 +234,16 @@ CASES = {
     "bidirectional_lstm": FlowCase(
         _rnn(lambda: tf.keras.layers.Bidirectional(tf.keras.layers.LSTM(5))), ("While",)
     ),
-    "variable_length_masking_gru": FlowCase(_rnn(lambda: tf.keras.layers.GRU(6), mask=True), ("While",)),
+    "variable_length_masking_gru": FlowCase(
+        _rnn(lambda: tf.keras.layers.GRU(6), mask=True), ("While",)
+    ),
     "variable_length_mask_zero_lstm": FlowCase(_embedding_mask_zero, ("While",)),
     "tf_cond": FlowCase(_module(_Cond), ("If",)),
     "tf_case": FlowCase(_module(_Case), ("Case",)),
     "tf_while_loop": FlowCase(_module(_While), ("While",)),
-    "tf_while_loop_cpu": FlowCase(_module(lambda: _While(xla_can_compile=False)), cpu_ops=("While",)),
+    "tf_while_loop_cpu": FlowCase(
+        _module(lambda: _While(xla_can_compile=False)), cpu_ops=("While",)
+    ),
     "text_vectorization": FlowCase(_text_model, ("MatMul",), table=True),
     "wide_and_deep_lookups": FlowCase(_wide_and_deep, ("MatMul",), table=True),
     "static_hash_table_tensors": FlowCase(_table_from_tensors, ("MatMul",), table=True),
