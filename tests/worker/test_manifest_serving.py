@@ -111,6 +111,17 @@ def test_manifest_describes_the_compile(compiled: dict[str, Any]) -> None:
         assert any(m.name.endswith(MANIFEST_PATH) for m in tar.getmembers())
 
 
+def test_report_measures_speed_interleaved_at_batch_1_and_example_batch(
+        compiled: dict[str, Any]) -> None:
+    speed = compiled["report"]["speed"]
+    assert set(speed["batches"]) == {"1", "2"}, speed
+    for entry in speed["batches"].values():
+        assert entry["original_ms"] > 0 and entry["compiled_ms"] > 0
+        assert entry["speedup"] == pytest.approx(entry["original_ms"] / entry["compiled_ms"],
+                                                 rel=1e-2)
+        assert entry["repetitions"] >= 5
+
+
 def _kiln_verify(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "kiln"), "verify", *args], capture_output=True, text=True,
                           timeout=120)

@@ -72,6 +72,9 @@ def _add_compile(sub: Any) -> None:
     p.add_argument("--flags", default=None, help='NEURON_CC_FLAGS, e.g. "--dynamic-batch-size"')
     p.add_argument("--target", default="xla", help="compile target: xla (default) or inf1")
     p.add_argument("--signature", default="serving_default", help="signature to compile")
+    p.add_argument("--placement", choices=["measured", "all"], default=None,
+                   help="measured (default): keep a compiled subgraph unless measured clearly "
+                   "slower than plain TensorFlow; all: compile every supported op, no timing")
     p.add_argument("--name", help="a name for the job")
     p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="a label (repeatable)")
@@ -162,8 +165,8 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
                          "later with `kiln jobs download JOB_ID --out DIR`")
     job = client.compile(
         args.model, example_inputs=args.inputs, flags=args.flags, target=args.target,
-        signature=args.signature, name=args.name, labels=dict(args.label), timeout=args.timeout,
-        wait=False, progress=not args.quiet,
+        signature=args.signature, placement=args.placement, name=args.name,
+        labels=dict(args.label), timeout=args.timeout, wait=False, progress=not args.quiet,
     )
     _say(args, f"job {job.id} queued")
     if not args.no_wait:
@@ -173,6 +176,8 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(_job_json(job))
         _say(args, f"job {job.id} succeeded")
+        for line in summary_lines(job.report):
+            _say(args, f"  {line}")
         if args.out:
             path = job.download(args.out, progress=not args.quiet)
             _say(args, f"compiled SavedModel written to {path}")
@@ -183,6 +188,28 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(json.dumps(_job_json(job), indent=2) if args.json else job.id)
     return EXIT_OK
+
+
+def summary_lines(report: dict[str, Any] | None) -> list[str]:
+    """Three lines from a succeeded job's report: placement, numerical check, speed."""
+    if not report:
+        return []
+    compiled = sum(1 for s in report.get("subgraphs") or [] if s.get("status") == "compiled")
+    check = report.get("numerical_check") or {}
+    lines = [
+        f"placement: {report.get('ops_on_accelerator')} of {report.get('ops_total')} ops "
+        f"compiled ({report.get('on_neuron_ratio', 0) or 0:.0%}) in {compiled} subgraph(s)",
+        f"numerical check: max abs diff {check.get('max_abs_diff', float('nan')):.3g} on outputs "
+        f"up to {check.get('max_abs_output', float('nan')):.3g}, "
+        + ("within tolerance" if check.get("within_tolerance") else "OUTSIDE tolerance"),
+    ]
+    parts = []
+    for size, entry in ((report.get("speed") or {}).get("batches") or {}).items():
+        if "speedup" in entry:
+            parts.append(f"batch {size} {entry['speedup']}x ({entry['original_ms']:.3g} → "
+                         f"{entry['compiled_ms']:.3g} ms)")
+    lines.append("speed: " + ("; ".join(parts) if parts else "not measured"))
+    return lines
 
 
 def _cmd_list(client: Client, args: argparse.Namespace) -> int:
