@@ -93,6 +93,9 @@ def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
     """Nodes that still hold state after freezing: resources other than fed tables, in-graph
     tables, iterators."""
     input_nodes = {n.split(":")[0] for n in inputs}
+    # A captured resource that only orders other ops (a control input) holds nothing the graph
+    # reads: those edges are dropped below, so only resources read as data count.
+    read = {i.split(":")[0] for n in graph_def.node for i in n.input if not i.startswith("^")}
     bad = []
     for node in graph_def.node:
         is_resource_input = node.op == "Placeholder" and node.attr["dtype"].type in (
@@ -100,7 +103,7 @@ def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
             types_pb2.DT_VARIANT,
         )
         if (
-            (is_resource_input and node.name not in input_nodes)
+            (is_resource_input and node.name not in input_nodes and node.name in read)
             or node.op in tables.TABLE_STATE_OPS
             or "Iterator" in node.op
         ):
