@@ -43,12 +43,6 @@ def _remap(raw: str, tensors: dict[str, str], owners: dict[str, str], me: str) -
     return tensors.get(tensor_name(raw), raw)
 
 
-def _dedupe_controls(inputs: list[str]) -> list[str]:
-    """Drop repeated control inputs; data inputs stay as they are (``Mul(x, x)`` is two)."""
-    data = [i for i in inputs if not i.startswith("^")]
-    return data + list(dict.fromkeys(i for i in inputs if i.startswith("^")))
-
-
 def rewrite_graph(
     graph_def: Any, kept: list[SubgraphResult], outputs: list[str], keep: list[str]
 ) -> tuple[Any, list[str]]:
@@ -77,7 +71,7 @@ def rewrite_graph(
         copy.CopyFrom(node)
         remapped = [_remap(i, tensors, owners, node.name) for i in node.input]
         del copy.input[:]
-        copy.input.extend(_dedupe_controls([i for i in remapped if i is not None]))
+        copy.input.extend(_dedup_controls([i for i in remapped if i is not None]))
     for result in kept:
         p = result.partition
         inputs = [tensors.get(t, t) for t in p.inputs]
@@ -88,6 +82,19 @@ def rewrite_graph(
     pruned = prune(new, new_outputs + keep)
     logger.debug("rewrite: %d call nodes, %d nodes", len(kept), len(pruned.node))
     return pruned, new_outputs
+
+
+def _dedup_controls(inputs: list[str]) -> list[str]:
+    """Drop repeated control inputs; a repeated data input (``MatMul(x, x)``) is meant."""
+    seen: set[str] = set()
+    kept = []
+    for name in inputs:
+        if name.startswith("^"):
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(name)
+    return kept
 
 
 def _merge_library(graph_def: Any, kept: list[SubgraphResult]) -> None:
