@@ -102,7 +102,7 @@ def test_cancel(client: kiln_client.Client, saved_model: Path) -> None:
 
 
 def test_failing_job_raises_job_failed_with_reason(client: kiln_client.Client, tmp_path: Path) -> None:
-    # Accepted by the API (a valid SavedModel and inputs), rejected by the tracer: stateful lookup.
+    # Accepted by the API (a valid SavedModel and inputs), rejected by the tracer: a table write.
     model = save_lookup_model(tmp_path / "lookup")
     with pytest.raises(kiln_client.JobFailed) as info:
         client.compile(model, example_inputs=np.array([1, 2], "int64"), labels=_label(), progress=False)

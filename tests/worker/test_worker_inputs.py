@@ -56,6 +56,18 @@ def test_dtypes_that_cannot_be_generated_need_uploaded_inputs() -> None:
         prepare_inputs(_specs(c=([None], tf.complex64)), None, None, seed=0)
 
 
+def test_npz_strings_as_text_or_bytes(tmp_path: Path) -> None:
+    specs = _specs(s=([None], tf.string))
+    np.savez(tmp_path / "text.npz", s=np.array(["café", "b"]))
+    np.savez(tmp_path / "bytes.npz", s=np.array([b"caf\xc3\xa9", b"b"]))
+    text = prepare_inputs(specs, str(tmp_path / "text.npz"), None, 0)["s"]
+    raw = prepare_inputs(specs, str(tmp_path / "bytes.npz"), None, 0)["s"]
+    assert text.dtype == tf.string and text.numpy().tolist() == raw.numpy().tolist()
+    np.savez(tmp_path / "numbers.npz", s=np.ones((2,), np.float32))
+    with pytest.raises(JobError, match="wants string"):
+        prepare_inputs(specs, str(tmp_path / "numbers.npz"), None, 0)
+
+
 def test_npz_inputs_are_checked_against_the_signature(tmp_path: Path) -> None:
     specs = _specs(x=([None, 3], tf.float32))
     np.savez(tmp_path / "ok.npz", x=np.ones((5, 3), np.float32))

@@ -141,7 +141,7 @@ def trace(
 
     Raises:
         TraceInputError: bad func, example_inputs or flags.
-        UnsupportedModelError: state that cannot be frozen (e.g. lookup tables).
+        UnsupportedModelError: state that cannot be kept (tables the function writes, iterators).
         BackendUnavailableError: the backend is not available here.
         TraceError: any other failure, naming the pass.
     """
