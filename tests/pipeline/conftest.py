@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from pipeline_support import Api, api_env, free_port
 
@@ -42,9 +44,10 @@ def inputs_npz() -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    """``kiln-service serve`` on SQLite in ``tmp_path``, webhooks to loopback allowed, fast retries."""
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """``kiln-service serve`` on SQLite, webhooks to loopback allowed, fast retries (one per module)."""
+    tmp_path = tmp_path_factory.mktemp("api")
     env = api_env(tmp_path / "kiln", KILN_WEBHOOK_ALLOW_PRIVATE_URLS="true",
                   KILN_WEBHOOK_RETRY_BASE_SECONDS="0.2", KILN_WEBHOOK_GIVE_UP_SECONDS="8")
     server = Api(f"http://127.0.0.1:{free_port()}", env, tmp_path / "api.log")
@@ -53,3 +56,18 @@ def api(tmp_path: Path) -> Iterator[Api]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database ``kiln_test_pipe_<random>`` (dropped afterwards)."""
+    admin = os.environ.get("KILN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    admin = admin.replace("postgresql+psycopg://", "postgresql://")
+    name = f"kiln_test_pipe_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -62,10 +62,18 @@ class WebhookSender:
         await anyio.to_thread.run_sync(partial(self.store.dispatch_events))
         lease = self.settings.webhook_timeout_seconds * 3 + 30
         due = await anyio.to_thread.run_sync(partial(self.store.claim_due, lease_seconds=lease))
+        # One endpoint's deliveries go in event order, one at a time; endpoints in parallel.
+        by_endpoint: dict[str, list[DueDelivery]] = {}
+        for delivery in sorted(due, key=lambda d: d.event_id):
+            by_endpoint.setdefault(delivery.endpoint_id, []).append(delivery)
         async with anyio.create_task_group() as group:
-            for delivery in due:
-                group.start_soon(self._attempt, client, delivery)
+            for deliveries in by_endpoint.values():
+                group.start_soon(self._attempt_in_order, client, deliveries)
         return len(due)
+
+    async def _attempt_in_order(self, client: httpx.AsyncClient, deliveries: list[DueDelivery]) -> None:
+        for delivery in deliveries:
+            await self._attempt(client, delivery)
 
     async def _attempt(self, client: httpx.AsyncClient, delivery: DueDelivery) -> None:
         code, error = await self._post(client, delivery)

@@ -36,6 +36,8 @@ class DueDelivery:
     """A delivery claimed for one attempt, with what is needed to send it."""
 
     id: str
+    endpoint_id: str
+    event_id: int
     url: str
     secret: str
     payload: str
@@ -169,7 +171,8 @@ class WebhookStore:
                    webhook_deliveries.c.claimed_until < now))
         query = (select(webhook_deliveries, webhook_endpoints.c.url, webhook_endpoints.c.secret)
                  .join(webhook_endpoints, webhook_endpoints.c.id == webhook_deliveries.c.endpoint_id)
-                 .where(*due).order_by(webhook_deliveries.c.next_attempt_at).limit(limit))
+                 .where(*due).order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.event_id)
+                 .limit(limit))
         claimed: list[DueDelivery] = []
         with self._tx() as conn:
             rows = conn.execute(query).mappings().all()
@@ -178,8 +181,9 @@ class WebhookStore:
                     webhook_deliveries.c.id == row["id"], *due)
                     .values(claimed_until=now + timedelta(seconds=lease_seconds))).rowcount
                 if won:
-                    claimed.append(DueDelivery(row["id"], row["url"], row["secret"], row["payload"],
-                                               row["event_type"], row["attempts"], row["created_at"]))
+                    claimed.append(DueDelivery(
+                        row["id"], row["endpoint_id"], row["event_id"], row["url"], row["secret"],
+                        row["payload"], row["event_type"], row["attempts"], row["created_at"]))
         return claimed
 
     def record_attempt(
