@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln_service.logs import new_context, reset_context
+from kiln_service.logs import bind, new_context, reset_context
 from kiln_service.metrics import Metrics
 
 __all__ = ["ObserveMiddleware"]
@@ -38,6 +38,8 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # Routes naming a job in their path put it on every line, the access line too.
+                bind(job_id=(scope.get("path_params") or {}).get("job_id"))
             await send(message)
 
         try:

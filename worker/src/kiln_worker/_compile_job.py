@@ -23,6 +23,8 @@ from typing import Any
 from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
+from kiln_service.events import make_publisher
+from kiln_service.logs import bind
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
@@ -62,10 +64,16 @@ class WorkerContext:
         return cls(
             settings=settings,
             options=options or get_worker_settings(),
-            jobs=JobStore(settings.resolved_database_url),
+            jobs=_announcing(JobStore(settings.resolved_database_url), settings),
             artifacts=open_artifact_store(settings.resolved_storage_url),
             enqueue=enqueue,
         )
+
+
+def _announcing(store: JobStore, settings: Settings) -> JobStore:
+    """The store, announcing each change on Redis pub/sub when the broker is Redis (live events)."""
+    store.notifier = make_publisher(settings)
+    return store
 
 
 def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
@@ -83,6 +91,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
                              lease_seconds=ctx.options.lease_seconds)
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
+    bind(tenant=job.tenant, attempt=job.attempts)
     if ctx.options.work_dir is not None:
         ctx.options.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"kiln-job-{job_id}-", dir=ctx.options.work_dir) as tmp:
@@ -242,6 +251,8 @@ class CompileAttempt:
         """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
         opts = self.ctx.options
         env = child_environment(self.home)
+        # The compile process logs like the worker (KILN_LOG_FORMAT), tagged with this attempt.
+        env.update(KILN_LOG_FORMAT=self.ctx.settings.log_format, KILN_JOB_ATTEMPT=str(self.job.attempts))
         if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
             env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
         child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
