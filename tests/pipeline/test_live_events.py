@@ -160,3 +160,49 @@ def _drive(store: JobStore, job_id: str) -> list[float]:
     store.finish_job(job_id=job_id, status="succeeded", fence=job.fence)
     at.append(time.monotonic())
     return at
+
+
+@pytest.mark.parametrize("wake_path", ["local"], indirect=True)
+async def test_sdk_and_cli_yield_typed_events(served: tuple[str, Any, str]) -> None:
+    import subprocess
+    import sys
+
+    import kiln_client
+    from kiln_client import LogEvent, StageEvent, StatusEvent
+
+    _kind, app, url = served
+    store: JobStore = app.state.services.job_store
+    job = store.create_job(target="xla", timeout_seconds=60, input_digests={})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")}, "KILN_URL": url}
+    cli = subprocess.Popen([str(Path(sys.executable).parent / "kiln"), "jobs", "watch", job.id],
+                           env=env, stdout=subprocess.PIPE, text=True)
+
+    def follow_sync() -> list[Any]:
+        with kiln_client.Client(base_url=url) as client:
+            return list(client.jobs.get(job.id).events())
+
+    async def follow_async() -> list[Any]:
+        async with kiln_client.AsyncClient(base_url=url) as client:
+            handle = await client.jobs.get(job.id)
+            return [e async for e in handle.events()]
+
+    first = await asyncio.to_thread(cli.stdout.readline)  # type: ignore[union-attr]
+    assert first.split() == ["status", "queued"]
+    sync_task = asyncio.create_task(asyncio.to_thread(follow_sync))
+    async_task = asyncio.create_task(follow_async())
+    hubs = app.state.event_bus._hubs  # wait for the three followers (CLI, sync, async) to join
+    while job.id not in hubs or len(hubs[job.id][0].queues) < 3:
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(_drive, store, job.id)
+    for got in (await sync_task, await async_task):
+        assert [type(e).__name__ for e in got] == [
+            "StatusEvent", "StatusEvent", "StageEvent", "LogEvent", "LogEvent", "StageEvent",
+            "StatusEvent", "EndEvent"]
+        assert isinstance(got[2], StageEvent) and got[2].progress == pytest.approx(0.2)
+        assert isinstance(got[3], LogEvent) and got[3].line == "line 1"
+        assert isinstance(got[-2], StatusEvent) and got[-2].job.status.value == "succeeded"
+    out, _ = await asyncio.to_thread(cli.communicate, timeout=60)
+    assert cli.returncode == 0, out
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "status", "stage", "log", "log", "stage", "status", "end"]
+    assert "compiling  50%" in out and out.splitlines()[-2].split() == ["status", "succeeded"]
