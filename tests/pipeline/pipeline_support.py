@@ -72,7 +72,7 @@ def receiver() -> Iterator[Receiver]:
     rec = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with rec.lock:
                 rec.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
@@ -113,15 +113,7 @@ class Api:
             self.proc = subprocess.Popen([str(BIN / "kiln-service"), "serve", "--port", port],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited:\n{self.log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the API never became ready:\n{self.log.read_text()[-3000:]}")
+        wait_ready(self.url, self.proc, self.log)
 
     def kill(self) -> None:
         """SIGKILL the process (a crash: nothing is flushed or finished)."""
@@ -137,6 +129,19 @@ class Api:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Wait for ``/readyz`` to answer 200; fail with the log if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service never became ready:\n{log.read_text()[-3000:]}")
 
 
 def api_env(data_dir: Path, **overrides: str) -> dict[str, str]:

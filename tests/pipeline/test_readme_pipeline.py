@@ -8,13 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import ROOT, TF_ENV
-from pipeline_support import BIN, free_port
+from pipeline_support import BIN, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 SECTION = "## Use Kiln from a pipeline"
@@ -45,15 +43,7 @@ def test_pipeline_example_runs(tmp_path: Path) -> None:
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_ready(url, up, tmp_path / "up.log")
         run_env = {**env, "KILN_URL": url, "KILN_API_KEY": (data / "api-key").read_text().strip()}
         result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=run_env,
                                 capture_output=True, text=True, timeout=600)

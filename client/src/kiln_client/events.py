@@ -78,6 +78,16 @@ def parse_event(event: str, event_id: str | None, data: str) -> JobEvent | None:
     return parsed
 
 
+def _events_in(parser: SSEParser, raw: str, job: Job | AsyncJob) -> Iterator[JobEvent]:
+    """The typed events one stream line completes; a status event also refreshes ``job``."""
+    for kind, event_id, data in parser.feed(raw.rstrip("\r")):
+        item = parse_event(kind, event_id, data)
+        if isinstance(item, StatusEvent):
+            job._absorb(item.job)
+        if item is not None:
+            yield item
+
+
 def iter_events(job: Job) -> Iterator[JobEvent]:
     """Follow ``job``'s events until it ends (reconnecting after a dropped stream)."""
     parser = SSEParser()
@@ -88,12 +98,8 @@ def iter_events(job: Job) -> Iterator[JobEvent]:
         try:
             with job._client._stream("GET", f"/v1/jobs/{job.id}/events", headers=headers) as resp:
                 for raw in resp.iter_lines():
-                    for kind, event_id, data in parser.feed(raw.rstrip("\r")):
-                        item = parse_event(kind, event_id, data)
-                        if isinstance(item, StatusEvent):
-                            job._absorb(item.job)
-                        if item is not None:
-                            yield item
+                    for item in _events_in(parser, raw, job):
+                        yield item
                         if isinstance(item, EndEvent):
                             return
         except (APIConnectionError, httpx.TransportError):
@@ -113,12 +119,8 @@ async def aiter_events(job: AsyncJob) -> AsyncIterator[JobEvent]:
             async with job._client._stream("GET", f"/v1/jobs/{job.id}/events",
                                            headers=headers) as resp:
                 async for raw in resp.aiter_lines():
-                    for kind, event_id, data in parser.feed(raw.rstrip("\r")):
-                        item = parse_event(kind, event_id, data)
-                        if isinstance(item, StatusEvent):
-                            job._absorb(item.job)
-                        if item is not None:
-                            yield item
+                    for item in _events_in(parser, raw, job):
+                        yield item
                         if isinstance(item, EndEvent):
                             return
         except (APIConnectionError, httpx.TransportError):
