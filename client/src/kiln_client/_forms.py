@@ -41,8 +41,7 @@ def compile_form(
             if isinstance(placement, Mapping) else placement,
             input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
             name=name, labels=dict(labels or {}), timeout_seconds=timeout,
-            **{k: (list(v) if k == "webhook_events" else v) for k, v in (webhook or {}).items()
-               if v is not None},
+            **_webhook_fields(webhook),
         )
     except pydantic.ValidationError as exc:
         raise InputError(f"invalid compile options: {exc}") from exc
@@ -64,6 +63,13 @@ def compile_form(
     if req.webhook_secret is not None:
         form["webhook_secret"] = req.webhook_secret
     return form
+
+
+def _webhook_fields(webhook: Mapping[str, Any] | None) -> dict[str, Any]:
+    fields = {k: v for k, v in (webhook or {}).items() if v is not None}
+    if "webhook_events" in fields:
+        fields["webhook_events"] = list(fields["webhook_events"])
+    return fields
 
 
 def list_params(status: str | models.JobStatus | None, label: Any, target: str | None,

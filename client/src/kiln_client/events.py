@@ -68,7 +68,7 @@ JobEvent = StatusEvent | StageEvent | LogEvent | EndEvent
 def parse_event(event: str, event_id: str | None, data: str) -> JobEvent | None:
     """One server-sent event as a typed object (``None`` for kinds this SDK does not know)."""
     if event == "end":
-        return EndEvent(status=data.strip() or None)
+        return EndEvent(status=models.JobStatus(data.strip()) if data.strip() else None)
     kinds: dict[str, type[BaseModel]] = {"status": StatusEvent, "stage": StageEvent, "log": LogEvent}
     kind = kinds.get(event)
     if kind is None:

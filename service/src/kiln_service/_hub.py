@@ -185,8 +185,10 @@ async def follow_job(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobSt
     Without ``Last-Event-ID`` the stream opens with a ``status`` event holding the job as it is.
     """
     await hub.ready.wait()
-    cursor = parse_cursor(last_event_id)
-    if cursor is None:
+    resumed = parse_cursor(last_event_id)
+    if resumed is not None:
+        cursor = resumed
+    else:
         job = await anyio.to_thread.run_sync(partial(store.get_job, job_id=job_id))
         start = await anyio.to_thread.run_sync(partial(_start_cursor, store, job_id))
         cursor = Cursor(start.event, 0)

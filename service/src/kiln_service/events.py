@@ -133,7 +133,7 @@ class EventBus:
         import redis
 
         client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(CHANNEL)
             while not self._stop.is_set():
