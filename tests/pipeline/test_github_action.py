@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ def run_action(workdir: Path, inputs: dict[str, str]) -> tuple[int, dict[str, st
     action = yaml.safe_load((ROOT / "action.yml").read_text())
     defaults = {k: str(v.get("default", "")) for k, v in action["inputs"].items()}
     values = {**defaults, **inputs}
-    out_file, summary = workdir / "github_output", workdir / "step_summary"
+    run_dir = Path(tempfile.mkdtemp(prefix="runner-", dir=workdir))  # each run its own files
+    out_file, summary = run_dir / "github_output", run_dir / "step_summary"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")},
            "GITHUB_OUTPUT": str(out_file), "GITHUB_STEP_SUMMARY": str(summary),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -113,3 +115,16 @@ def test_failed_job_fails_the_step_with_its_reason(service: tuple[str, str], wor
     assert "TimeOut" in summary and outputs["job-id"] in summary
     assert f"kiln jobs logs {outputs['job-id']}" in summary
     assert not (workspace / "never").exists()
+
+
+def test_readme_example_uses_the_actions_inputs_and_outputs() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Use Kiln from a pipeline"):]
+    (snippet,) = re.findall(r"^```yaml\n(.*?)^```", section.split("\n## ")[0], flags=re.S | re.M)
+    steps = yaml.safe_load(snippet)
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    assert set(steps[0]["with"]) <= set(action["inputs"])
+    required = {k for k, v in action["inputs"].items() if v.get("required")}
+    assert required <= set(steps[0]["with"])
+    used = set(re.findall(r"steps\.kiln\.outputs\.([\w-]+)", snippet))
+    assert used and used <= set(action["outputs"])
