@@ -26,7 +26,8 @@ from kiln_service.stores._event_schema import job_events
 from kiln_service.stores._schema import jobs
 from kiln_service.stores.jobs import JobStore
 
-__all__ = ["Cursor", "JobHub", "StreamItem", "follow_job", "parse_cursor", "read_items", "sse"]
+__all__ = ["Cursor", "JobHub", "StreamItem", "follow_items", "follow_job", "follow_log", "parse_cursor",
+           "read_items", "sse"]
 
 _TERMINAL = ("job.succeeded", "job.failed", "job.cancelled")
 _BATCH = 1000
@@ -84,6 +85,11 @@ def read_items(store: JobStore, job_id: str, cursor: Cursor) -> tuple[list[Strea
                             .where(job_events.c.job_id == job_id, job_events.c.id > cursor.event)
                             .order_by(job_events.c.id)).all()
     lines = store.read_logs(job_id=job_id, after_seq=cursor.log, limit=_BATCH)
+    while lines and len(lines) % _BATCH == 0:  # a long log: read on to its end
+        more = store.read_logs(job_id=job_id, after_seq=lines[-1].seq, limit=_BATCH)
+        if not more:
+            break
+        lines += more
     items: list[StreamItem] = []
     event, log = cursor.event, cursor.log
     final = [r for r in rows if r.type in _TERMINAL]
@@ -97,7 +103,7 @@ def read_items(store: JobStore, job_id: str, cursor: Cursor) -> tuple[list[Strea
     for row in final:
         event = max(event, row.id)
         items.append(_event_item(row.id, row.type, row.job, Cursor(event, log)))
-    ended = bool(final) and len(lines) < _BATCH
+    ended = bool(final)
     return items, Cursor(event, log), ended
 
 
@@ -178,26 +184,26 @@ def _end(items: list[StreamItem]) -> StreamItem:
     return StreamItem("end", Cursor(), {"status": status})
 
 
-async def follow_job(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobStore,
-                     job_id: str, last_event_id: str | None) -> AsyncIterator[str]:
-    """The server-sent events of one follower: catch-up, then live items until the job ends.
+async def follow_items(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobStore,
+                       job_id: str, resume: Cursor | None) -> AsyncIterator[StreamItem | None]:
+    """One follower's items: catch-up after ``resume``, then live items until ``end``.
 
-    Without ``Last-Event-ID`` the stream opens with a ``status`` event holding the job as it is.
+    Without a cursor the stream opens with a ``status`` item holding the job as it is. ``None``
+    asks for a keep-alive.
     """
     await hub.ready.wait()
-    resumed = parse_cursor(last_event_id)
-    if resumed is not None:
-        cursor = resumed
+    if resume is not None:
+        cursor = resume
     else:
         job = await anyio.to_thread.run_sync(partial(store.get_job, job_id=job_id))
         start = await anyio.to_thread.run_sync(partial(_start_cursor, store, job_id))
         cursor = Cursor(start.event, 0)
         snapshot = job.to_public().model_dump(mode="json")
-        yield sse(StreamItem("status", cursor, {"type": f"job.{job.status.value}",
-                                                "status": job.status.value, "job": snapshot}))
+        yield StreamItem("status", cursor, {"type": f"job.{job.status.value}",
+                                            "status": job.status.value, "job": snapshot})
     items, cursor, ended = await anyio.to_thread.run_sync(partial(read_items, store, job_id, cursor))
     for item in items:
-        yield sse(item)
+        yield item
     if not ended:
         # A job that ended without a terminal event (finished before events were recorded).
         job = await anyio.to_thread.run_sync(partial(store.get_job, job_id=job_id))
@@ -205,21 +211,43 @@ async def follow_job(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobSt
             more, cursor, _ = await anyio.to_thread.run_sync(
                 partial(read_items, store, job_id, cursor))
             for item in more:
-                yield sse(item)
-            yield sse(StreamItem("end", cursor, {"status": job.status.value}))
+                yield item
+            yield StreamItem("end", cursor, {"status": job.status.value})
             return
     if ended:
-        yield sse(_end(items))
+        yield _end(items)
         return
     while True:
         try:
             item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
         except asyncio.TimeoutError:
-            yield ": keep-alive\n\n"
+            yield None
             continue
         if item.kind == "end":
-            yield sse(item)
+            yield item
             return
         if item.is_after(cursor):
             cursor = item.cursor
+            yield item
+
+
+async def follow_job(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobStore,
+                     job_id: str, last_event_id: str | None) -> AsyncIterator[str]:
+    """The typed event stream (``/events``) of one follower, as server-sent events."""
+    async for item in follow_items(hub, queue, store, job_id, parse_cursor(last_event_id)):
+        yield ": keep-alive\n\n" if item is None else sse(item)
+
+
+async def follow_log(hub: JobHub, queue: asyncio.Queue[StreamItem], store: JobStore,
+                     job_id: str, after_seq: int) -> AsyncIterator[str]:
+    """The log stream (``/logs?follow``) of one follower: each line an event whose id is its
+    number, then ``end`` with the final status."""
+    async for item in follow_items(hub, queue, store, job_id, Cursor(0, after_seq)):
+        if item is None:
+            yield ": keep-alive\n\n"
+        elif item.kind == "log":
+            text = str(item.data["line"])
+            data = "\n".join(f"data: {part}" for part in text.splitlines() or [""])
+            yield f"id: {item.log_seq}\n{data}\n\n"
+        elif item.kind == "end":
             yield sse(item)

@@ -159,7 +159,10 @@ class EventBus:
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str) -> AsyncIterator[tuple[JobHub, asyncio.Queue[StreamItem]]]:
         """Subscribe to job ``job_id``'s hub (created on first use) for the block's duration."""
-        hub, count = self._hubs.get(job_id) or (JobHub(self.store, job_id, self.fallback_seconds), 0)
+        listening = self._thread is not None and self._thread.is_alive()
+        # Without a listener (not started: an app served without its lifespan) re-read often.
+        fallback = self.fallback_seconds if listening else self.settings.log_follow_poll_seconds
+        hub, count = self._hubs.get(job_id) or (JobHub(self.store, job_id, fallback), 0)
         self._hubs[job_id] = (hub, count + 1)
         queue = hub.subscribe()
         try:

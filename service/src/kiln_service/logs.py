@@ -148,7 +148,8 @@ def make_handler(fmt: str, stream: Any = None, static: Mapping[str, Any] | None 
 
 def configure_logging(fmt: str = "text", level: int | str = logging.INFO, *, stream: Any = None,
                       static: Mapping[str, Any] | None = None) -> None:
-    """Install Kiln's handler on the root logger (replacing any), for an entry point.
+    """Install Kiln's handler on the root logger, for an entry point (a no-op where another
+    handler is installed already, as with ``logging.basicConfig``).
 
     Args:
         fmt: ``json`` or ``text`` (``KILN_LOG_FORMAT``).
@@ -158,8 +159,13 @@ def configure_logging(fmt: str = "text", level: int | str = logging.INFO, *, str
     """
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.addHandler(make_handler(fmt, stream, static))
+        if getattr(handler, "kiln", False):
+            root.removeHandler(handler)
+    if root.handlers:
+        return  # like logging.basicConfig: a program embedding Kiln (or a test runner) owns logging
+    handler = make_handler(fmt, stream, static)
+    handler.kiln = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
 
