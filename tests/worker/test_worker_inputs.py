@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -44,9 +45,15 @@ def test_input_shapes_fill_unknown_dimensions() -> None:
         prepare_inputs(specs, None, {"y": [1]}, seed=0)
 
 
-def test_strings_cannot_be_generated() -> None:
+def test_strings_are_generated_as_words() -> None:
+    (words,) = prepare_inputs(_specs(s=([None, 2], tf.string)), None, None, seed=0).values()
+    assert words.dtype == tf.string and words.shape.as_list() == [1, 2]
+    assert all(w and w.isalpha() for w in words.numpy().ravel())
+
+
+def test_dtypes_that_cannot_be_generated_need_uploaded_inputs() -> None:
     with pytest.raises(JobError, match="upload example_inputs"):
-        prepare_inputs(_specs(s=([None], tf.string)), None, None, seed=0)
+        prepare_inputs(_specs(c=([None], tf.complex64)), None, None, seed=0)
 
 
 def test_npz_inputs_are_checked_against_the_signature(tmp_path: Path) -> None:
@@ -73,14 +80,16 @@ def _node(name: str, op: str) -> tf.compat.v1.NodeDef:
     ("placement", "accepted"),
     [
         (None, None),
-        ({}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({}, None),  # no rule: no callback, the placement mode alone decides
+        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),
+        ({"exclude_names": ["nothing*"]}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
         ({"include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"exclude_ops": ["Softmax"]}, {"dense/MatMul", "dense/Relu", "head/MatMul"}),
         ({"include_names": ["dense/*"]}, {"dense/MatMul", "dense/Relu"}),
         ({"include_ops": ["MatMul"], "exclude_names": ["head/*"]}, {"dense/MatMul"}),
     ],
 )
-def test_placement_callback(placement: dict[str, list[str]] | None, accepted: set[str] | None) -> None:
+def test_placement_callback(placement: dict[str, Any] | None, accepted: set[str] | None) -> None:
     nodes = [_node("dense/MatMul", "MatMul"), _node("dense/Relu", "Relu"),
              _node("head/MatMul", "MatMul"), _node("head/Softmax", "Softmax")]
     callback = placement_callback(placement)

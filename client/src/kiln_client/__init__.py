@@ -43,7 +43,15 @@ from kiln_client.errors import (
 )
 from kiln_client.events import EndEvent, LogEvent, StageEvent, StatusEvent
 from kiln_client.flags import CompilerFlags, FlagsError, parse_flags
-from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, PlacementSpec, Stage
+from kiln_client.models import (
+    Artifact,
+    Failure,
+    FailureCode,
+    FailureKind,
+    JobStatus,
+    PlacementSpec,
+    Stage,
+)
 
 __version__ = "0.1.0"
 
@@ -65,6 +73,7 @@ __all__ = [
     "ConflictError",
     "EndEvent",
     "Failure",
+    "FailureCode",
     "FailureKind",
     "FlagsError",
     "InputError",

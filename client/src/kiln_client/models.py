@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kiln_client.codes import FailureCode, FailureKind
 
 __all__ = [
     "Artifact",
     "CompileRequest",
     "Failure",
+    "FailureCode",
     "FailureKind",
     "Job",
     "JobList",
     "JobStatus",
+    "PlacementMode",
     "PlacementSpec",
     "Problem",
     "Stage",
@@ -66,24 +70,41 @@ class Stage(str, Enum):
     DONE = "done"
 
 
-class FailureKind(str, Enum):
-    """Whose move it is after a failure."""
-
-    #: the model, inputs or flags must change (never retried)
-    CLIENT_ERROR = "client_error"
-    #: Kiln or its infrastructure failed (retried; report it if it persists)
-    SYSTEM_ERROR = "system_error"
-
-
 class Failure(BaseModel):
-    """Why a job failed, in words a person can act on."""
+    """Why a job failed, in words a person can act on.
+
+    ``kind`` follows from ``code`` (each :class:`FailureCode` has one kind); it may be omitted
+    when building one, and a ``kind`` that disagrees with the code is refused.
+    """
 
     kind: FailureKind
     """``client_error`` (fix the model, inputs or flags) or ``system_error`` (Kiln's fault)."""
-    code: str
-    """A stable machine code, such as ``UnsupportedModel``, ``TimeOut`` or ``WorkerLost``."""
+    code: FailureCode
+    """A stable machine code from the closed catalogue :class:`FailureCode`, such as
+    ``ModelError``, ``TimeOut`` or ``WorkerLost`` (see ``/docs/errors``)."""
     message: str
     """What went wrong and what to do about it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_from_code(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") is None and "code" in data:
+            code = data["code"]
+            data = {**data, "kind": (code if isinstance(code, FailureCode)
+                                     else FailureCode(code)).kind}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_matches_code(self) -> Failure:
+        if self.kind is not self.code.kind:
+            raise ValueError(f"failure code {self.code.value} is a {self.code.kind.value}, "
+                             f"not a {self.kind.value}")
+        return self
+
+    @classmethod
+    def of(cls, code: FailureCode, message: str) -> Failure:
+        """The failure ``code`` with ``message`` (its kind is the code's)."""
+        return cls(kind=code.kind, code=code, message=message)
 
 
 class Artifact(BaseModel):
@@ -99,15 +120,26 @@ class Artifact(BaseModel):
     """Media type of the content."""
 
 
+#: The placement modes of the tracer (``trace(placement=...)``, ``KILN_PLACEMENT``).
+PlacementMode = Literal["measured", "all"]
+
+
 class PlacementSpec(BaseModel):
-    """A JSON stand-in for ``subgraph_builder_function``.
+    """Placement: the mode, and a JSON stand-in for ``subgraph_builder_function``.
 
     A node may go to the accelerator when its op type is in ``include_ops`` (or ``include_ops``
     is empty) and its name matches one of ``include_names`` (shell-style patterns, or all when
     empty), and neither its op type is in ``exclude_ops`` nor its name matches ``exclude_names``.
+    A bare mode name stands for ``{"mode": name}``: ``PlacementSpec.model_validate("all")``.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    mode: PlacementMode | None = None
+    """``measured``: keep each compiled subgraph (and the whole compiled model) unless it is
+    measured clearly slower than plain TensorFlow, beyond the measurement's noise; ``all``: every
+    supported op compiled, nothing timed (tensorflow-neuron's behaviour). When omitted: the
+    worker's ``KILN_PLACEMENT``, else ``measured``, or ``all`` when op or name rules are given."""
 
     include_ops: list[str] = Field(default_factory=list)
     """Op types allowed on the accelerator, such as ``["MatMul", "Conv2D"]``; empty means all."""
@@ -117,6 +149,16 @@ class PlacementSpec(BaseModel):
     """Shell-style node-name patterns allowed on the accelerator; empty means all."""
     exclude_names: list[str] = Field(default_factory=list)
     """Shell-style node-name patterns kept on CPU."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_mode(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+    @property
+    def has_rules(self) -> bool:
+        """Whether any op or name rule restricts placement (else only the mode matters)."""
+        return bool(self.include_ops or self.exclude_ops or self.include_names or self.exclude_names)
 
 
 class CompileRequest(BaseModel):
@@ -131,7 +173,8 @@ class CompileRequest(BaseModel):
     signature: str = "serving_default"
     """The SavedModel signature to compile."""
     placement: PlacementSpec | None = None
-    """Which nodes may go to the accelerator; automatic when omitted."""
+    """Placement mode (``measured`` or ``all``) and which nodes may go to the accelerator;
+    automatic (measured) when omitted."""
     input_shapes: dict[str, list[int]] | None = None
     """Shapes for generated example inputs (name → shape) when no ``example_inputs`` is sent."""
     name: str | None = None
@@ -212,7 +255,8 @@ class Problem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = "about:blank"
-    """A URI naming the problem type."""
+    """A URI naming the problem type: ``<server>/docs/errors#<code>``, the entry of ``code`` on
+    the server's error catalogue page."""
     title: str
     """Short summary of the problem type."""
     status: int
@@ -222,7 +266,8 @@ class Problem(BaseModel):
     instance: str | None = None
     """The request path."""
     code: str
-    """A stable machine code, such as ``invalid_archive`` or ``job_not_found``."""
+    """A stable machine code from the catalogue ``kiln_client.problem_codes.ProblemCode``, such
+    as ``invalid_archive`` or ``job_not_found``."""
     request_id: str | None = None
     """The ``X-Request-ID`` of the request, for support."""
     errors: list[dict[str, Any]] | None = None

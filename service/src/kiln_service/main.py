@@ -19,6 +19,7 @@ from celery import Celery
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln_service import errors_page
 from kiln_service._observe import ObserveMiddleware
 from kiln_service.config import Settings, get_settings
 from kiln_service.deps import Services, get_tenant
@@ -30,6 +31,8 @@ from kiln_service.queue import create_celery_app
 from kiln_service.routes import artifacts, compile, events, health, jobs, webhooks, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
+from kiln_service.ui import install_ui
+from kiln_service.ui.session import session_secret
 from kiln_service.webhooks.sender import WebhookSender, run_sender
 from kiln_service.webhooks.store import WebhookStore
 
@@ -174,6 +177,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         celery=celery or create_celery_app(settings),
         metrics=Metrics(),
         staging_dir=process_staging_dir(settings.staging_dir),
+        ui_secret=session_secret(settings.ui_session_secret, settings.data_dir),
     )
     event_bus = EventBus(settings, services.job_store)
     services.job_store.notifier = event_bus.notify
@@ -210,6 +214,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     for module in (compile, jobs, events, artifacts, workers, webhooks):
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
+    app.include_router(errors_page.router)
+    install_ui(app)
     install_openapi(app)
     return app
 

@@ -90,8 +90,9 @@ class Metrics:
         target = job.target
         self.finished.labels(status=job.status.value, target=target).inc()
         if job.failure is not None:
+            code = job.failure.code
             self.failures.labels(target=target, kind=job.failure.kind.value,
-                                 code=job.failure.code).inc()
+                                 code=getattr(code, "value", code)).inc()
         if job.started_at is not None:
             self.queue_wait.labels(target=target).observe(
                 max((job.started_at - job.created_at).total_seconds(), 0.0))

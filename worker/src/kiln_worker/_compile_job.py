@@ -3,8 +3,10 @@
 claim (the job store decides) → fetch and unpack the upload into a fresh temporary directory →
 write the spec → run ``python -m kiln_worker.runner`` in its own process group, streaming its
 progress and log lines to the job store, renewing the lease, watching for cancellation and the
-time limit → store the artifacts → finish the job with the attempt's fence. The temporary
-directory is removed afterwards, whatever happened.
+time limit → store the artifacts under the attempt's own keys (``jobs/<id>/attempt-<fence>/``)
+→ finish the job with the attempt's fence, which publishes those keys in the same ``UPDATE``.
+A stale attempt's finish is refused and it deletes what it stored. The temporary directory is
+removed afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, Stage
+from kiln_client.codes import FailureCode
+from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
 from kiln_service.events import make_publisher
@@ -28,6 +31,7 @@ from kiln_service.logs import bind
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
+    attempt_prefix,
     open_artifact_store,
     upload_key,
 )
@@ -107,9 +111,9 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
 
 
 def _fail_quietly(ctx: WorkerContext, job: JobRecord, exc: Exception) -> None:
-    failure = Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
-                      message=f"the worker failed while running the job ({type(exc).__name__}: "
-                      f"{exc}); this is Kiln's fault, please retry or report it")
+    failure = Failure.of(FailureCode.WORKER_ERROR,
+                         f"the worker failed while running the job ({type(exc).__name__}: "
+                         f"{exc}); this is Kiln's fault, please retry or report it")
     try:
         retry_or_fail(ctx, job, failure)
     except Exception:
@@ -175,15 +179,14 @@ class CompileAttempt:
         try:
             spec_path = self._prepare()
         except UploadError as exc:
-            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidModel",
-                                      message=str(exc)))
+            return self._fail(Failure.of(FailureCode.INVALID_MODEL, str(exc)))
         except _FlagsRewriteError as exc:
-            return self._fail(Failure(kind=FailureKind.CLIENT_ERROR, code="InvalidFlags",
-                                      message=f"cannot use the flags {self.job.flags!r}: {exc}"))
+            return self._fail(Failure.of(FailureCode.INVALID_FLAGS,
+                                         f"cannot use the flags {self.job.flags!r}: {exc}"))
         except Exception as exc:  # the store failed us: Kiln's fault, not the model's
             logger.exception("job %s: preparing failed", self.job.id)
-            return self._fail(Failure(kind=FailureKind.SYSTEM_ERROR, code="StorageError",
-                                      message=f"the worker could not fetch the upload: {exc}"),
+            return self._fail(Failure.of(FailureCode.STORAGE_ERROR,
+                                         f"the worker could not fetch the upload: {exc}"),
                               retry=True)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
@@ -206,9 +209,9 @@ class CompileAttempt:
             self.logs.add("[kiln] cancelled at the owner's request; compile process group killed")
             return self._finish(JobStatus.CANCELLED, None)
         limit, most = self.job.timeout_seconds, self.ctx.settings.max_timeout_seconds
-        return self._fail(Failure(
-            kind=FailureKind.CLIENT_ERROR, code="TimeOut",
-            message=f"the compile ran past its time limit of {limit} s and was stopped; "
+        return self._fail(Failure.of(
+            FailureCode.TIME_OUT,
+            f"the compile ran past its time limit of {limit} s and was stopped; "
             f"resubmit with a larger timeout_seconds (this server allows up to {most} s)",
         ))
 
@@ -240,6 +243,7 @@ class CompileAttempt:
             signature=self.job.signature, flags=flags, example_inputs=npz,
             input_shapes=self.job.input_shapes,
             placement=self.job.placement.model_dump() if self.job.placement else None,
+            upload_digests=dict(self.job.input_digests),
         )
         spec_path = self.tmp / "spec.json"
         spec.write(spec_path)
@@ -348,10 +352,11 @@ class CompileAttempt:
         try:
             return self._store_and_finish()
         except (OSError, StoreError) as exc:
+            self._discard_outputs()  # what the failed store left of this attempt
             detail = getattr(exc, "detail", None) or str(exc)
-            return self._fail(Failure(
-                kind=FailureKind.SYSTEM_ERROR, code="StorageError",
-                message=f"the compile succeeded but its artifacts could not be stored ({detail}); "
+            return self._fail(Failure.of(
+                FailureCode.STORAGE_ERROR,
+                f"the compile succeeded but its artifacts could not be stored ({detail}); "
                 "nothing was published. This is Kiln's fault (is the artifact store full?)"),
                 retry=True, store_artifacts=False)
 
@@ -396,7 +401,18 @@ class CompileAttempt:
             artifacts = [self._put_log()]
         done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
                                         artifacts=artifacts, report=report, fence=self.fence)
-        return status.value if done is not None else "lost"
+        if done is None:
+            self._discard_outputs()
+            return "lost"
+        return status.value
+
+    def _discard_outputs(self) -> None:
+        """Delete what this attempt stored: another attempt owns the job now, or it ended."""
+        try:
+            self.ctx.artifacts.delete_prefix(attempt_prefix(self.job.id, self.fence))
+        except Exception as exc:  # the reconciler sweeps what is left
+            logger.warning("job %s: could not delete the outputs of stale attempt %s: %s",
+                           self.job.id, self.fence, exc)
 
     def _put_workdir(self) -> list[Artifact]:
         if self.workdir is None or not self.workdir.is_dir():
@@ -414,5 +430,6 @@ class CompileAttempt:
         return self._put("compile.log", path, "text/plain; charset=utf-8")
 
     def _put(self, name: str, path: Path, content_type: str) -> Artifact:
-        size, sha256 = self.ctx.artifacts.put_file(artifact_key(self.job.id, name), path)
+        key = artifact_key(self.job.id, name, attempt=self.fence)
+        size, sha256 = self.ctx.artifacts.put_file(key, path)
         return Artifact(name=name, size=size, sha256=sha256, content_type=content_type)

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kiln_client.codes import FailureCode
+from kiln_worker._failures import JobError
+
 __all__ = ["JobError", "placement_callback", "prepare_inputs", "signature_specs"]
 
 logger = logging.getLogger(__name__)
@@ -23,21 +26,8 @@ logger = logging.getLogger(__name__)
 #: generated integer inputs are drawn from [0, _INT_HIGH): small, so that they are valid
 #: indices for embedding lookups and gathers of any realistic size
 _INT_HIGH = 8
-
-
-class JobError(Exception):
-    """A failure the child understands, reported to the job as ``{kind, code, message}``.
-
-    Attributes:
-        code: the stable machine code of the failure, such as ``InvalidInputs``.
-        kind: ``client_error`` (the model, inputs or flags must change; the default) or
-            ``system_error`` (Kiln's fault).
-    """
-
-    def __init__(self, code: str, message: str, kind: str = "client_error") -> None:
-        super().__init__(message)
-        self.code = code
-        self.kind = kind
+#: generated string inputs are drawn from these words (text models take any string)
+_WORDS = np.array([b"the", b"kiln", b"fires", b"a", b"model", b"quickly"])
 
 
 def signature_specs(fn: Any) -> dict[str, tf.TensorSpec]:
@@ -49,7 +39,7 @@ def signature_specs(fn: Any) -> dict[str, tf.TensorSpec]:
     args, kwargs = fn.structured_input_signature
     if args:
         raise JobError(
-            "UnsupportedModel",
+            FailureCode.UNSUPPORTED_MODEL,
             "the signature takes positional inputs; export it with named inputs "
             "(tf.saved_model.save(..., signatures=...))",
         )
@@ -84,7 +74,7 @@ def prepare_inputs(
     unknown = sorted(set(shapes) - set(specs))
     if unknown:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"input_shapes names {unknown}, which the signature does not take; "
             f"its inputs are {sorted(specs)}",
         )
@@ -97,31 +87,46 @@ def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Te
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as exc:
-        raise JobError("InvalidInputs", f"cannot read the example inputs .npz: {exc}") from exc
+        raise JobError(FailureCode.INVALID_INPUTS, f"cannot read the example inputs .npz: {exc}") from exc
     missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
     if missing or extra:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"the example inputs do not match the signature: missing {missing}, unexpected "
             f"{extra}; the signature takes {sorted(specs)}",
         )
     return {name: _to_tensor(name, specs[name], arrays[name]) for name in sorted(specs)}
 
 
+def _as_signature_dtype(spec: tf.TensorSpec, array: np.ndarray) -> np.ndarray | None:
+    """``array`` as the dtype ``spec`` takes, or ``None`` when it does not hold that dtype.
+
+    An ``.npz`` stores strings as fixed-width bytes or unicode, and bfloat16 (which numpy does
+    not know) as 2-byte void records: those are read back as the signature's dtype.
+    """
+    if spec.dtype == tf.string:
+        return array if array.dtype.kind in "SU" else None
+    if spec.dtype == tf.bfloat16 and array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        bfloat16: np.ndarray = array.view(tf.bfloat16.as_numpy_dtype)
+        return bfloat16
+    return array if array.dtype == spec.dtype.as_numpy_dtype else None
+
+
 def _to_tensor(name: str, spec: tf.TensorSpec, array: np.ndarray) -> tf.Tensor:
-    if array.dtype != spec.dtype.as_numpy_dtype:
+    converted = _as_signature_dtype(spec, array)
+    if converted is None:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"example input {name!r} has dtype {array.dtype}, the signature wants "
             f"{spec.dtype.name}; convert it with array.astype(...)",
         )
     if not spec.shape.is_compatible_with(array.shape):
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"example input {name!r} has shape {list(array.shape)}, which does not fit the "
             f"signature's {spec.shape}",
         )
-    return tf.constant(array)
+    return tf.constant(converted)
 
 
 def _generate(
@@ -135,9 +140,11 @@ def _generate(
         array = rng.integers(0, _INT_HIGH, size=shape).astype(dtype.as_numpy_dtype)
     elif dtype.is_bool:
         array = rng.random(shape) < 0.5
+    elif dtype == tf.string:
+        array = rng.choice(_WORDS, size=shape)
     else:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"cannot generate example input {name!r} of dtype {dtype.name}; "
             "upload example_inputs (.npz) instead",
         )
@@ -151,7 +158,7 @@ def _concrete_shape(
     if spec.shape.rank is None:
         if override is None:
             raise JobError(
-                "InvalidInputs",
+                FailureCode.INVALID_INPUTS,
                 f"input {name!r} has an unknown rank; give its shape in input_shapes "
                 "or upload example_inputs",
             )
@@ -159,7 +166,7 @@ def _concrete_shape(
     if override is not None:
         if not spec.shape.is_compatible_with(list(override)):
             raise JobError(
-                "InvalidInputs",
+                FailureCode.INVALID_INPUTS,
                 f"input_shapes gives {name!r} the shape {list(override)}, which does not fit "
                 f"the signature's {spec.shape}",
             )
@@ -169,14 +176,14 @@ def _concrete_shape(
         dims[0] = 1  # an unknown leading dimension is the batch: one example is enough
     if any(d is None for d in dims):
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"input {name!r} has unknown dimensions {spec.shape} besides the batch; give its "
             "shape in input_shapes or upload example_inputs",
         )
     return tuple(int(d) for d in dims)
 
 
-def placement_callback(placement: Mapping[str, Sequence[str]] | None) -> Callable[[Any], bool] | None:
+def placement_callback(placement: Mapping[str, Any] | None) -> Callable[[Any], bool] | None:
     """A ``subgraph_builder_function`` from a ``PlacementSpec`` (as a dict).
 
     A node may go to the accelerator when its op type is in ``include_ops`` (or that list is
@@ -187,9 +194,11 @@ def placement_callback(placement: Mapping[str, Sequence[str]] | None) -> Callabl
         placement: the spec, or ``None`` for automatic placement.
 
     Returns:
-        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None``.
+        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or has no
+        op or name rules (only a ``mode``).
     """
-    if placement is None:
+    rules = ("include_ops", "exclude_ops", "include_names", "exclude_names")
+    if placement is None or not any(placement.get(key) for key in rules):
         return None
     include_ops = frozenset(placement.get("include_ops") or ())
     exclude_ops = frozenset(placement.get("exclude_ops") or ())

@@ -21,15 +21,18 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from kiln_client.codes import FailureCode
+from kiln_worker._failures import (
+    JobError,
+    classify_exception,
+    classify_model_exception,
+    model_error_text,
+)
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, encode_event
 
 __all__ = ["EventChannel", "classify_exception", "main"]
 
 logger = logging.getLogger("kiln_worker.runner")
-
-#: relative and absolute tolerance of the numerical check (compiled vs. original outputs)
-RTOL = 1e-3
-ATOL = 1e-5
 
 #: where each tracer stage sits in the job's overall progress (start, end)
 _TRACER_SPAN = {"tracing": (0.10, 0.30), "compiling": (0.30, 0.75), "verifying": (0.75, 0.80)}
@@ -69,40 +72,6 @@ class EventChannel:
         self.send("log", line=line)
 
 
-def classify_exception(exc: BaseException) -> dict[str, str] | None:
-    """The ``{kind, code, message}`` failure of a known exception, or ``None`` if unexpected.
-
-    User mistakes (the tracer's ``TraceInputError`` / ``UnsupportedModelError``, bad flags, a
-    model that cannot be loaded or run) are ``client_error``; other tracer errors are
-    ``system_error``; anything else is unexpected and becomes a crash (exit 1).
-    """
-    from kiln_worker._inputs import JobError
-
-    if isinstance(exc, JobError):
-        return {"kind": exc.kind, "code": exc.code, "message": str(exc)}
-    if isinstance(exc, MemoryError):
-        return {
-            "kind": "client_error",
-            "code": "OutOfMemory",
-            "message": "the compile ran out of memory; try a smaller model or batch size",
-        }
-    name = type(exc).__name__
-    if name == "FlagsError":
-        return {"kind": "client_error", "code": "InvalidFlags", "message": str(exc)}
-    try:
-        from kiln_worker.tracer import errors as tracer_errors
-    except ImportError:
-        return None
-    if not isinstance(exc, tracer_errors.TraceError):
-        return None
-    code = getattr(exc, "code", None)
-    if isinstance(exc, tracer_errors.TraceInputError):
-        return {"kind": "client_error", "code": code or "InvalidInputs", "message": str(exc)}
-    if isinstance(exc, tracer_errors.UnsupportedModelError):
-        return {"kind": "client_error", "code": code or "UnsupportedModel", "message": str(exc)}
-    return {"kind": "system_error", "code": code or name.removesuffix("Error"), "message": str(exc)}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the compile described by the spec file named in ``argv``.
 
@@ -125,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         if failure is None:
             traceback.print_exc(file=sys.stderr)
             return 1
-        Path(spec.error_file).write_text(json.dumps(failure))
-        logger.error("job %s failed: %s: %s", spec.job_id, failure["code"], failure["message"])
+        Path(spec.error_file).write_text(failure.model_dump_json())
+        logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -154,7 +123,7 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     events.progress("loading", 0.02, "loading the SavedModel")
     _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
     inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes, spec.seed)
-    expected = _run_model(tf, fn, inputs, "the model failed on the example inputs")
+    expected, reference_reason = _run_model(tf, fn, inputs, "the model failed on the example inputs")
     timings["load_seconds"] = time.perf_counter() - started
 
     events.progress("tracing", 0.10, "tracing the signature")
@@ -167,12 +136,16 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     mark = time.perf_counter()
     compiled_dir = Path(spec.output_dir) / "compiled_model"
     model.save(str(compiled_dir))
+    manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
     timings["save_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
     check = _verify(tf, compiled_dir, inputs, expected)
     timings["verify_seconds"] = time.perf_counter() - mark
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
+    mark = time.perf_counter()
+    speed = _measure_speed(tf, fn, compiled_dir, inputs)
+    timings["speed_seconds"] = time.perf_counter() - mark
 
     events.progress("storing", 0.90, "packing the compiled model")
     mark = time.perf_counter()
@@ -186,21 +159,63 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "verify": {"reference": "xla" if reference_reason else "tensorflow",
+                   "reason": reference_reason},
+        "manifest": manifest,
+        "speed": speed,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
-def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
-    from kiln_worker._inputs import JobError
+def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Original vs. compiled serving latency (see ``_speed``); never fails the job."""
+    from kiln_worker._speed import measure_speed
 
+    try:
+        serving = tf.saved_model.load(str(compiled_dir)).signatures["serving_default"]
+
+        def compiled(**kwargs: Any) -> Any:
+            return serving(**_rename_inputs(serving, kwargs))
+
+        return measure_speed(fn, compiled, inputs)
+    except Exception as exc:  # a measurement problem is reported, not a failed compile
+        summary = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        logger.warning("speed measurement failed: %s", summary)
+        return {"error": summary, "batches": {}}
+
+
+def _placement_label(spec: JobSpec, report: Any) -> str:
+    """The placement mode the tracer used, with ``+spec`` when op or name rules applied."""
+    from kiln_worker._inputs import placement_callback
+
+    recorded = (report or {}).get("placement") if isinstance(report, dict) else None
+    mode = (recorded or {}).get("mode") or spec.placement_mode or "measured"
+    return f"{mode}+spec" if placement_callback(spec.placement) is not None else str(mode)
+
+
+def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
+    """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
+    from kiln_worker.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(
+        compiled_dir, report=report, flags=spec.flags,
+        placement=_placement_label(spec, report), backend=spec.backend,
+        target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
+    )
+    write_manifest(compiled_dir, manifest)
+    return manifest.model_dump(mode="json")
+
+
+def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
     try:
         loaded = tf.saved_model.load(spec.model_dir)
     except Exception as exc:  # TensorFlow raises many types for a broken SavedModel
-        raise JobError("InvalidModel", f"cannot load the SavedModel: {_first_line(exc)}") from exc
+        raise JobError(FailureCode.INVALID_MODEL,
+                       f"cannot load the SavedModel: {model_error_text(exc)}") from exc
     signatures = dict(loaded.signatures)
     if spec.signature not in signatures:
         raise JobError(
-            "UnknownSignature",
+            FailureCode.UNKNOWN_SIGNATURE,
             f"the SavedModel has no signature {spec.signature!r}; it has {sorted(signatures)}",
         )
     return loaded, signatures[spec.signature]
@@ -215,24 +230,37 @@ def _test_hook_sleep() -> None:
         time.sleep(seconds)
 
 
-def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
-    from kiln_worker._inputs import JobError
+def _call_original(tf: Any, fn: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
+    """``fn(**inputs)``; compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
+
+    Returns:
+        The outputs, and why XLA ran it (``None`` when TensorFlow did).
+    """
+    from kiln_worker.tracer.reference import call_with_xla_fallback, lacks_cpu_kernel
 
     try:
-        outputs = fn(**inputs)
-    except tf.errors.ResourceExhaustedError as exc:
-        # The allocation failed against the job's RLIMIT_AS: the model asked for too much.
-        detail = next((line.strip() for line in str(exc).splitlines() if "OOM" in line),
-                      _first_line(exc))
-        raise JobError("MemoryLimit", f"{what}: the model tried to allocate more memory than a "
-                       f"compile may use ({detail}); reduce the model's or the example "
-                       "inputs' size") from exc
-    except (tf.errors.OpError, ValueError, TypeError) as exc:
-        raise JobError("ModelError", f"{what}: {_first_line(exc)}") from exc
+        return fn(**inputs), None
+    except tf.errors.OpError as exc:
+        if not lacks_cpu_kernel(exc):
+            raise
+    return call_with_xla_fallback(lambda: fn(**inputs), [], "loading")
+
+
+def _run_model(
+    tf: Any, fn: Any, inputs: dict[str, Any], what: str
+) -> tuple[dict[str, Any], str | None]:
+    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``)."""
+    try:
+        outputs, reason = _call_original(tf, fn, inputs)
+    except Exception as exc:
+        failure = classify_model_exception(exc, what)
+        if failure is None:
+            raise
+        raise JobError(failure.code, failure.message) from exc
     if not isinstance(outputs, dict):
         flat = tf.nest.flatten(outputs)
         outputs = {f"output_{i}": t for i, t in enumerate(flat)}
-    return {name: value.numpy() for name, value in outputs.items()}
+    return {name: value.numpy() for name, value in outputs.items()}, reason
 
 
 def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: EventChannel) -> Any:
@@ -243,51 +271,35 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
         fraction = min(max(float(fraction), 0.0), 1.0)
         events.progress(stage, start + (end - start) * fraction, message)
 
-    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend, on_progress=on_progress)
+    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend,
+                 placement=spec.placement_mode, on_progress=on_progress)
 
 
 def _verify(
     tf: Any, compiled_dir: Path, inputs: dict[str, Any], expected: dict[str, Any]
 ) -> dict[str, Any]:
-    """Compare the reloaded compiled model's outputs with the original's."""
-    import numpy as np
-
-    from kiln_worker._inputs import JobError
+    """Compare the reloaded compiled model's outputs with the original's, per output dtype."""
+    from kiln_worker.tracer.tolerance import compare_arrays, summarise
 
     try:
         reloaded = tf.saved_model.load(str(compiled_dir))
         serving = reloaded.signatures["serving_default"]
-        actual = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
+        actual, _ = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
     except (JobError, KeyError) as exc:
         raise JobError(
-            "VerificationFailed",
+            FailureCode.VERIFICATION_FAILED,
             f"the compiled model does not run after saving and reloading: {exc}",
-            kind="system_error",
         ) from exc
     pairs = _pair_outputs(expected, actual)
-    per_output: dict[str, dict[str, float]] = {}
-    worst_diff = worst_abs = 0.0
-    for name, (want, got) in pairs.items():
-        want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
-        if want64.shape != got64.shape:
+    entries = {name: compare_arrays(want, got) for name, (want, got) in pairs.items()}
+    for name, entry in entries.items():
+        if "shape" in entry:
+            before, after = entry["shape"]
             raise JobError(
-                "VerificationFailed",
-                f"output {name!r} has shape {list(got64.shape)} after compiling, "
-                f"{list(want64.shape)} before",
-                kind="system_error",
+                FailureCode.VERIFICATION_FAILED,
+                f"output {name!r} has shape {after} after compiling, {before} before",
             )
-        diff = float(np.max(np.abs(want64 - got64), initial=0.0))
-        biggest = float(np.max(np.abs(want64), initial=0.0))
-        per_output[name] = {"max_abs_diff": diff, "max_abs_output": biggest}
-        worst_diff, worst_abs = max(worst_diff, diff), max(worst_abs, biggest)
-    return {
-        "max_abs_diff": worst_diff,
-        "max_abs_output": worst_abs,
-        "rtol": RTOL,
-        "atol": ATOL,
-        "within_tolerance": worst_diff <= ATOL + RTOL * worst_abs,
-        "outputs": per_output,
-    }
+    return summarise(entries)
 
 
 def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -300,15 +312,12 @@ def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
 
 def _pair_outputs(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Match outputs by name, or by sorted position when the compiled model renamed them."""
-    from kiln_worker._inputs import JobError
-
     if set(expected) == set(actual):
         return {name: (expected[name], actual[name]) for name in sorted(expected)}
     if len(expected) != len(actual):
         raise JobError(
-            "VerificationFailed",
+            FailureCode.VERIFICATION_FAILED,
             f"the compiled model has outputs {sorted(actual)}, the original {sorted(expected)}",
-            kind="system_error",
         )
     return {
         name: (expected[name], actual[other])
@@ -331,11 +340,6 @@ def _versions(tf: Any) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[dist] = "unknown"
     return versions
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 if __name__ == "__main__":

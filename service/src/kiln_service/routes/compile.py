@@ -9,19 +9,20 @@ import shutil
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from kiln_client.flags import FlagsError, parse_flags
-from kiln_client.models import CompileRequest, Job
+from kiln_client.models import CompileRequest, Job, PlacementMode
 from kiln_service import idempotency, ingest
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
 from kiln_service.errors import (
     DuplicateIdempotencyKeyError,
+    InsufficientStorageError,
     NoWorkerForTargetError,
     PayloadTooLargeError,
     StoreError,
@@ -33,7 +34,7 @@ from kiln_service.queue import enqueue_compile
 from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
-from kiln_service.uploads import ReceivedForm, receive_multipart
+from kiln_service.uploads import ReceivedForm, is_disk_full, receive_multipart
 from kiln_service.webhooks import check_job_webhook, register_job_webhook
 from kiln_service.webhooks.store import WebhookStore
 
@@ -44,6 +45,7 @@ router = APIRouter(prefix="/v1", tags=["compile"])
 
 FILE_FIELDS = {"model", "example_inputs"}
 JSON_FIELDS = {"placement", "input_shapes", "labels", "webhook_events"}
+PLACEMENT_MODES = frozenset(get_args(PlacementMode))
 TEXT_FIELDS = set(CompileRequest.model_fields)
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
@@ -67,7 +69,9 @@ _OPENAPI_BODY: dict[str, Any] = {
                 "flags": {"type": "string", "description": "NEURON_CC_FLAGS"},
                 "target": {"type": "string", "enum": list(TARGETS), "default": "xla"},
                 "signature": {"type": "string", "default": "serving_default"},
-                "placement": {"type": "string", "description": "JSON PlacementSpec"},
+                "placement": {"type": "string",
+                              "description": "`measured` or `all`, or a JSON PlacementSpec "
+                                             "(`mode`, op and name rules)"},
                 "input_shapes": {"type": "string", "description": "JSON object: input name to shape"},
                 "name": {"type": "string"},
                 "labels": {"type": "string", "description": "JSON object of string labels"},
@@ -92,14 +96,22 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     settings = services.settings
     _check_content_length(request, settings)
     # Fairness before the body is read: a refused tenant costs no upload bandwidth or disk.
-    if services.rate_limiter is not None:
-        services.rate_limiter.check(tenant)
+    await anyio.to_thread.run_sync(services.rate_limiter.check, tenant)
     await anyio.to_thread.run_sync(partial(
         check_active_jobs, services.job_store, tenant=tenant,
         limit=settings.max_active_jobs_per_tenant))
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    with services.in_flight.hold(tenant, key):
-        job, replayed = await _receive_and_submit(request, services, tenant, key)
+    async with services.in_flight.hold(tenant, key):
+        try:
+            job, replayed = await _receive_and_submit(request, services, tenant, key)
+        except (OSError, StoreError) as exc:
+            if not is_disk_full(exc):
+                raise
+            logger.warning("upload refused: the disk is full (%s)", exc)
+            raise InsufficientStorageError(
+                "the server has no room to store this upload right now (its disk is full); "
+                "nothing of it was kept: retry later, or send a smaller model",
+            ) from exc
     if replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
     else:
@@ -121,6 +133,7 @@ async def _receive_and_submit(
         text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
         max_body_bytes=settings.resolved_max_request_bytes,
         max_field_bytes=settings.max_form_field_bytes,
+        idle_timeout_seconds=settings.upload_idle_timeout_seconds,
     )
     try:
         compile_request = parse_compile_request(form.fields, settings)
@@ -173,7 +186,9 @@ def parse_compile_request(fields: dict[str, str], settings: Settings) -> Compile
     """
     data: dict[str, Any] = {}
     for key, raw in fields.items():
-        if key in JSON_FIELDS:
+        if key == "placement" and raw.strip() in PLACEMENT_MODES:  # the bare mode name
+            data[key] = raw.strip()
+        elif key in JSON_FIELDS:
             try:
                 data[key] = json.loads(raw) if raw.strip() else None
             except json.JSONDecodeError as exc:

@@ -1,17 +1,15 @@
 """Pass ``compile``: each partition becomes a function, compiled now by the backend.
 
-A partition the backend rejects goes back to CPU (``fallback_cpu``) with the reason; in automatic
-placement, a partition that compiles but does not run faster than plain TensorFlow on the example
-inputs also goes back (``rejected_no_gain``).
+A partition the backend rejects goes back to CPU (``fallback_cpu``) with the reason; with
+``placement="measured"``, a partition that compiles but runs clearly slower than plain TensorFlow
+on the example inputs also goes back (``rejected_no_gain``; see ``measure.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,17 +18,18 @@ from tensorflow.core.framework import graph_pb2
 
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
-from kiln_worker.tracer.partition import NodeGraph, Partition
-from kiln_worker.tracer.rewrite import GraphImporter
+from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs, without_feeds
+from kiln_worker.tracer.measure import Measurement, compare
+from kiln_worker.tracer.partition import Partition
+from kiln_worker.tracer.reference import call_with_xla_fallback
+from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
-#: Keep a subgraph in automatic mode only if it runs at most this fraction of plain TF's time.
-GAIN_THRESHOLD = 0.95
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubgraphResult:
-    """What happened to one partition."""
+    """What happened to one partition (a value: passes derive new ones with ``replace``)."""
 
     partition: Partition
     status: str
@@ -40,19 +39,7 @@ class SubgraphResult:
     specs: list[tf.TensorSpec]
     example_args: list[Any]
     compiled: CompiledSubgraph | None = None
-    speedup: float | None = None
-
-
-def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
-    """Static dtype and shape of tensors, from shape inference on import."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    specs = {}
-    for name in names:
-        tensor = graph.get_tensor_by_name(name)
-        specs[name] = tf.TensorSpec(tensor.shape, tensor.dtype)
-    return specs
+    measurement: Measurement | None = None
 
 
 def run_graph(
@@ -63,14 +50,14 @@ def run_graph(
     values = [tf.constant(x) for x in examples] + [v.value() for v in frozen.weights.values()]
     fed = dict(zip(feeds, values, strict=True))
     computed = [f for f in fetches if f not in fed]
+    importer = GraphImporter(without_feeds(graph_def, feeds))
 
-    importer = GraphImporter(graph_def)
-
-    @tf.function(autograph=False)  # type: ignore[untyped-decorator]
     def run(*args: tf.Tensor) -> list[tf.Tensor]:
         return importer(dict(zip(feeds, args, strict=True)), computed)
 
-    results = dict(zip(computed, run(*values) if computed else [], strict=True))
+    # XLA computes the values when TensorFlow's CPU kernels cannot (see tracer.reference).
+    outs = call_with_xla_fallback(run, values, "compile")[0] if computed else []
+    results = dict(zip(computed, outs, strict=True))
     return [fed[f] if f in fed else results[f] for f in fetches]
 
 
@@ -107,36 +94,12 @@ def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
     return body
 
 
-def _mean_call_seconds(fn: Any, args: list[Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn(*args)
-    return (time.perf_counter() - start) / calls
-
-
-def speedup(candidate: Any, baseline: Any, args: list[Any], rounds: int = 5) -> float:
-    """Median of ``baseline time / candidate time`` over interleaved rounds (both warmed up).
-
-    The machine's speed drifts from minute to minute, so only interleaved runs are compared.
-    """
-    candidate(*args)
-    baseline(*args)
-    single = max(_mean_call_seconds(baseline, args, 1), 1e-6)
-    calls = int(min(20, max(1, 0.01 / single)))
-    ratios = []
-    for _ in range(rounds):
-        candidate_time = _mean_call_seconds(candidate, args, calls)
-        baseline_time = _mean_call_seconds(baseline, args, calls)
-        ratios.append(baseline_time / max(candidate_time, 1e-9))
-    return float(statistics.median(ratios))
-
-
-def measure_gain(
+def measure_subgraph(
     compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
-) -> float:
-    """Speed-up of the compiled subgraph over the same subgraph in plain TensorFlow."""
+) -> Measurement:
+    """Time the compiled subgraph against the same subgraph in plain TensorFlow."""
     plain = tf.function(body, autograph=False).get_concrete_function(*specs)
-    return speedup(compiled, plain, args)
+    return compare(compiled, plain, args)
 
 
 def compile_partitions(
@@ -177,20 +140,23 @@ def _compile_one(
     args = [values[t] for t in partition.inputs]
     result = SubgraphResult(partition, "compiled", None, 0.0, sub, in_specs, args)
     try:
-        result.compiled = backend.compile_subgraph(partition.name, body, in_specs, args)
-        result.compile_seconds = result.compiled.compile_seconds
+        compiled = backend.compile_subgraph(partition.name, body, in_specs, args)
     except Exception as e:  # any compiler failure sends the subgraph to CPU
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        result.status, result.reason = "fallback_cpu", f"{backend.name} rejected it: {first_line}"
         logger.info("%s back to CPU: %s", partition.name, first_line)
-        return result
+        return replace(
+            result, status="fallback_cpu", reason=f"{backend.name} rejected it: {first_line}"
+        )
+    result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        result.speedup = measure_gain(result.compiled.function, body, in_specs, args)
-        if result.speedup * GAIN_THRESHOLD < 1.0:
-            result.status = "rejected_no_gain"
-            result.reason = (
-                f"measured {result.speedup:.2f}x of plain TensorFlow on the example inputs "
-                f"(needs {1 / GAIN_THRESHOLD:.2f}x)"
+        timing = measure_subgraph(compiled.function, body, in_specs, args)
+        result = replace(result, measurement=timing)
+        if timing.clearly_slower:
+            result = replace(
+                result,
+                status="rejected_no_gain",
+                reason=f"measured clearly slower than plain TensorFlow on the example inputs: "
+                f"{timing.speedup:.2f}x, beyond the {timing.margin:.0%} margin",
             )
     logger.debug("compile: %s %s", partition.name, result.status)
     return result
@@ -202,3 +168,27 @@ def outputs_on_examples(result: SubgraphResult) -> list[np.ndarray]:
     if fn is None:
         return []
     return [np.asarray(t) for t in fn(*result.example_args)]
+
+
+def dump_subgraphs(dump: WorkdirDumper, backend: Any, results: list[SubgraphResult]) -> None:
+    """``--workdir``: each subgraph's graph, example inputs and outputs, compile log and HLO."""
+    if not dump.enabled:
+        return
+    for r in results:
+        base = f"subgraphs/{r.partition.name}"
+        dump.graph_def(f"{base}/graph", r.graph_def)
+        args = {f"arg_{i}": np.asarray(a) for i, a in enumerate(r.example_args)}
+        dump.arrays(f"{base}/inputs.npz", args)
+        log = r.compiled.log if r.compiled else ""
+        log += f"\nstatus: {r.status}\nreason: {r.reason}\ninputs: {r.partition.inputs}"
+        log += f"\noutputs: {r.partition.outputs}\n"
+        dump.text(f"{base}/compile.log", log)
+        if r.compiled is None:
+            continue
+        outs = outputs_on_examples(r)
+        dump.arrays(f"{base}/outputs.npz", {f"out_{i}": o for i, o in enumerate(outs)})
+        try:
+            hlo = backend.hlo_text(make_body(r.graph_def, r.partition), r.example_args)
+        except Exception as e:  # a dump must not fail the trace
+            hlo = f"HLO unavailable: {e}"
+        dump.text(f"{base}/hlo.txt", hlo)

@@ -8,11 +8,13 @@ reads "backend support ∩ the user's subgraph_builder_function ∩ automatic he
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tensorflow.core.framework import types_pb2
+
+from kiln_worker.tracer.graphs import NodeGraph
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,24 @@ TRIVIAL_OPS = frozenset(
         "Shape",
         "StopGradient",
         "Snapshot",
+    }
+)
+
+
+#: Ops worth a compiled call even alone: contractions, convolutions and loops.
+SUBSTANTIAL_OPS = frozenset(
+    {
+        "MatMul",
+        "BatchMatMul",
+        "BatchMatMulV2",
+        "BatchMatMulV3",
+        "Einsum",
+        "Conv2D",
+        "Conv3D",
+        "Conv2DBackpropInput",
+        "DepthwiseConv2dNative",
+        "While",
+        "StatelessWhile",
     }
 )
 
@@ -143,8 +163,33 @@ def auto_policy() -> Policy:
     )
 
 
-def place(graph_def: Any, policy: Policy) -> tuple[set[str], dict[str, str]]:
-    """Apply ``policy`` to every node.
+@dataclass(frozen=True)
+class Placement:
+    """The ``place`` pass's result: the graph, the candidate nodes, and why the others are not."""
+
+    graph: NodeGraph
+    candidates: frozenset[str]
+    reasons: Mapping[str, str]
+
+
+def node_policy(
+    backend: Any,
+    library: Any,
+    subgraph_builder_function: Callable[[Any], Any] | None,
+    measured: bool,
+) -> Policy:
+    """Plumbing ∩ backend support ∩ the user's callback, or else, when ``measured``, automatic
+    placement's rules (with ``placement="all"`` every supported op is a candidate)."""
+    policies = [plumbing_policy(), backend_policy(backend, library)]
+    if subgraph_builder_function is not None:
+        policies.append(builder_policy(subgraph_builder_function))
+    elif measured:
+        policies.append(auto_policy())
+    return all_of(*policies)
+
+
+def place(graph_def: Any, policy: Policy) -> Placement:
+    """Apply ``policy`` to every node of ``graph_def``.
 
     Returns:
         The candidate node names, and for every other node the reason it stays on CPU.
@@ -157,4 +202,4 @@ def place(graph_def: Any, policy: Policy) -> tuple[set[str], dict[str, str]]:
         else:
             reasons[node.name] = reason
     logger.debug("place: %d of %d nodes are candidates", len(candidates), len(graph_def.node))
-    return candidates, reasons
+    return Placement(NodeGraph(graph_def), frozenset(candidates), reasons)

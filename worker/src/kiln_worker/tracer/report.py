@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer.compile import SubgraphResult
-from kiln_worker.tracer.partition import NodeGraph
+from kiln_worker.tracer.graphs import NodeGraph
+from kiln_worker.tracer.partition import Partition
+from kiln_worker.tracer.placement import Placement
+from kiln_worker.tracer.tolerance import compare_arrays, summarise
 
 logger = logging.getLogger(__name__)
 #: Node types that are not counted as ops (graph plumbing and weights).
 UNCOUNTED = frozenset({"Placeholder", "NoOp", "Const"})
-#: Numerical tolerance, relative to the largest output magnitude (oneDNN fusions on frozen
-#: graphs were measured to move a BERT-like encoder by about 7e-4).
-RELATIVE_TOLERANCE = 1e-3
 
 
 def counted_ops(graph: NodeGraph) -> list[str]:
@@ -46,12 +47,13 @@ def subgraph_entry(
         "reason": result.reason,
         "compile_seconds": round(result.compile_seconds, 4),
     }
-    if result.speedup is not None:
-        entry["measured_speedup"] = round(result.speedup, 3)
+    if result.measurement is not None:
+        entry["measured_speedup"] = round(result.measurement.speedup, 3)
+        entry["measurement"] = result.measurement.as_dict()
     return entry
 
 
-def cpu_ops(graph: NodeGraph, placed: set[str], reasons: dict[str, str]) -> list[dict[str, str]]:
+def cpu_ops(graph: NodeGraph, placed: set[str], reasons: Mapping[str, str]) -> list[dict[str, str]]:
     """Every counted op left on CPU, with the reason."""
     return [
         {"name": n, "op": graph.nodes[n].op, "reason": reasons.get(n, "not placed")}
@@ -60,29 +62,17 @@ def cpu_ops(graph: NodeGraph, placed: set[str], reasons: dict[str, str]) -> list
     ]
 
 
-def numerical_check(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, Any]:
-    """Max abs difference between original and traced outputs, relative to the largest output."""
-    diff = max(
-        (
-            float(np.max(np.abs(a.astype(np.float64) - b)))
-            for a, b in zip(reference, outputs, strict=True)
-            if a.size and np.issubdtype(a.dtype, np.number)
-        ),
-        default=0.0,
+def numerical_check(
+    reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str] | None = None
+) -> dict[str, Any]:
+    """Original vs. traced outputs, each within its dtype's tolerance (see ``tolerance``)."""
+    keys = names or [str(i) for i in range(len(reference))]
+    return summarise(
+        {
+            key or "output": compare_arrays(a, b)
+            for key, a, b in zip(keys, reference, outputs, strict=True)
+        }
     )
-    scale = max(
-        (
-            float(np.max(np.abs(a)))
-            for a in reference
-            if a.size and np.issubdtype(a.dtype, np.number)
-        ),
-        default=0.0,
-    )
-    return {
-        "max_abs_diff": diff,
-        "max_abs_output": scale,
-        "within_tolerance": bool(diff <= RELATIVE_TOLERANCE * max(scale, 1.0)),
-    }
 
 
 def build_report(
@@ -91,7 +81,7 @@ def build_report(
     flags: dict[str, Any],
     graph: NodeGraph,
     results: list[SubgraphResult],
-    reasons: dict[str, str],
+    reasons: Mapping[str, str],
     specs: dict[str, tf.TensorSpec],
 ) -> dict[str, Any]:
     """The report before verification (``numerical_check``, ``timings`` come later)."""
@@ -112,4 +102,29 @@ def build_report(
         "warnings": [],
         "timings": {},
         "numerical_check": None,
+    }
+
+
+def analysis(placement: Placement, partitions: list[Partition]) -> dict[str, Any]:
+    """The ``analyze_model`` result: supported ops by type, the others with reasons."""
+    graph, candidates = placement.graph, placement.candidates
+    ops = counted_ops(graph)
+    op_types: dict[str, dict[str, Any]] = {}
+    for n in ops:
+        entry = op_types.setdefault(graph.nodes[n].op, {"count": 0, "supported": 0})
+        entry["count"] += 1
+        entry["supported"] += n in candidates
+    supported = [n for n in ops if n in candidates]
+    return {
+        "backend": "xla",
+        "ops_total": len(ops),
+        "ops_supported": len(supported),
+        "supported_ratio": round(len(supported) / len(ops), 4) if ops else 0.0,
+        "op_types": op_types,
+        "unsupported": [
+            {"name": n, "op": graph.nodes[n].op, "reason": placement.reasons[n]}
+            for n in ops
+            if n not in candidates
+        ],
+        "proposed_subgraphs": [{"name": p.name, "ops": p.nodes} for p in partitions],
     }

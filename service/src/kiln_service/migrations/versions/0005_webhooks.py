@@ -1,7 +1,7 @@
 """Job events (a transactional outbox) and webhooks: endpoints and deliveries.
 
 Revision ID: 0005_webhooks
-Revises: 0003_api_keys
+Revises: 0004_attempt_artifacts
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_webhooks"
-down_revision = "0003_api_keys"
+down_revision = "0004_attempt_artifacts"
 branch_labels = None
 depends_on = None
 
