@@ -183,6 +183,14 @@ class CompileRequest(BaseModel):
     """Free-form key/value labels, usable as list filters (``label=key:value``)."""
     timeout_seconds: int | None = None
     """Wall-clock limit for the compile; the server default applies when omitted."""
+    webhook_url: str | None = None
+    """An http(s) URL to POST this job's events to (Standard Webhooks, signed)."""
+    webhook_events: list[str] | None = None
+    """Events sent to ``webhook_url``: ``job.running``, ``job.stage``, ``job.succeeded``,
+    ``job.failed``, ``job.cancelled``; the three terminal ones when omitted."""
+    webhook_secret: str | None = None
+    """The ``whsec_…`` secret signing this job's deliveries; one is generated when omitted
+    (read it from ``GET /v1/jobs/{id}/webhook``)."""
 
 
 class Job(BaseModel):

@@ -65,6 +65,12 @@ class ProblemCode(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed", 405, "Use a method the path allows (see the API docs)."
     #: no acceptable representation
     NOT_ACCEPTABLE = "not_acceptable", 406, "Accept `application/json` or the artifact's media type."
+    #: no webhook endpoint with that id for this tenant (or the job has no webhook_url)
+    WEBHOOK_NOT_FOUND = ("webhook_not_found", 404, "No webhook endpoint with this id is visible to "
+                         "your API key; list them with `GET /v1/webhooks`.")
+    #: no delivery with that id on the endpoint
+    DELIVERY_NOT_FOUND = ("delivery_not_found", 404, "No delivery with this id on the endpoint; "
+                          "list them with `GET /v1/webhooks/{id}/deliveries`.")
     # -- 409 ----------------------------------------------------------------------------------
     #: the request conflicts with the resource's state
     CONFLICT = "conflict", 409, "The request conflicts with the resource's current state."
@@ -173,6 +179,16 @@ class ProblemCode(str, Enum):
     #: the Idempotency-Key was used with another body
     IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused", 422, "Use a new `Idempotency-Key` for a "
                               "different request.")
+    #: a webhook URL Kiln will not call
+    INVALID_WEBHOOK_URL = ("invalid_webhook_url", 422, "Use an http(s) URL on a public address; "
+                           "an operator allows internal ones with "
+                           "KILN_WEBHOOK_ALLOW_PRIVATE_URLS=true.")
+    #: an unknown webhook event name
+    INVALID_WEBHOOK_EVENTS = ("invalid_webhook_events", 422, "Name events among job.running, "
+                              "job.stage, job.succeeded, job.failed and job.cancelled.")
+    #: a webhook secret not in the whsec_ format
+    INVALID_WEBHOOK_SECRET = ("invalid_webhook_secret", 422, "Give 'whsec_' and the base64 of 24 to "
+                              "64 random bytes, or leave the secret out and Kiln makes one.")
     # -- 429 ----------------------------------------------------------------------------------
     #: too many requests
     RATE_LIMITED = ("rate_limited", 429, "Too many submissions for your tenant; retry after "

@@ -23,6 +23,8 @@ from kiln_client.codes import FailureCode, FailureKind
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
+from kiln_service.events import make_publisher
+from kiln_service.logs import bind
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
@@ -70,10 +72,16 @@ class WorkerContext:
         return cls(
             settings=settings,
             options=options or get_worker_settings(),
-            jobs=JobStore(settings.resolved_database_url),
+            jobs=_announcing(JobStore(settings.resolved_database_url), settings),
             artifacts=open_artifact_store(settings.resolved_storage_url),
             enqueue=enqueue,
         )
+
+
+def _announcing(store: JobStore, settings: Settings) -> JobStore:
+    """The store, announcing each change on Redis pub/sub when the broker is Redis (live events)."""
+    store.notifier = make_publisher(settings)
+    return store
 
 
 def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
@@ -91,6 +99,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
                              lease_seconds=ctx.options.lease_seconds)
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
+    bind(tenant=job.tenant, attempt=job.attempts)
     with job_dir(job_id, ctx.options.work_dir) as tmp:
         try:
             status = CompileAttempt(ctx, job, Path(tmp)).run()

@@ -84,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m kiln_worker.runner SPEC.json", file=sys.stderr)
         return 2
     events = EventChannel.take_stdout()
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
     spec = JobSpec.read(Path(args[0]))
+    _configure_logging(spec.job_id)
     logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
     try:
         _compile(spec, events)
@@ -100,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _configure_logging(job_id: str) -> None:
+    """Log to stderr (into the job's log) as the worker does: JSON or text, with job and attempt."""
+    from kiln_service.logs import bind, configure_logging
+
+    fmt = "json" if os.environ.get("KILN_LOG_FORMAT") == "json" else "text"
+    configure_logging(fmt, logging.INFO, stream=sys.stderr, static={"service": "compile"})
+    attempt = os.environ.get("KILN_JOB_ATTEMPT", "")
+    bind(job_id=job_id, attempt=int(attempt) if attempt.isdigit() else None)
 
 
 def _compile(spec: JobSpec, events: EventChannel) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, or_, select, update
 
 from kiln_client.codes import FailureCode
 from kiln_client.models import Failure, JobStatus, Stage
+from kiln_service.stores._events import EventType, record_event
 from kiln_service.stores._schema import jobs, utcnow
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "AttemptsOfJob", "RecoveryOpsMixin", "Requeued"]
@@ -88,12 +89,15 @@ class RecoveryOpsMixin:
                 .values(**_requeue_values(now, f"retrying after a system error ({failure.code})"))
             ).rowcount
             if queued:
+                record_event(conn, job_id=job_id, type=EventType.QUEUED)
                 logger.warning("job %s: attempt %s failed (%s); queued again", job_id, fence,
                                failure.code)
                 return "queued"
             failed = conn.execute(
                 update(jobs).where(*base).values(**_failed_values(now, failure))
             ).rowcount
+            if failed:
+                record_event(conn, job_id=job_id, type=EventType.FAILED)
         return "failed" if failed else None
 
     def requeue_stale_queued(self, *, older_than_seconds: float, limit: int = 100) -> list[Requeued]:
@@ -161,6 +165,7 @@ class RecoveryOpsMixin:
                 values = _lost_values(now, attempts, max_attempts, bool(cancel), str(worker))
                 if not conn.execute(update(jobs).where(*where).values(**values)).rowcount:
                     continue  # another reconciler, or the attempt itself, got there first
+                record_event(conn, job_id=job_id, type=EventType.for_status(str(values["status"])))
                 logger.warning("job %s: lease of attempt %s on %s lapsed → %s", job_id, attempts,
                                worker, values["status"])
                 if values["status"] == JobStatus.QUEUED.value:
