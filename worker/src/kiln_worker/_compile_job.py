@@ -243,7 +243,7 @@ class CompileAttempt:
         opts = self.ctx.options
         env = child_environment(self.home)
         if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
-            env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
+            env["KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
         child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
                              env=env, cwd=self.tmp,
                              rlimits=opts.child_rlimits(self.job.timeout_seconds))

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiln_service.config import TARGETS
+from kiln_service.stores._recovery_ops import DEFAULT_MAX_ATTEMPTS
 
 __all__ = ["WorkerSettings", "get_worker_settings", "parse_targets", "worker_id"]
 
@@ -22,7 +23,8 @@ __all__ = ["WorkerSettings", "get_worker_settings", "parse_targets", "worker_id"
 class WorkerSettings(BaseSettings):
     """Configuration of one ``kiln-worker`` process."""
 
-    model_config = SettingsConfigDict(env_prefix="KILN_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KILN_WORKER_", extra="ignore",
+                                      populate_by_name=True)
 
     targets: str = "xla"
     """Comma-separated targets whose queues (``kiln.<target>``) this worker consumes."""
@@ -52,9 +54,11 @@ class WorkerSettings(BaseSettings):
     child_max_processes: int | None = Field(default=4096, gt=0)
     """RLIMIT_NPROC of a compile (a fork-bomb brake). Linux counts every thread of the *user*,
     not of the job, and ignores the limit for root: run workers as a dedicated user."""
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1,
+                              validation_alias="KILN_MAX_ATTEMPTS")
     """Attempts a job gets in all; system errors (a killed compile, storage failures) are
-    retried until then, client errors never."""
+    retried until then, client errors never. One setting with the reconciler's:
+    ``KILN_MAX_ATTEMPTS`` (not ``KILN_WORKER_…``), read by workers and ``kiln-service reconcile``."""
     reconcile: bool = True
     """Run the reconciler loop (:mod:`kiln_service.reconcile`) in this worker."""
     test_hook_child_sleep_seconds: float = Field(default=0.0, ge=0)
