@@ -54,8 +54,8 @@ def _graph(kind: str) -> Any:
     ],
 )
 def test_expected_partitions(kind: str, candidates: set[str], expected: list[list[str]]) -> None:
+    from kiln_worker.tracer.graphs import NodeGraph
     from kiln_worker.tracer.partition import (
-        NodeGraph,
         contracted_is_acyclic,
         fuse_partitions,
         propose_partitions,
@@ -71,7 +71,8 @@ def test_expected_partitions(kind: str, candidates: set[str], expected: list[lis
 
 def test_contracting_the_tempting_pair_would_be_a_cycle() -> None:
     """The check itself can fail: merging A and B across the CPU op is detected as cyclic."""
-    from kiln_worker.tracer.partition import NodeGraph, Partition, contracted_is_acyclic
+    from kiln_worker.tracer.graphs import NodeGraph
+    from kiln_worker.tracer.partition import Partition, contracted_is_acyclic
 
     graph = NodeGraph(_graph("tempt"))
     assert not contracted_is_acyclic(graph, [Partition("bad", ["a", "b"])])
@@ -81,7 +82,7 @@ def test_trace_keeps_tempting_graph_acyclic_and_correct(rng: np.random.Generator
     import tensorflow as tf
 
     import kiln_worker
-    from kiln_worker.tracer.partition import NodeGraph
+    from kiln_worker.tracer.graphs import NodeGraph
 
     def func(x):  # type: ignore[no-untyped-def]
         a = tf.tanh(tf.matmul(x, tf.ones([4, 4])), name="A")

@@ -12,12 +12,14 @@ Tree::
     │   ├── JobStateError            409 job_state_conflict
     │   ├── IdempotencyInFlightError 409 idempotency_key_in_flight
     │   └── DuplicateIdempotencyKeyError 409 (a race, resolved by the route)
+    ├── RequestTimeoutError          408 upload_stalled (the body stopped arriving)
     ├── PayloadTooLargeError         413 payload_too_large
     ├── UnsupportedMediaTypeError    415 unsupported_media_type
     ├── RangeNotSatisfiableError     416 range_not_satisfiable
     ├── UploadRejectedError          422 (code given per case: invalid_archive, unknown_signature…)
     │   └── IdempotencyKeyReusedError 422 idempotency_key_reused
     ├── TooManyRequestsError         429 rate_limited / too_many_active_jobs (with ``Retry-After``)
+    ├── InsufficientStorageError     507 insufficient_storage (disk full; ``Retry-After``)
     ├── StoreError                   503 store_unavailable
     └── DependencyUnavailableError   503 dependency_unavailable
         └── NoWorkerForTargetError   503 no_worker_for_target
@@ -44,6 +46,7 @@ __all__ = [
     "DuplicateIdempotencyKeyError",
     "IdempotencyInFlightError",
     "IdempotencyKeyReusedError",
+    "InsufficientStorageError",
     "JobNotFoundError",
     "JobStateError",
     "KilnServiceError",
@@ -51,6 +54,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
+    "RequestTimeoutError",
     "StoreError",
     "TooManyRequestsError",
     "UnauthorizedError",
@@ -164,6 +168,16 @@ class DuplicateIdempotencyKeyError(ConflictError):
         self.key = key
 
 
+class RequestTimeoutError(KilnServiceError):
+    """The request body stopped arriving; the connection is closed after the answer."""
+
+    status_code = 408
+    code = "upload_stalled"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class PayloadTooLargeError(KilnServiceError):
     """An upload or the request body is over its size cap."""
 
@@ -206,6 +220,14 @@ class TooManyRequestsError(KilnServiceError):
 
     def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class InsufficientStorageError(KilnServiceError):
+    """The server's disk is full: the upload was discarded; retry after ``retry_after``."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    retry_after = 60
 
 
 class StoreError(KilnServiceError):

@@ -27,6 +27,8 @@ from kiln_service.queue import create_celery_app
 from kiln_service.routes import artifacts, compile, health, jobs, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
+from kiln_service.ui import install_ui
+from kiln_service.ui.session import session_secret
 
 __all__ = ["DatabaseNotMigratedError", "create_app", "prepare_database", "sweep_staging"]
 
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         celery=celery or create_celery_app(settings),
         metrics=Metrics(),
         staging_dir=process_staging_dir(settings.staging_dir),
+        ui_secret=session_secret(settings.ui_session_secret, settings.data_dir),
     )
 
     @asynccontextmanager
@@ -195,5 +198,6 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
     app.include_router(errors_page.router)
+    install_ui(app)
     install_openapi(app)
     return app

@@ -231,6 +231,7 @@ class CompileAttempt:
             signature=self.job.signature, flags=flags, example_inputs=npz,
             input_shapes=self.job.input_shapes,
             placement=self.job.placement.model_dump() if self.job.placement else None,
+            upload_digests=dict(self.job.input_digests),
         )
         spec_path = self.tmp / "spec.json"
         spec.write(spec_path)

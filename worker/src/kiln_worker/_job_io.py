@@ -173,4 +173,5 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
         "timings": report.get("timings"),
         "warnings": list(tracer.get("warnings") or [])[:20],
         "inputs_generated": report.get("inputs_generated"),
+        "speed": report.get("speed"),
     }

@@ -132,12 +132,16 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     mark = time.perf_counter()
     compiled_dir = Path(spec.output_dir) / "compiled_model"
     model.save(str(compiled_dir))
+    manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
     timings["save_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
     check = _verify(tf, compiled_dir, inputs, expected)
     timings["verify_seconds"] = time.perf_counter() - mark
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
+    mark = time.perf_counter()
+    speed = _measure_speed(tf, fn, compiled_dir, inputs)
+    timings["speed_seconds"] = time.perf_counter() - mark
 
     events.progress("storing", 0.90, "packing the compiled model")
     mark = time.perf_counter()
@@ -151,8 +155,40 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "manifest": manifest,
+        "speed": speed,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Original vs. compiled serving latency (see ``_speed``); never fails the job."""
+    from kiln_worker._speed import measure_speed
+
+    try:
+        serving = tf.saved_model.load(str(compiled_dir)).signatures["serving_default"]
+
+        def compiled(**kwargs: Any) -> Any:
+            return serving(**_rename_inputs(serving, kwargs))
+
+        return measure_speed(fn, compiled, inputs)
+    except Exception as exc:  # a measurement problem is reported, not a failed compile
+        summary = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        logger.warning("speed measurement failed: %s", summary)
+        return {"error": summary, "batches": {}}
+
+
+def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
+    """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
+    from kiln_worker.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(
+        compiled_dir, report=report, flags=spec.flags,
+        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
+    )
+    write_manifest(compiled_dir, manifest)
+    return manifest.model_dump(mode="json")
 
 
 def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:

@@ -10,9 +10,8 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln_worker.tracer.errors import (
     BackendUnavailableError,
@@ -20,10 +19,12 @@ from kiln_worker.tracer.errors import (
     TraceInputError,
     pass_error,
 )
+from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, float, str], None]
 BACKENDS = ("xla", "neuron")
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -119,21 +120,41 @@ def trace(
         TraceError: any other failure, naming the pass.
     """
     parsed = resolve_flags(flags)
-    name = resolve_backend(backend)
-    if name == "neuron":
+    if resolve_backend(backend) == "neuron":
         from kiln_worker.tracer.backends.neuron import trace_with_neuron
 
         return trace_with_neuron(func, example_inputs, subgraph_builder_function, parsed)
-    state = TraceState(parsed, subgraph_builder_function, on_progress or _no_progress)
-    state.run_inputs(func, example_inputs)
-    state.run_freeze()
-    state.run_place()
-    state.run_partition()
-    state.run_compile()
-    state.run_rewrite()
-    state.run_wrap()
-    state.run_verify()
-    return state.finish()
+    from kiln_worker.tracer import passes
+    from kiln_worker.tracer.backends.xla import XlaBackend
+    from kiln_worker.tracer.verify import verify
+
+    run, dump, xla = PassRunner(on_progress), WorkdirDumper(parsed.workdir), XlaBackend()
+    automatic = subgraph_builder_function is None
+    traced = run("inputs", passes.trace_inputs, func, example_inputs, dump)
+    frozen = run("freeze", passes.freeze_graph, traced, parsed, dump)
+    placement = run("place", passes.place_nodes, frozen, xla, subgraph_builder_function)
+    partitioning = run("partition", passes.partition, placement, frozen, automatic)
+    results = run(
+        "compile",
+        passes.compile_subgraphs,
+        *(xla, placement, frozen, partitioning, traced),
+        measure=automatic,
+        progress=run.compile_progress,
+    )
+    rewritten = run("rewrite", passes.rewrite, frozen, results, dump)
+    wrapped = run("wrap", passes.wrap, traced, frozen, rewritten, parsed)
+    decision = passes.Decision(results, rewritten, wrapped)
+    if automatic:
+        decision = run("measure", passes.keep_if_faster, traced, frozen, parsed, decision)
+    verification = run(
+        "verify",
+        verify,
+        *(traced, frozen, placement.graph, decision.results, partitioning.reasons),
+        decision.wrapped,
+        backend=xla.name,
+        flags=parsed,
+    )
+    return run.finish(decision, verification, xla, dump)
 
 
 def analyze_model(func: Any, example_inputs: Any, *, backend: str | None = None) -> dict[str, Any]:
@@ -153,230 +174,62 @@ def analyze_model(func: Any, example_inputs: Any, *, backend: str | None = None)
     """
     if resolve_backend(backend) != "xla":
         raise BackendUnavailableError("analyze_model supports the xla backend only", "backend")
-    state = TraceState(resolve_flags(""), None, _no_progress)
-    state.run_inputs(func, example_inputs)
-    state.run_freeze()
-    state.run_place()
-    state.run_partition()
-    return state.analysis()
+    from kiln_worker.tracer import passes
+    from kiln_worker.tracer.backends.xla import XlaBackend
+    from kiln_worker.tracer.report import analysis
+
+    run, dump, xla = PassRunner(None), WorkdirDumper(None), XlaBackend()
+    traced = run("inputs", passes.trace_inputs, func, example_inputs, dump)
+    frozen = run("freeze", passes.freeze_graph, traced, resolve_flags(""), dump)
+    placement = run("place", passes.place_nodes, frozen, xla, None)
+    partitioning = run("partition", passes.partition, placement, frozen, True)
+    return analysis(placement, partitioning.partitions)
 
 
 def _no_progress(stage: str, fraction: float, message: str) -> None:
     logger.debug("%s %.2f %s", stage, fraction, message)
 
 
-def warn_low_ratio(report: dict[str, Any]) -> None:
-    """Warn (and record it) when under half of the ops are on the accelerator."""
-    if report["on_neuron_ratio"] < 0.5:
-        message = (
-            f"only {report['ops_on_accelerator']} of {report['ops_total']} ops "
-            f"({report['on_neuron_ratio']:.0%}) run on the accelerator; see report['cpu_ops']"
-        )
-        report["warnings"].append(message)
-        warnings.warn(message, stacklevel=5)
+#: Progress reported when a pass starts: (stage, fraction, message).
+_PROGRESS = {
+    "inputs": ("tracing", 0.0, "tracing func on the example inputs"),
+    "freeze": ("tracing", 0.3, "freezing variables"),
+    "verify": ("verifying", 0.9, "comparing the traced model to the original"),
+}
 
 
-class TraceState:
-    """The values passed from pass to pass; each ``run_*`` method is one pass."""
+class PassRunner:
+    """Runs the passes by name: reports progress, times each, names it in errors.
 
-    def __init__(
-        self, flags: Any, builder: Callable[[Any], bool] | None, progress: ProgressCallback
-    ) -> None:
-        from kiln_worker.tracer.backends.xla import XlaBackend
-        from kiln_worker.tracer.workdir import WorkdirDumper
+    It holds no value a pass reads: each pass gets its inputs as arguments.
+    """
 
-        self.flags, self.builder, self.progress = flags, builder, progress
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress or _no_progress
         self.start = time.perf_counter()
         self.timings: dict[str, float] = {}
-        self.backend = XlaBackend()
-        self.dump = WorkdirDumper(flags.workdir)
-        self.warnings: list[str] = []
-        self.report: dict[str, Any] = {}
 
-    def run_inputs(self, func: Any, example_inputs: Any) -> None:
-        """Pass ``inputs``: one concrete function over flat tensors."""
-        from kiln_worker.tracer.inputs import trace_function
+    def __call__(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run pass ``name`` as ``fn(*args, **kwargs)`` and return its result."""
+        if name in _PROGRESS:
+            self.progress(*_PROGRESS[name])
+        with run_pass(name, self.timings):
+            return fn(*args, **kwargs)
 
-        self.progress("tracing", 0.0, "tracing func on the example inputs")
-        with run_pass("inputs", self.timings):
-            self.traced = trace_function(func, example_inputs)
-        self.dump.graph_def("graphs/traced", self.traced.concrete.graph.as_graph_def())
+    def compile_progress(self, i: int, n: int) -> None:
+        """Progress of the ``compile`` pass, once per subgraph."""
+        self.progress("compiling", i / max(n, 1), f"compiling subgraph {i + 1} of {n}")
 
-    def run_freeze(self) -> None:
-        """Pass ``freeze``: constants (or extracted weights) and grappler clean-up."""
-        from kiln_worker.tracer import freeze
+    def finish(self, decision: Any, verification: Any, backend: Any, dump: WorkdirDumper) -> Any:
+        """Attach the report (with timings) to the model, dump it, and return the model."""
+        from kiln_worker.tracer.compile import dump_subgraphs
 
-        self.progress("tracing", 0.3, "freezing variables")
-        with run_pass("freeze", self.timings):
-            extract = bool(self.flags.extract_weights)
-            fn = freeze.extract_weights if extract else freeze.freeze
-            self.frozen = fn(self.traced.concrete)
-        self.dump.graph_def("graphs/frozen", self.frozen.graph_def)
-
-    def run_place(self) -> None:
-        """Pass ``place``: backend support ∩ callback (or automatic heuristics)."""
-        from kiln_worker.tracer import placement
-        from kiln_worker.tracer.partition import NodeGraph
-
-        with run_pass("place", self.timings):
-            library = self.frozen.graph_def.library
-            backend_rule = placement.backend_policy(self.backend, library)
-            user = (
-                placement.builder_policy(self.builder) if self.builder else placement.auto_policy()
-            )
-            policy = placement.all_of(placement.plumbing_policy(), backend_rule, user)
-            self.graph = NodeGraph(self.frozen.graph_def)
-            self.candidates, self.reasons = placement.place(self.frozen.graph_def, policy)
-
-    def run_partition(self) -> None:
-        """Pass ``partition``: acyclic clusters; automatic mode drops trivial ones."""
-        from kiln_worker.tracer import partition as part
-
-        with run_pass("partition", self.timings):
-            groups = part.propose_partitions(self.graph, self.candidates)
-            partitions = part.fuse_partitions(
-                self.graph, groups, self.candidates, self.frozen.output_names
-            )
-            if self.builder is None:
-                partitions = self._drop_trivial(partitions)
-            if not part.contracted_is_acyclic(self.graph, partitions):
-                raise TraceError("partitioning produced a cycle (a bug)", "partition")
-            for i, p in enumerate(partitions):
-                p.name = f"kiln_subgraph_{i}"
-            self.partitions = partitions
-
-    def _drop_trivial(self, partitions: list[Any]) -> list[Any]:
-        from kiln_worker.tracer.partition import is_trivial
-
-        kept = []
-        for p in partitions:
-            if is_trivial(self.graph, p):
-                for n in p.nodes:
-                    self.reasons[n] = (
-                        "trivial subgraph (fewer than 2 compute ops): not worth a call"
-                    )
-            else:
-                kept.append(p)
-        return kept
-
-    def run_compile(self) -> None:
-        """Pass ``compile``: each subgraph compiled now; failures and no-gain go back to CPU."""
-        from kiln_worker.tracer.compile import compile_partitions
-
-        def progress(i: int, n: int) -> None:
-            self.progress("compiling", i / max(n, 1), f"compiling subgraph {i + 1} of {n}")
-
-        with run_pass("compile", self.timings):
-            self.results = compile_partitions(
-                self.backend,
-                self.graph,
-                self.frozen,
-                self.partitions,
-                examples=self.traced.examples,
-                measure=self.builder is None,
-                progress=progress,
-            )
-        for r in self.results:
-            if r.status != "compiled":
-                for n in r.partition.nodes:
-                    self.reasons[n] = f"{r.partition.name} {r.status}: {r.reason}"
-
-    def run_rewrite(self) -> None:
-        """Pass ``rewrite``: one call node per kept subgraph."""
-        from kiln_worker.tracer.rewrite import rewrite_graph
-
-        with run_pass("rewrite", self.timings):
-            kept = [r for r in self.results if r.status == "compiled"]
-            self.rewritten, self.output_names = rewrite_graph(
-                self.frozen.graph_def,
-                kept,
-                self.frozen.output_names,
-                self.frozen.input_names + list(self.frozen.weights),
-            )
-        self.dump.graph_def("graphs/partitioned", self.rewritten)
-
-    def run_wrap(self) -> None:
-        """Pass ``wrap``: the keras.Model, with the batch behaviour the graph allows."""
-        from kiln_worker.tracer import wrap
-
-        with run_pass("wrap", self.timings):
-            self.model, self.batch_mode = wrap.build_model(self)
-            if self.builder is None and any(r.status == "compiled" for r in self.results):
-                self._whole_model_check()
-
-    def _whole_model_check(self) -> None:
-        """Automatic mode: keep the subgraphs only if the whole model is faster with them.
-
-        Each subgraph paid off alone, but every call has a fixed cost; many small calls (e.g.
-        between depthwise convolutions) can add up to a slower model than the frozen graph.
-        """
-        import tensorflow as tf
-
-        from kiln_worker.tracer import wrap
-        from kiln_worker.tracer.compile import GAIN_THRESHOLD, speedup
-        from kiln_worker.tracer.rewrite import rewrite_graph
-
-        compiled_state = (self.rewritten, self.output_names, self.model, self.batch_mode)
-        self.rewritten, self.output_names = rewrite_graph(
-            self.frozen.graph_def,
-            [],
-            self.frozen.output_names,
-            self.frozen.input_names + list(self.frozen.weights),
-        )
-        plain_model, plain_mode = wrap.build_model(self)
-        args = [tf.constant(x) for x in self.traced.examples]
-        gain = speedup(compiled_state[2]._serve, plain_model._serve, args)
-        if gain * GAIN_THRESHOLD >= 1.0:
-            self.rewritten, self.output_names, self.model, self.batch_mode = compiled_state
-            return
-        self.model, self.batch_mode = plain_model, plain_mode
-        for r in self.results:
-            if r.status == "compiled":
-                r.status = "rejected_no_gain"
-                r.reason = (
-                    f"measured the whole model: {gain:.2f}x as fast with its subgraphs compiled"
-                )
-                for n in r.partition.nodes:
-                    self.reasons[n] = f"{r.partition.name} rejected_no_gain: {r.reason}"
-
-    def run_verify(self) -> None:
-        """Pass ``verify``: compare to the original on the example inputs; write the report."""
-        from kiln_worker.tracer import wrap
-
-        self.progress("verifying", 0.9, "comparing the traced model to the original")
-        with run_pass("verify", self.timings):
-            wrap.verify(self)
-
-    def finish(self) -> Any:
-        """Attach the final report, dump it, and return the model."""
-        self.report["timings"] = dict(self.timings)
-        self.report["timings"]["trace_seconds"] = round(time.perf_counter() - self.start, 3)
-        self.model.set_report(self.report)
-        self.dump.json("report.json", self.report)
+        report = dict(verification.report)
+        report["timings"] = dict(self.timings)
+        report["timings"]["trace_seconds"] = round(time.perf_counter() - self.start, 3)
+        decision.wrapped.model.set_report(report)
+        dump.graph_def("graphs/final", decision.rewritten.graph_def)
+        dump_subgraphs(dump, backend, decision.results)
+        dump.json("report.json", report)
         self.progress("verifying", 1.0, "done")
-        return self.model
-
-    def analysis(self) -> dict[str, Any]:
-        """The ``analyze_model`` result."""
-        from kiln_worker.tracer.report import counted_ops
-
-        ops = counted_ops(self.graph)
-        supported = [n for n in ops if n in self.candidates]
-        op_types: dict[str, dict[str, Any]] = {}
-        for n in ops:
-            entry = op_types.setdefault(self.graph.nodes[n].op, {"count": 0, "supported": 0})
-            entry["count"] += 1
-            entry["supported"] += n in self.candidates
-        return {
-            "backend": "xla",
-            "ops_total": len(ops),
-            "ops_supported": len(supported),
-            "supported_ratio": round(len(supported) / len(ops), 4) if ops else 0.0,
-            "op_types": op_types,
-            "unsupported": [
-                {"name": n, "op": self.graph.nodes[n].op, "reason": self.reasons[n]}
-                for n in ops
-                if n not in self.candidates
-            ],
-            "proposed_subgraphs": [{"name": p.name, "ops": p.nodes} for p in self.partitions],
-        }
+        return decision.wrapped.model

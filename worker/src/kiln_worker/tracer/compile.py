@@ -11,7 +11,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,17 +20,18 @@ from tensorflow.core.framework import graph_pb2
 
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
-from kiln_worker.tracer.partition import NodeGraph, Partition
-from kiln_worker.tracer.rewrite import GraphImporter
+from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs
+from kiln_worker.tracer.partition import Partition
+from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
 #: Keep a subgraph in automatic mode only if it runs at most this fraction of plain TF's time.
 GAIN_THRESHOLD = 0.95
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubgraphResult:
-    """What happened to one partition."""
+    """What happened to one partition (a value: passes derive new ones with ``replace``)."""
 
     partition: Partition
     status: str
@@ -41,18 +42,6 @@ class SubgraphResult:
     example_args: list[Any]
     compiled: CompiledSubgraph | None = None
     speedup: float | None = None
-
-
-def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
-    """Static dtype and shape of tensors, from shape inference on import."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    specs = {}
-    for name in names:
-        tensor = graph.get_tensor_by_name(name)
-        specs[name] = tf.TensorSpec(tensor.shape, tensor.dtype)
-    return specs
 
 
 def run_graph(
@@ -177,20 +166,23 @@ def _compile_one(
     args = [values[t] for t in partition.inputs]
     result = SubgraphResult(partition, "compiled", None, 0.0, sub, in_specs, args)
     try:
-        result.compiled = backend.compile_subgraph(partition.name, body, in_specs, args)
-        result.compile_seconds = result.compiled.compile_seconds
+        compiled = backend.compile_subgraph(partition.name, body, in_specs, args)
     except Exception as e:  # any compiler failure sends the subgraph to CPU
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        result.status, result.reason = "fallback_cpu", f"{backend.name} rejected it: {first_line}"
         logger.info("%s back to CPU: %s", partition.name, first_line)
-        return result
+        return replace(
+            result, status="fallback_cpu", reason=f"{backend.name} rejected it: {first_line}"
+        )
+    result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        result.speedup = measure_gain(result.compiled.function, body, in_specs, args)
-        if result.speedup * GAIN_THRESHOLD < 1.0:
-            result.status = "rejected_no_gain"
-            result.reason = (
-                f"measured {result.speedup:.2f}x of plain TensorFlow on the example inputs "
-                f"(needs {1 / GAIN_THRESHOLD:.2f}x)"
+        gain = measure_gain(compiled.function, body, in_specs, args)
+        result = replace(result, speedup=gain)
+        if gain * GAIN_THRESHOLD < 1.0:
+            result = replace(
+                result,
+                status="rejected_no_gain",
+                reason=f"measured {gain:.2f}x of plain TensorFlow on the example inputs "
+                f"(needs {1 / GAIN_THRESHOLD:.2f}x)",
             )
     logger.debug("compile: %s %s", partition.name, result.status)
     return result
@@ -202,3 +194,27 @@ def outputs_on_examples(result: SubgraphResult) -> list[np.ndarray]:
     if fn is None:
         return []
     return [np.asarray(t) for t in fn(*result.example_args)]
+
+
+def dump_subgraphs(dump: WorkdirDumper, backend: Any, results: list[SubgraphResult]) -> None:
+    """``--workdir``: each subgraph's graph, example inputs and outputs, compile log and HLO."""
+    if not dump.enabled:
+        return
+    for r in results:
+        base = f"subgraphs/{r.partition.name}"
+        dump.graph_def(f"{base}/graph", r.graph_def)
+        args = {f"arg_{i}": np.asarray(a) for i, a in enumerate(r.example_args)}
+        dump.arrays(f"{base}/inputs.npz", args)
+        log = r.compiled.log if r.compiled else ""
+        log += f"\nstatus: {r.status}\nreason: {r.reason}\ninputs: {r.partition.inputs}"
+        log += f"\noutputs: {r.partition.outputs}\n"
+        dump.text(f"{base}/compile.log", log)
+        if r.compiled is None:
+            continue
+        outs = outputs_on_examples(r)
+        dump.arrays(f"{base}/outputs.npz", {f"out_{i}": o for i, o in enumerate(outs)})
+        try:
+            hlo = backend.hlo_text(make_body(r.graph_def, r.partition), r.example_args)
+        except Exception as e:  # a dump must not fail the trace
+            hlo = f"HLO unavailable: {e}"
+        dump.text(f"{base}/hlo.txt", hlo)

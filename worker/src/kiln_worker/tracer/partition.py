@@ -12,62 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
-from kiln_worker.tracer.placement import TRIVIAL_OPS
+from kiln_worker.tracer.errors import TraceError
+from kiln_worker.tracer.graphs import NodeGraph, parse_input, tensor_name
+from kiln_worker.tracer.placement import TRIVIAL_OPS, Placement
 
 logger = logging.getLogger(__name__)
-
-
-def parse_input(name: str) -> tuple[str, int, bool]:
-    """Split a NodeDef input into (node, output index, is_control)."""
-    if name.startswith("^"):
-        return name[1:], -1, True
-    node, _, index = name.partition(":")
-    return node, int(index) if index else 0, False
-
-
-def tensor_name(name: str) -> str:
-    """Canonical ``node:index`` form of a tensor name."""
-    node, index, _ = parse_input(name)
-    return f"{node}:{index}"
-
-
-class NodeGraph:
-    """Adjacency and topological order of a GraphDef (data and control edges)."""
-
-    def __init__(self, graph_def: Any) -> None:
-        self.nodes = {n.name: n for n in graph_def.node}
-        self.preds: dict[str, list[str]] = {n: [] for n in self.nodes}
-        self.data_preds: dict[str, list[str]] = {n: [] for n in self.nodes}
-        self.succs: dict[str, list[str]] = {n: [] for n in self.nodes}
-        for node in graph_def.node:
-            for raw in node.input:
-                src, _, control = parse_input(raw)
-                if src not in self.nodes:
-                    continue
-                self.preds[node.name].append(src)
-                self.succs[src].append(node.name)
-                if not control and src not in self.data_preds[node.name]:
-                    self.data_preds[node.name].append(src)
-        self.order = self._topological_order([n.name for n in graph_def.node])
-        self.index = {name: i for i, name in enumerate(self.order)}
-
-    def _topological_order(self, names: list[str]) -> list[str]:
-        pending = {n: len(set(self.preds[n])) for n in names}
-        ready = deque(n for n in names if pending[n] == 0)
-        order = []
-        while ready:
-            name = ready.popleft()
-            order.append(name)
-            for succ in dict.fromkeys(self.succs[name]):
-                pending[succ] -= 1
-                if pending[succ] == 0:
-                    ready.append(succ)
-        if len(order) != len(names):
-            raise ValueError("the graph has a cycle outside of functional control flow")
-        return order
+#: Why automatic placement leaves a trivial subgraph's nodes on CPU.
+TRIVIAL_REASON = "trivial subgraph (fewer than 2 compute ops): not worth a call"
 
 
 @dataclass
@@ -244,3 +199,38 @@ def contracted_is_acyclic(graph: NodeGraph, partitions: list[Partition]) -> bool
             if pending[succ] == 0:
                 ready.append(succ)
     return visited == len(pending)
+
+
+class Partitioning(NamedTuple):
+    """The ``partition`` pass's result: the subgraphs, and why each other node stays on CPU."""
+
+    partitions: list[Partition]
+    reasons: Mapping[str, str]
+
+
+def partition_graph(placement: Placement, outputs: list[str], drop_trivial: bool) -> Partitioning:
+    """Form acyclic subgraphs from the candidates, named ``kiln_subgraph_<i>`` in graph order.
+
+    Args:
+        placement: the ``place`` pass's result.
+        outputs: the graph's output tensors (they leave the subgraph that computes them).
+        drop_trivial: leave subgraphs of fewer than 2 compute ops on CPU (automatic placement).
+
+    Raises:
+        TraceError: the partitions would form a cycle (a bug).
+    """
+    graph, candidates = placement.graph, set(placement.candidates)
+    groups = propose_partitions(graph, candidates)
+    proposed = fuse_partitions(graph, groups, candidates, outputs)
+    reasons = dict(placement.reasons)
+    kept = []
+    for p in proposed:
+        if drop_trivial and is_trivial(graph, p):
+            reasons.update(dict.fromkeys(p.nodes, TRIVIAL_REASON))
+        else:
+            kept.append(p)
+    if not contracted_is_acyclic(graph, kept):
+        raise TraceError("partitioning produced a cycle (a bug)", "partition")
+    named = [replace(p, name=f"kiln_subgraph_{i}") for i, p in enumerate(kept)]
+    logger.debug("partition: %d subgraphs (%d proposed)", len(named), len(proposed))
+    return Partitioning(named, reasons)

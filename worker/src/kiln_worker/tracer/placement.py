@@ -8,11 +8,13 @@ reads "backend support ∩ the user's subgraph_builder_function ∩ automatic he
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tensorflow.core.framework import types_pb2
+
+from kiln_worker.tracer.graphs import NodeGraph
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +145,25 @@ def auto_policy() -> Policy:
     )
 
 
-def place(graph_def: Any, policy: Policy) -> tuple[set[str], dict[str, str]]:
-    """Apply ``policy`` to every node.
+@dataclass(frozen=True)
+class Placement:
+    """The ``place`` pass's result: the graph, the candidate nodes, and why the others are not."""
+
+    graph: NodeGraph
+    candidates: frozenset[str]
+    reasons: Mapping[str, str]
+
+
+def node_policy(
+    backend: Any, library: Any, subgraph_builder_function: Callable[[Any], Any] | None
+) -> Policy:
+    """Plumbing ∩ backend support ∩ (the user's callback, else automatic placement's rules)."""
+    user = builder_policy(subgraph_builder_function) if subgraph_builder_function else auto_policy()
+    return all_of(plumbing_policy(), backend_policy(backend, library), user)
+
+
+def place(graph_def: Any, policy: Policy) -> Placement:
+    """Apply ``policy`` to every node of ``graph_def``.
 
     Returns:
         The candidate node names, and for every other node the reason it stays on CPU.
@@ -157,4 +176,4 @@ def place(graph_def: Any, policy: Policy) -> tuple[set[str], dict[str, str]]:
         else:
             reasons[node.name] = reason
     logger.debug("place: %d of %d nodes are candidates", len(candidates), len(graph_def.node))
-    return candidates, reasons
+    return Placement(NodeGraph(graph_def), frozenset(candidates), reasons)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer.compile import SubgraphResult
-from kiln_worker.tracer.partition import NodeGraph
+from kiln_worker.tracer.graphs import NodeGraph
+from kiln_worker.tracer.partition import Partition
+from kiln_worker.tracer.placement import Placement
 
 logger = logging.getLogger(__name__)
 #: Node types that are not counted as ops (graph plumbing and weights).
@@ -51,7 +54,7 @@ def subgraph_entry(
     return entry
 
 
-def cpu_ops(graph: NodeGraph, placed: set[str], reasons: dict[str, str]) -> list[dict[str, str]]:
+def cpu_ops(graph: NodeGraph, placed: set[str], reasons: Mapping[str, str]) -> list[dict[str, str]]:
     """Every counted op left on CPU, with the reason."""
     return [
         {"name": n, "op": graph.nodes[n].op, "reason": reasons.get(n, "not placed")}
@@ -91,7 +94,7 @@ def build_report(
     flags: dict[str, Any],
     graph: NodeGraph,
     results: list[SubgraphResult],
-    reasons: dict[str, str],
+    reasons: Mapping[str, str],
     specs: dict[str, tf.TensorSpec],
 ) -> dict[str, Any]:
     """The report before verification (``numerical_check``, ``timings`` come later)."""
@@ -112,4 +115,29 @@ def build_report(
         "warnings": [],
         "timings": {},
         "numerical_check": None,
+    }
+
+
+def analysis(placement: Placement, partitions: list[Partition]) -> dict[str, Any]:
+    """The ``analyze_model`` result: supported ops by type, the others with reasons."""
+    graph, candidates = placement.graph, placement.candidates
+    ops = counted_ops(graph)
+    op_types: dict[str, dict[str, Any]] = {}
+    for n in ops:
+        entry = op_types.setdefault(graph.nodes[n].op, {"count": 0, "supported": 0})
+        entry["count"] += 1
+        entry["supported"] += n in candidates
+    supported = [n for n in ops if n in candidates]
+    return {
+        "backend": "xla",
+        "ops_total": len(ops),
+        "ops_supported": len(supported),
+        "supported_ratio": round(len(supported) / len(ops), 4) if ops else 0.0,
+        "op_types": op_types,
+        "unsupported": [
+            {"name": n, "op": graph.nodes[n].op, "reason": placement.reasons[n]}
+            for n in ops
+            if n not in candidates
+        ],
+        "proposed_subgraphs": [{"name": p.name, "ops": p.nodes} for p in partitions],
     }

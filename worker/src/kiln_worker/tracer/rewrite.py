@@ -8,18 +8,16 @@ leaves such calls alone, so they stay compiled after save and reload.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from tensorflow.core.framework import graph_pb2
 
-from kiln_worker.tracer.partition import parse_input, tensor_name
+from kiln_worker.tracer.graphs import XLA_MUST_COMPILE, parse_input, prune, tensor_name
 
 if TYPE_CHECKING:
     from kiln_worker.tracer.compile import SubgraphResult
 
 logger = logging.getLogger(__name__)
-XLA_MUST_COMPILE = "_XlaMustCompile"
 
 
 def _call_node(graph_def: Any, result: SubgraphResult, inputs: list[str]) -> None:
@@ -94,82 +92,3 @@ def _merge_library(graph_def: Any, kept: list[SubgraphResult]) -> None:
             if fdef.signature.name not in present:
                 graph_def.library.function.add().CopyFrom(fdef)
                 present.add(fdef.signature.name)
-
-
-def _rename_attrs(node: Any, names: dict[str, str]) -> None:
-    for value in node.attr.values():
-        if value.HasField("func") and value.func.name in names:
-            value.func.name = names[value.func.name]
-        elif value.HasField("list"):
-            for func in value.list.func:
-                if func.name in names:
-                    func.name = names[func.name]
-
-
-class GraphImporter:
-    """Imports a GraphDef inside a tf.function *with* its function library.
-
-    ``import_graph_def`` puts library functions into the C graph only, so the enclosing
-    tf.function neither runs nor saves them reliably. Here the library is loaded once as
-    concrete functions (under fresh names, as ``tf.saved_model.load`` does), the nodes are
-    renamed to match, and each import registers the functions with the graph being built.
-    """
-
-    def __init__(self, graph_def: Any) -> None:
-        from tensorflow.python.saved_model import function_deserialization
-        from tensorflow.python.util import compat
-
-        self.functions = (
-            function_deserialization.load_function_def_library(graph_def.library)
-            if graph_def.library.function
-            else {}
-        )
-        names = {old: compat.as_str(fn.name) for old, fn in self.functions.items()}
-        self.graph_def = graph_pb2.GraphDef()
-        self.graph_def.CopyFrom(graph_def)
-        self.graph_def.ClearField("library")
-        for node in self.graph_def.node:
-            _rename_attrs(node, names)
-
-    def __call__(self, input_map: dict[str, Any], outputs: list[str], name: str = "") -> list[Any]:
-        """Import into the current (function) graph; return the output tensors."""
-        import tensorflow as tf
-
-        graph = tf.compat.v1.get_default_graph()
-        for function in self.functions.values():
-            function.add_to_graph(graph)
-        return list(
-            tf.graph_util.import_graph_def(
-                self.graph_def, input_map=input_map, return_elements=outputs, name=name
-            )
-        )
-
-
-def prune(graph_def: Any, roots: list[str]) -> Any:
-    """Drop nodes that no root depends on (e.g. constants now inside subgraphs)."""
-    nodes = {n.name: n for n in graph_def.node}
-    needed: set[str] = set()
-    queue = deque(parse_input(r)[0] for r in roots)
-    while queue:
-        name = queue.popleft()
-        if name in needed or name not in nodes:
-            continue
-        needed.add(name)
-        queue.extend(parse_input(i)[0] for i in nodes[name].input)
-    out = graph_pb2.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(n for n in graph_def.node if n.name in needed)
-    return out
-
-
-def call_nodes(graph_def: Any) -> list[Any]:
-    """The call nodes marked for XLA compilation (also inside library functions)."""
-
-    def marked(node: Any) -> bool:
-        return XLA_MUST_COMPILE in node.attr and bool(node.attr[XLA_MUST_COMPILE].b)
-
-    found = [n for n in graph_def.node if marked(n)]
-    for fdef in graph_def.library.function:
-        found.extend(n for n in fdef.node_def if marked(n))
-    return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from kiln_worker.tracer.inputs import Structure
-from kiln_worker.tracer.partition import parse_input
-from kiln_worker.tracer.rewrite import GraphImporter
+from kiln_worker.tracer.freeze import FrozenGraph
+from kiln_worker.tracer.graphs import XLA_MUST_COMPILE, GraphImporter, parse_input, tensor_specs
+from kiln_worker.tracer.inputs import Structure, TracedFunction
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +50,6 @@ def _without_feeds(graph_def: Any, feeds: list[str]) -> Any:
 
 
 def _only_calls(graph_def: Any) -> bool:
-    from kiln_worker.tracer.rewrite import XLA_MUST_COMPILE
-
     ops = [n for n in graph_def.node if n.op not in ("Identity", "Placeholder", "NoOp")]
     return bool(ops) and all(XLA_MUST_COMPILE in n.attr for n in ops)
 
@@ -176,49 +173,63 @@ def _relaxed_specs(examples: list[Any]) -> list[tf.TensorSpec]:
     ]
 
 
-def build_model(state: Any) -> tuple[TracedModel, str]:
+@dataclass(frozen=True)
+class Wrapped:
+    """The ``wrap`` pass's result: the model, its batch behaviour and what to warn about."""
+
+    model: TracedModel
+    batch_mode: str  # "dynamic" | "pad" | "fixed"
+    warnings: tuple[str, ...] = ()
+
+
+def build_model(
+    traced: TracedFunction,
+    frozen: FrozenGraph,
+    graph_def: Any,
+    output_names: list[str],
+    dynamic_batch_size: bool,
+) -> Wrapped:
     """Wrap the rewritten graph; pick ``dynamic``, ``pad`` or ``fixed`` batch behaviour.
 
     ``dynamic`` when the graph was traced with batch None and gives the same rows at twice the
     example batch; otherwise ``pad`` (split/pad to the traced batch) with --dynamic-batch-size,
     else ``fixed``.
     """
-    from kiln_worker.tracer.compile import tensor_specs
-
-    examples = state.traced.examples
-    out_specs = tensor_specs(state.frozen.graph_def, state.frozen.output_names)
+    examples = traced.examples
+    out_specs = tensor_specs(frozen.graph_def, frozen.output_names)
     traced_batch = int(examples[0].shape[0]) if all(x.ndim for x in examples) else None
 
     def make(mode: str) -> TracedModel:
         serving = ServingGraph(
-            state.rewritten,
-            state.frozen.input_names,
-            state.output_names,
+            graph_def,
+            frozen.input_names,
+            output_names,
             _relaxed_specs(examples),
-            [out_specs[n] for n in state.frozen.output_names],
-            state.traced.input_structure,
-            state.traced.output_structure,
+            [out_specs[n] for n in frozen.output_names],
+            traced.input_structure,
+            traced.output_structure,
             mode,
             traced_batch,
-            dict(state.frozen.weights),
+            dict(frozen.weights),
         )
         return TracedModel(serving, {"on_neuron_ratio": 0.0})
 
-    if state.traced.batch_relaxed and traced_batch:
+    if traced.batch_relaxed and traced_batch:
         model = make("dynamic")
-        if _rows_consistent(model, state.traced):
-            return model, "dynamic"
+        if _rows_consistent(model, traced):
+            return Wrapped(model, "dynamic")
     batched_outputs = traced_batch and all(
-        r.ndim and r.shape[0] == traced_batch for r in state.traced.reference_outputs
+        r.ndim and r.shape[0] == traced_batch for r in traced.reference_outputs
     )
-    if state.flags.dynamic_batch_size and batched_outputs:
-        return make("pad"), "pad"
-    if state.flags.dynamic_batch_size:
-        state.warnings.append("--dynamic-batch-size: an output has no batch axis; batch is fixed")
-    return make("fixed"), "fixed"
+    if dynamic_batch_size and batched_outputs:
+        return Wrapped(make("pad"), "pad")
+    if dynamic_batch_size:
+        warning = "--dynamic-batch-size: an output has no batch axis; batch is fixed"
+        return Wrapped(make("fixed"), "fixed", (warning,))
+    return Wrapped(make("fixed"), "fixed")
 
 
-def _rows_consistent(model: TracedModel, traced: Any) -> bool:
+def _rows_consistent(model: TracedModel, traced: TracedFunction) -> bool:
     """Whether running at twice the example batch gives the example rows twice."""
     doubled = [np.concatenate([x, x]) for x in traced.examples]
     try:
@@ -235,69 +246,3 @@ def _rows_consistent(model: TracedModel, traced: Any) -> bool:
         if expected.size and float(np.max(np.abs(got - expected))) > 1e-3 * scale:
             return False
     return True
-
-
-def verify(state: Any) -> None:
-    """Compare the traced model with the original outputs and build the final report."""
-    from kiln_client.flags import xla_unsupported_options
-    from kiln_worker.tracer.api import warn_low_ratio
-    from kiln_worker.tracer.compile import tensor_specs
-    from kiln_worker.tracer.report import build_report, numerical_check
-
-    traced = state.traced
-    outputs = traced.output_structure.flatten(
-        state.model(traced.input_structure.pack(traced.examples))
-    )
-    check = numerical_check(traced.reference_outputs, [np.asarray(o) for o in outputs])
-    names = list(
-        dict.fromkeys(t for r in state.results for t in r.partition.inputs + r.partition.outputs)
-    )
-    report = build_report(
-        backend=state.backend.name,
-        flags=state.flags.model_dump(mode="json"),
-        graph=state.graph,
-        results=state.results,
-        reasons=state.reasons,
-        specs=tensor_specs(state.frozen.graph_def, names),
-    )
-    report.update(
-        numerical_check=check,
-        dynamic_batch=state.batch_mode != "fixed",
-        batch_mode=state.batch_mode,
-    )
-    report["warnings"].extend(state.warnings)
-    for flag, why in xla_unsupported_options(state.flags).items():
-        report["warnings"].append(f"{flag} is not honoured by the xla backend: {why}")
-    if not check["within_tolerance"]:
-        report["warnings"].append(f"traced outputs differ from the original: {check}")
-    for message in report["warnings"]:
-        warnings.warn(message, stacklevel=4)
-    warn_low_ratio(report)
-    state.report = report
-    _dump_subgraphs(state)
-
-
-def _dump_subgraphs(state: Any) -> None:
-    from kiln_worker.tracer.compile import make_body, outputs_on_examples
-
-    if not state.dump.enabled:
-        return
-    state.dump.graph_def("graphs/final", state.rewritten)
-    for r in state.results:
-        base = f"subgraphs/{r.partition.name}"
-        state.dump.graph_def(f"{base}/graph", r.graph_def)
-        args = {f"arg_{i}": np.asarray(a) for i, a in enumerate(r.example_args)}
-        state.dump.arrays(f"{base}/inputs.npz", args)
-        log = r.compiled.log if r.compiled else ""
-        log += f"\nstatus: {r.status}\nreason: {r.reason}\ninputs: {r.partition.inputs}"
-        log += f"\noutputs: {r.partition.outputs}\n"
-        state.dump.text(f"{base}/compile.log", log)
-        if r.compiled is None:
-            continue
-        outs = outputs_on_examples(r)
-        state.dump.arrays(f"{base}/outputs.npz", {f"out_{i}": o for i, o in enumerate(outs)})
-        try:
-            hlo = state.backend.hlo_text(make_body(r.graph_def, r.partition), r.example_args)
-        except Exception as e:  # a dump must not fail the trace
-            hlo = f"HLO unavailable: {e}"
-        state.dump.text(f"{base}/hlo.txt", hlo)

@@ -1,0 +1,155 @@
+"""GraphDef helpers that several passes share: tensor names, adjacency, importing, pruning.
+
+Kept apart from the passes so that the passes only import downwards: every tracer module may
+import this one, and this one imports no other pass.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+#: Attribute that marks a call node (and its function) for XLA compilation.
+XLA_MUST_COMPILE = "_XlaMustCompile"
+
+
+def parse_input(name: str) -> tuple[str, int, bool]:
+    """Split a NodeDef input into (node, output index, is_control)."""
+    if name.startswith("^"):
+        return name[1:], -1, True
+    node, _, index = name.partition(":")
+    return node, int(index) if index else 0, False
+
+
+def tensor_name(name: str) -> str:
+    """Canonical ``node:index`` form of a tensor name."""
+    node, index, _ = parse_input(name)
+    return f"{node}:{index}"
+
+
+class NodeGraph:
+    """Adjacency and topological order of a GraphDef (data and control edges)."""
+
+    def __init__(self, graph_def: Any) -> None:
+        self.nodes = {n.name: n for n in graph_def.node}
+        self.preds: dict[str, list[str]] = {n: [] for n in self.nodes}
+        self.data_preds: dict[str, list[str]] = {n: [] for n in self.nodes}
+        self.succs: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for node in graph_def.node:
+            for raw in node.input:
+                src, _, control = parse_input(raw)
+                if src not in self.nodes:
+                    continue
+                self.preds[node.name].append(src)
+                self.succs[src].append(node.name)
+                if not control and src not in self.data_preds[node.name]:
+                    self.data_preds[node.name].append(src)
+        self.order = self._topological_order([n.name for n in graph_def.node])
+        self.index = {name: i for i, name in enumerate(self.order)}
+
+    def _topological_order(self, names: list[str]) -> list[str]:
+        pending = {n: len(set(self.preds[n])) for n in names}
+        ready = deque(n for n in names if pending[n] == 0)
+        order = []
+        while ready:
+            name = ready.popleft()
+            order.append(name)
+            for succ in dict.fromkeys(self.succs[name]):
+                pending[succ] -= 1
+                if pending[succ] == 0:
+                    ready.append(succ)
+        if len(order) != len(names):
+            raise ValueError("the graph has a cycle outside of functional control flow")
+        return order
+
+
+def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
+    """Static dtype and shape of tensors, from shape inference on import."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    specs = {}
+    for name in names:
+        tensor = graph.get_tensor_by_name(name)
+        specs[name] = tf.TensorSpec(tensor.shape, tensor.dtype)
+    return specs
+
+
+def _rename_attrs(node: Any, names: dict[str, str]) -> None:
+    for value in node.attr.values():
+        if value.HasField("func") and value.func.name in names:
+            value.func.name = names[value.func.name]
+        elif value.HasField("list"):
+            for func in value.list.func:
+                if func.name in names:
+                    func.name = names[func.name]
+
+
+class GraphImporter:
+    """Imports a GraphDef inside a tf.function *with* its function library.
+
+    ``import_graph_def`` puts library functions into the C graph only, so the enclosing
+    tf.function neither runs nor saves them reliably. Here the library is loaded once as
+    concrete functions (under fresh names, as ``tf.saved_model.load`` does), the nodes are
+    renamed to match, and each import registers the functions with the graph being built.
+    """
+
+    def __init__(self, graph_def: Any) -> None:
+        from tensorflow.python.saved_model import function_deserialization
+        from tensorflow.python.util import compat
+
+        self.functions = (
+            function_deserialization.load_function_def_library(graph_def.library)
+            if graph_def.library.function
+            else {}
+        )
+        names = {old: compat.as_str(fn.name) for old, fn in self.functions.items()}
+        self.graph_def = graph_pb2.GraphDef()
+        self.graph_def.CopyFrom(graph_def)
+        self.graph_def.ClearField("library")
+        for node in self.graph_def.node:
+            _rename_attrs(node, names)
+
+    def __call__(self, input_map: dict[str, Any], outputs: list[str], name: str = "") -> list[Any]:
+        """Import into the current (function) graph; return the output tensors."""
+        graph = tf.compat.v1.get_default_graph()
+        for function in self.functions.values():
+            function.add_to_graph(graph)
+        return list(
+            tf.graph_util.import_graph_def(
+                self.graph_def, input_map=input_map, return_elements=outputs, name=name
+            )
+        )
+
+
+def prune(graph_def: Any, roots: list[str]) -> Any:
+    """Drop nodes that no root depends on (e.g. constants now inside subgraphs)."""
+    nodes = {n.name: n for n in graph_def.node}
+    needed: set[str] = set()
+    queue = deque(parse_input(r)[0] for r in roots)
+    while queue:
+        name = queue.popleft()
+        if name in needed or name not in nodes:
+            continue
+        needed.add(name)
+        queue.extend(parse_input(i)[0] for i in nodes[name].input)
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(n for n in graph_def.node if n.name in needed)
+    return out
+
+
+def call_nodes(graph_def: Any) -> list[Any]:
+    """The call nodes marked for XLA compilation (also inside library functions)."""
+
+    def marked(node: Any) -> bool:
+        return XLA_MUST_COMPILE in node.attr and bool(node.attr[XLA_MUST_COMPILE].b)
+
+    found = [n for n in graph_def.node if marked(n)]
+    for fdef in graph_def.library.function:
+        found.extend(n for n in fdef.node_def if marked(n))
+    return found
