@@ -79,7 +79,11 @@ class ProblemCode(str, Enum):
     IDEMPOTENCY_KEY_IN_FLIGHT = ("idempotency_key_in_flight", 409, "A request with the same "
                                  "`Idempotency-Key` is still being processed; retry after "
                                  "`Retry-After` to get its answer.")
-    # -- 413, 415, 416 ------------------------------------------------------------------------
+    # -- 408, 413, 415, 416 -------------------------------------------------------------------
+    #: the upload's body stopped arriving
+    UPLOAD_STALLED = ("upload_stalled", 408, "The request body stopped arriving for longer than "
+                      "the server waits (`KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`); nothing was stored. "
+                      "Check the connection and send the request again.")
     #: a body or file is over its size cap
     PAYLOAD_TOO_LARGE = "payload_too_large", 413, "The body is over the server's size cap."
     #: the whole request body is over its cap
@@ -175,6 +179,10 @@ class ProblemCode(str, Enum):
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429, "Your tenant has as many unfinished jobs "
                             "as allowed; wait for some to finish (retry after `Retry-After`).")
     # -- 5xx: Kiln's side ---------------------------------------------------------------------
+    #: the server's disk is full
+    INSUFFICIENT_STORAGE = ("insufficient_storage", 507, "The server's disk filled up while "
+                            "storing the upload; nothing was stored. Retry after `Retry-After`; "
+                            "the operator should free space.")
     #: an unexpected server error
     INTERNAL_ERROR = ("internal_error", 500, "Kiln hit an unexpected error; report the "
                       "`request_id` if it persists.")
