@@ -26,7 +26,7 @@ class ProblemCode(str, Enum):
         return member
 
     def __str__(self) -> str:
-        return str(self.value)
+        return self.value
 
     # -- 400 ----------------------------------------------------------------------------------
     #: the request is malformed
@@ -80,10 +80,10 @@ class ProblemCode(str, Enum):
                                  "`Idempotency-Key` is still being processed; retry after "
                                  "`Retry-After` to get its answer.")
     # -- 408, 413, 415, 416 -------------------------------------------------------------------
-    #: the upload's body stopped arriving
-    UPLOAD_STALLED = ("upload_stalled", 408, "The request body stopped arriving for longer than "
-                      "the server waits (`KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`); nothing was stored. "
-                      "Check the connection and send the request again.")
+    #: the request body stopped arriving
+    UPLOAD_STALLED = ("upload_stalled", 408, "The upload stopped arriving for longer than the "
+                      "server waits (`KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`); nothing was kept. Send "
+                      "it again.")
     #: a body or file is over its size cap
     PAYLOAD_TOO_LARGE = "payload_too_large", 413, "The body is over the server's size cap."
     #: the whole request body is over its cap
@@ -180,9 +180,9 @@ class ProblemCode(str, Enum):
                             "as allowed; wait for some to finish (retry after `Retry-After`).")
     # -- 5xx: Kiln's side ---------------------------------------------------------------------
     #: the server's disk is full
-    INSUFFICIENT_STORAGE = ("insufficient_storage", 507, "The server's disk filled up while "
-                            "storing the upload; nothing was stored. Retry after `Retry-After`; "
-                            "the operator should free space.")
+    INSUFFICIENT_STORAGE = ("insufficient_storage", 507, "The server's disk is full; the upload "
+                            "was discarded. Retry after `Retry-After` seconds, or tell the "
+                            "operator.")
     #: an unexpected server error
     INTERNAL_ERROR = ("internal_error", 500, "Kiln hit an unexpected error; report the "
                       "`request_id` if it persists.")

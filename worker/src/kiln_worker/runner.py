@@ -238,7 +238,8 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
         fraction = min(max(float(fraction), 0.0), 1.0)
         events.progress(stage, start + (end - start) * fraction, message)
 
-    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend, on_progress=on_progress)
+    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend,
+                 placement=spec.placement_mode, on_progress=on_progress)
 
 
 def _verify(

@@ -62,6 +62,7 @@ def verify(
     *,
     backend: str,
     flags: Any,
+    placement: dict[str, Any],
 ) -> Verification:
     """Compare the traced model with the original outputs and build the report.
 
@@ -74,6 +75,7 @@ def verify(
         wrapped: the ``wrap`` pass's result.
         backend: the backend's name.
         flags: the ``CompilerFlags`` in force.
+        placement: the placement mode and the whole-model measurements (``report["placement"]``).
 
     Returns:
         The report, and whether the outputs matched within tolerance.
@@ -99,6 +101,7 @@ def verify(
         numerical_check=check,
         dynamic_batch=wrapped.batch_mode != "fixed",
         batch_mode=wrapped.batch_mode,
+        placement=placement,
     )
     report["warnings"].extend(wrapped.warnings)
     for flag, why in xla_unsupported_options(flags).items():
