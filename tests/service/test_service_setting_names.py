@@ -21,7 +21,7 @@ from kiln_worker.config import WorkerSettings
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES: tuple[type[BaseSettings], ...] = (Settings, ReconcileSettings, WorkerSettings)
 #: read with os.environ outside the settings classes, documented all the same
-DIRECT = {"KILN_TRACE_BACKEND", "KILN_URL", "KILN_API_KEY", "KILN_DEBUG"}
+DIRECT = {"KILN_TRACE_BACKEND", "KILN_PLACEMENT", "KILN_URL", "KILN_API_KEY", "KILN_DEBUG"}
 
 
 def _env_names() -> dict[str, dict[str, str]]:
@@ -58,6 +58,10 @@ def test_every_setting_is_documented_and_every_documented_setting_exists() -> No
     tables = _documented("docs/deploy.md", "docs/recovery.md")
     assert not in_code - tables, f"not in docs/deploy.md: {sorted(in_code - tables)}"
     compose = set(re.findall(r"^(KILN_[A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    sources = "".join(p.read_text() for folder in ("client", "service", "worker")
+                      for p in (ROOT / folder / "src").rglob("*.py"))
+    for name in DIRECT:  # really read, by its one name
+        assert f'"{name}"' in sources, name
     unknown = tables - in_code - compose - DIRECT
     assert not unknown, f"documented but read by nothing: {sorted(unknown)}"
     # .env.example's KILN_ settings are either compose variables or real settings, with the
