@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -42,10 +43,16 @@ def quiet_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def stop_group(popen: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM ``popen``, then SIGKILL its whole process group after ``grace`` seconds."""
+def stop_group(popen: subprocess.Popen[Any], grace: float = 15.0, *,
+               term_group: bool = False) -> None:
+    """SIGTERM ``popen`` (its whole group with ``term_group``), then SIGKILL its process group
+    after ``grace`` seconds. The process must have been started in a session of its own."""
     if popen.poll() is None:
-        popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            if term_group:
+                os.killpg(popen.pid, signal.SIGTERM)
+            else:
+                popen.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
