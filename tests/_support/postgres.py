@@ -14,17 +14,21 @@ from contextlib import contextmanager
 import psycopg
 from sqlalchemy.engine import make_url
 
-__all__ = ["PG_ADMIN_URL", "admin_conninfo", "fresh_database"]
+__all__ = ["PG_ADMIN_URL", "admin_conninfo", "conninfo", "fresh_database"]
 
 #: the server's admin URL (SQLAlchemy form); tests create and drop their databases through it
 PG_ADMIN_URL = os.environ.get(
     "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def conninfo(url: str) -> str:
+    """The libpq connection string (for ``psycopg.connect``) of a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def admin_conninfo() -> str:
     """A libpq connection string to the admin database."""
-    return make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(
-        hide_password=False)
+    return conninfo(PG_ADMIN_URL)
 
 
 @contextmanager
