@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunningService
+from client_service import RunningService
 from dropping_proxy import DroppingProxy
 from model_factory import example_input, keras_model, run_saved_model, save_lookup_model, save_model
 

@@ -89,9 +89,7 @@ class Failure(BaseModel):
     @classmethod
     def _kind_from_code(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("kind") is None and "code" in data:
-            code = data["code"]
-            data = {**data, "kind": (code if isinstance(code, FailureCode)
-                                     else FailureCode(code)).kind}
+            data = {**data, "kind": FailureCode.parse(data["code"]).kind}
         return data
 
     @model_validator(mode="after")

@@ -222,9 +222,10 @@ def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
 
 
 def _test_hook_sleep() -> None:
-    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set): makes
-    # a compile last long enough for fault-injection tests to act mid-job.
-    seconds = float(os.environ.get("KILN_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
+    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set, which
+    # the worker passes on under the same name): makes a compile last long enough for
+    # fault-injection tests to act mid-job.
+    seconds = float(os.environ.get("KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
     if seconds > 0:
         logger.info("test hook: sleeping %.1f s before tracing", seconds)
         time.sleep(seconds)
