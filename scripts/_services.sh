@@ -55,6 +55,12 @@ ensure_postgres() {
   fi
 }
 
+ensure_chromium() {
+  # Headless Chromium for the dashboard's browser tests (Playwright drives this one; it
+  # downloads no browser of its own).
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
 ensure_services() {
   ensure_redis
   ensure_postgres

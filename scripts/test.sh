@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/_services.sh
 
 ensure_services
+ensure_chromium
 ensure_python_env
 
 export TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=2

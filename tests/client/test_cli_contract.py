@@ -53,6 +53,9 @@ def test_compile_out_writes_a_matching_saved_model(kiln_service: RunningService,
     compiled = Path(result.stdout.strip())
     assert compiled.is_dir() and str(compiled).startswith(str(out))
     assert "succeeded" in result.stderr
+    summary = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0] for line in summary] == ["placement", "numerical check", "speed"]
+    assert "within tolerance" in summary[1] and "batch 1 " in summary[2]
     x = example_input(2)
     np.testing.assert_allclose(run_saved_model(compiled, x), run_saved_model(model_dir, x),
                                rtol=1e-4, atol=1e-5)

@@ -99,6 +99,28 @@ def test_model_the_tracer_rejects_fails_with_its_reason(prod_stack: Stack, zoo: 
     assert "compiled_model.tar.gz" not in {a["name"] for a in done["artifacts"]}
 
 
+@pytest.mark.parametrize(("kind", "quoted"), [
+    # the model's own assertion message, the node that raised it, TensorFlow's error type
+    ("asserting", ["kiln-zoo: every input must exceed one hundred", "assert_greater",
+                   "InvalidArgumentError", "Condition x > y did not hold"]),
+    # TensorFlow's reshape message, whole (not "Graph execution error:")
+    ("bad_reshape", ["InvalidArgumentError", "Reshape", "6 values",
+                     "requested shape requires a multiple of 4"]),
+])
+def test_a_model_that_raises_its_own_error_fails_with_its_text(
+    prod_stack: Stack, zoo: Path, kind: str, quoted: list[str]
+) -> None:
+    job = prod_stack.submit(zoo / kind / "model.tar.gz", zoo / kind / "example_inputs.npz")
+    done = prod_stack.wait(job["id"])
+    assert done["status"] == "failed", done
+    failure = done["failure"]
+    assert (failure["kind"], failure["code"]) == ("client_error", "ModelError"), failure
+    for text in quoted:
+        assert text in failure["message"], (text, failure["message"])
+    assert "Graph execution error" not in failure["message"]
+    assert done["attempts"] == 1  # a client error is never retried
+
+
 def _wait_computing(stack: Stack, job_id: str) -> list[int]:
     """Wait until the job's compile child runs the model; return its pids."""
     deadline = time.monotonic() + 180

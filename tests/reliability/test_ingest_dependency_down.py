@@ -94,7 +94,8 @@ async def test_ingest_database_and_broker_down_every_route_503(tmp_path: Path) -
 
 
 async def test_ingest_broker_down_compile_503_leaves_nothing(tmp_path: Path, fresh_pg: str) -> None:
-    settings = settings_for(tmp_path / "kiln", database_url=fresh_pg,
+    # No rate limit: with one, Redis (down) would refuse the request before its upload is read.
+    settings = settings_for(tmp_path / "kiln", database_url=fresh_pg, rate_limit_per_minute=0,
                             broker_url=f"redis://127.0.0.1:{_closed_port()}/0")
     async with running_api(settings) as (_, client):
         resp = await client.post("/v1/compile", files={"model": ("m.tgz", model_tar())},

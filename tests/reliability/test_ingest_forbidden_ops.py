@@ -23,7 +23,7 @@ from ingest_support import (
     tar_folder,
 )
 
-from kiln_client._protowire import fields, message
+from kiln_client._savedmodel import fields, message
 from kiln_service._graph_scan import FORBIDDEN_OPS, index_graph
 from kiln_service.config import Settings
 

@@ -30,9 +30,9 @@ from sqlalchemy.engine import make_url
 import kiln_client
 from kiln_client.models import Artifact
 from kiln_service import migrations
+from kiln_service._shared_state import US, gcra
 from kiln_service.config import Settings
 from kiln_service.embedded import _prepare_auth
-from kiln_service.fairness import TokenBuckets
 from kiln_service.main import create_app
 from kiln_service.stores._keys import PREFIX_CHARS, api_keys
 from kiln_service.stores.jobs import JobStore
@@ -296,15 +296,15 @@ class TestRateLimit:
 
 
 def test_token_bucket_refills_at_the_configured_rate() -> None:
-    now = [100.0]
-    buckets = TokenBuckets(2, clock=lambda: now[0])
-    assert [buckets.take("a") for _ in range(2)] == [0.0, 0.0]
-    assert buckets.take("a") == pytest.approx(30.0)
-    now[0] += 15.0
-    assert buckets.take("a") == pytest.approx(15.0)
-    now[0] += 15.0
-    assert buckets.take("a") == 0.0
-    assert TokenBuckets(0).take("a") == 0.0
+    # The shared buckets' rule (Redis and database alike), on explicit times in microseconds.
+    now, tat = 100 * US, None
+    for _ in range(2):
+        tat, wait = gcra(tat, now, 2)
+        assert tat is not None and wait == 0.0
+    assert gcra(tat, now, 2) == (None, pytest.approx(30.0))
+    assert gcra(tat, now + 15 * US, 2) == (None, pytest.approx(15.0))
+    assert gcra(tat, now + 30 * US, 2)[1] == 0.0
+    assert gcra(tat, now + 3600 * US, 2) == (3600 * US + now + 30 * US, 0.0)  # full, not more
 
 
 class TestActiveJobsCap:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from kiln_client.problem_codes import ProblemCode
 from kiln_service.config import Settings
 
 
@@ -70,6 +71,8 @@ def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, An
     assert resp.headers["content-type"] == "application/problem+json"
     body: dict[str, Any] = resp.json()
     assert body["status"] == status and body["code"] == code, body
+    assert code in {c.value for c in ProblemCode}, f"{code!r} is not in the ProblemCode catalogue"
+    assert body["type"].endswith(f"/docs/errors#{code}"), body["type"]
     assert body["request_id"] == resp.headers["x-request-id"]
     assert body["detail"]
     return body

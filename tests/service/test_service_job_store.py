@@ -93,7 +93,8 @@ def test_progress_and_finish_respect_the_fence(store: JobStore) -> None:
     assert done.artifacts == [art] and done.report == {"on_neuron_ratio": 1.0}
     assert done.finished_at is not None and done.stage is Stage.DONE
     assert store.finish_job(job_id=job_id, status="failed",
-                            failure=Failure(kind=FailureKind.SYSTEM_ERROR, code="X", message="m")) is None
+                            failure=Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError",
+                                            message="m")) is None
     assert not store.heartbeat(job_id=job_id, fence=claimed.fence)
 
 

@@ -14,6 +14,10 @@ import TensorFlow themselves. Kinds:
 - ``hash_table``: a StaticHashTable lookup; the tracer rejects it (UnsupportedModel).
 - ``slow``: x float32[None, 4], n int32[] → a while loop of n steps; with the .npz written here
   (n = 2e9) it runs for many minutes, for cancel and timeout tests.
+- ``asserting``: x float32[None, 4] → {"y"}, with ``tf.debugging.assert_greater(x, 100)`` and
+  the message ``ASSERTION_TEXT``; the .npz written here (values in [0, 1)) fails it.
+- ``bad_reshape``: x float32[None, 6] → {"y"} reshaped to [-1, 4]: a batch of one (the .npz
+  written here) cannot be reshaped, so the model raises TensorFlow's own error.
 """
 
 from __future__ import annotations
@@ -78,6 +82,23 @@ class _Slow(tf.Module):
         return {"y": y}
 
 
+#: the message of the ``asserting`` model's assertion, as failures must quote it
+ASSERTION_TEXT = "kiln-zoo: every input must exceed one hundred"
+
+
+class _Asserting(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_greater(x, 100.0, message=ASSERTION_TEXT)
+        return {"y": x * 2.0}
+
+
+class _BadReshape(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.reshape(x, [-1, 4]) + 1.0}
+
+
 def _mlp() -> tf.Module:
     tf.keras.utils.set_random_seed(7)
     x = tf.keras.Input(shape=(8,), name="x")
@@ -90,7 +111,8 @@ def build(kind: str, out: Path) -> None:
     """Write ``out/model.tar.gz`` (and ``out/example_inputs.npz`` where the kind has one)."""
     out.mkdir(parents=True, exist_ok=True)
     module = {"mlp": _mlp, "mixed": _Mixed, "two_inputs": _TwoInputs, "dynamic": _Dynamic,
-              "hash_table": _HashTable, "slow": _Slow}[kind]()
+              "hash_table": _HashTable, "slow": _Slow, "asserting": _Asserting,
+              "bad_reshape": _BadReshape}[kind]()
     saved = out / "model"
     if isinstance(module, tf.keras.Model):
         tf.saved_model.save(module, str(saved))
@@ -104,9 +126,14 @@ def build(kind: str, out: Path) -> None:
     elif kind == "slow":
         np.savez(out / "example_inputs.npz", x=rng.random((1, 4)).astype(np.float32),
                  n=np.array(2_000_000_000, np.int32))
+    elif kind == "asserting":
+        np.savez(out / "example_inputs.npz", x=rng.random((2, 4)).astype(np.float32))
+    elif kind == "bad_reshape":
+        np.savez(out / "example_inputs.npz", x=rng.random((1, 6)).astype(np.float32))
 
 
-KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow")
+KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow", "asserting",
+         "bad_reshape")
 
 if __name__ == "__main__":
     for name in sys.argv[2:] or KINDS:

@@ -66,15 +66,19 @@ def test_events_parse_and_other_lines_do_not() -> None:
         (tracer_errors.UnsupportedModelError("hash table", "freeze"), "client_error",
          "UnsupportedModel"),
         (tracer_errors.SubgraphCompileError("boom", "compile", "s0"), "system_error",
-         "SubgraphCompile"),
-        (MemoryError(), "client_error", "OutOfMemory"),
+         "TracerError"),
+        (tracer_errors.ModelExecutionError("assertion failed: [x must be > 0]", "inputs"),
+         "client_error", "ModelError"),
+        (tracer_errors.BackendUnavailableError("no neuron", "backend"), "system_error",
+         "BackendUnavailable"),
+        (MemoryError(), "client_error", "MemoryLimit"),
     ],
 )
 def test_known_exceptions_are_classified(exc: BaseException, kind: str, code: str) -> None:
     failure = classify_exception(exc)
     assert failure is not None
-    assert (failure["kind"], failure["code"]) == (kind, code)
-    assert failure["message"]
+    assert (failure.kind.value, failure.code.value) == (kind, code)
+    assert failure.message
 
 
 def test_unexpected_exceptions_are_not_classified() -> None:
@@ -88,7 +92,7 @@ def test_flags_errors_are_client_errors() -> None:
     with pytest.raises(FlagsError) as info:
         parse_flags("--no-such-flag")
     failure = classify_exception(info.value)
-    assert failure is not None and failure["code"] == "InvalidFlags"
+    assert failure is not None and failure.code == "InvalidFlags"
     pickle.loads(pickle.dumps(info.value))  # crosses process boundaries in Celery
 
 

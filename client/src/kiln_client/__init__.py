@@ -41,7 +41,15 @@ from kiln_client.errors import (
     WaitTimeout,
 )
 from kiln_client.flags import CompilerFlags, FlagsError, parse_flags
-from kiln_client.models import Artifact, Failure, FailureKind, JobStatus, PlacementSpec, Stage
+from kiln_client.models import (
+    Artifact,
+    Failure,
+    FailureCode,
+    FailureKind,
+    JobStatus,
+    PlacementSpec,
+    Stage,
+)
 
 __version__ = "0.1.0"
 
@@ -62,6 +70,7 @@ __all__ = [
     "CompilerFlags",
     "ConflictError",
     "Failure",
+    "FailureCode",
     "FailureKind",
     "FlagsError",
     "InputError",

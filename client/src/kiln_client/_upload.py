@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln_client._protowire import ProtoDecodeError, fields, message, text
+from kiln_client._savedmodel import ProtoDecodeError, signature_inputs
 from kiln_client.errors import InputError
 
 __all__ = ["ARCHIVE_SUFFIXES", "PreparedUpload", "prepare_upload", "signature_input_names"]
@@ -226,7 +226,7 @@ def _write_inputs(
 def signature_input_names(model: Path, signature: str) -> list[str]:
     """The input names of ``signature`` in a SavedModel directory or archive, sorted.
 
-    Reads ``saved_model.pb`` with a minimal protobuf reader, so TensorFlow is not needed.
+    Reads ``saved_model.pb`` with Kiln's one SavedModel reader, so TensorFlow is not needed.
 
     Args:
         model: a SavedModel directory or an archive holding one (at the root or one level down).
@@ -239,7 +239,7 @@ def signature_input_names(model: Path, signature: str) -> list[str]:
         InputError: no ``saved_model.pb``, or no such signature.
     """
     try:
-        signatures = _signature_inputs(memoryview(_read_saved_model_pb(model)))
+        signatures = signature_inputs(_read_saved_model_pb(model))
     except ProtoDecodeError as exc:
         raise InputError(f"{model.name}: saved_model.pb is not a valid SavedModel ({exc})") from exc
     if signature not in signatures:
@@ -270,23 +270,3 @@ def _read_saved_model_pb(model: Path) -> bytes:
 def _is_top_pb(member: str) -> bool:
     parts = [p for p in member.split("/") if p not in ("", ".")]
     return bool(parts) and parts[-1] == "saved_model.pb" and len(parts) <= 2
-
-
-def _signature_inputs(data: memoryview) -> dict[str, list[str]]:
-    """Map each signature key of a ``saved_model.pb`` to its sorted input names."""
-    signatures: dict[str, list[str]] = {}
-    for number, _wire, meta in fields(data):
-        if number != 2:  # SavedModel.meta_graphs
-            continue
-        for mnumber, _mwire, entry in fields(message(meta)):
-            if mnumber != 5:  # MetaGraphDef.signature_def (map<string, SignatureDef>)
-                continue
-            parts = {n: v for n, _w, v in fields(message(entry))}
-            key = text(parts.get(1, memoryview(b"")))
-            inputs = [
-                text({n: v for n, _w, v in fields(message(e))}.get(1, memoryview(b"")))
-                for f, _w, e in fields(message(parts.get(2, memoryview(b""))))
-                if f == 1  # SignatureDef.inputs (map<string, TensorInfo>)
-            ]
-            signatures[key] = sorted(inputs)
-    return signatures

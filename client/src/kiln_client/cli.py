@@ -51,6 +51,7 @@ examples:
   kiln compile ./saved_model --inputs inputs.npz --flags "--dynamic-batch-size" --out ./compiled
   kiln jobs list --status failed
   kiln jobs logs JOB_ID --follow
+  kiln verify ./compiled
 """
 
 
@@ -118,6 +119,19 @@ def _add_jobs(sub: Any) -> None:
     p.set_defaults(func=_cmd_delete)
 
 
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser(
+        "verify", help="check a compiled SavedModel's manifest (no server, no TensorFlow)",
+        description="Read a compiled SavedModel's Kiln manifest, recompute its content digest "
+                    "and say what serving it needs. Exit 0 when nothing stands in the way, 1 when "
+                    "something does, 2 when PATH holds no readable manifest.")
+    p.add_argument("path", help="compiled SavedModel directory, or compiled_model.tar.gz")
+    p.add_argument("--tensorflow", metavar="VERSION",
+                   help="the TensorFlow that will serve it (default: the one installed here, if any)")
+    p.add_argument("--json", action="store_true", help="print the manifest and findings as JSON")
+    p.set_defaults(func=None, local=_cmd_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kiln`` argument parser (exposed for tests and docs)."""
     # argparse exits with 2 on usage errors, which is our documented code for them too.
@@ -125,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="service URL (default: $KILN_URL)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
-    sub = parser.add_subparsers(dest="command", metavar="{compile,jobs}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{compile,jobs,verify}", required=True)
     _add_compile(sub)
     _add_jobs(sub)
+    _add_verify(sub)
     return parser
 
 
@@ -161,6 +176,8 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(_job_json(job))
         _say(args, f"job {job.id} succeeded")
+        for line in summary_lines(job.report):
+            _say(args, f"  {line}")
         if args.out:
             path = job.download(args.out, progress=not args.quiet)
             _say(args, f"compiled SavedModel written to {path}")
@@ -171,6 +188,28 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(json.dumps(_job_json(job), indent=2) if args.json else job.id)
     return EXIT_OK
+
+
+def summary_lines(report: dict[str, Any] | None) -> list[str]:
+    """Three lines from a succeeded job's report: placement, numerical check, speed."""
+    if not report:
+        return []
+    compiled = sum(1 for s in report.get("subgraphs") or [] if s.get("status") == "compiled")
+    check = report.get("numerical_check") or {}
+    lines = [
+        f"placement: {report.get('ops_on_accelerator')} of {report.get('ops_total')} ops "
+        f"compiled ({report.get('on_neuron_ratio', 0) or 0:.0%}) in {compiled} subgraph(s)",
+        f"numerical check: max abs diff {check.get('max_abs_diff', float('nan')):.3g} on outputs "
+        f"up to {check.get('max_abs_output', float('nan')):.3g}, "
+        + ("within tolerance" if check.get("within_tolerance") else "OUTSIDE tolerance"),
+    ]
+    parts = []
+    for size, entry in ((report.get("speed") or {}).get("batches") or {}).items():
+        if "speedup" in entry:
+            parts.append(f"batch {size} {entry['speedup']}x ({entry['original_ms']:.3g} → "
+                         f"{entry['compiled_ms']:.3g} ms)")
+    lines.append("speed: " + ("; ".join(parts) if parts else "not measured"))
+    return lines
 
 
 def _cmd_list(client: Client, args: argparse.Namespace) -> int:
@@ -280,6 +319,51 @@ def _run(func: Callable[[Client, argparse.Namespace], int], args: argparse.Names
         return 130
 
 
+def _installed_tensorflow() -> str | None:
+    from importlib import metadata
+
+    for dist in ("tensorflow", "tensorflow-cpu", "tf-nightly"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from kiln_client._artifacts import extract_saved_model
+    from kiln_client.manifest import ManifestError, check_manifest, read_manifest
+
+    path = Path(args.path)
+    with tempfile.TemporaryDirectory(prefix="kiln-verify-") as tmp:
+        try:
+            directory = path if path.is_dir() else extract_saved_model(path, Path(tmp) / "model")
+            manifest = read_manifest(directory)
+        except (ManifestError, OSError, ValueError) as exc:
+            print(f"kiln: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        tf_version = args.tensorflow or _installed_tensorflow()
+        findings = check_manifest(manifest, directory, tf_version)
+    if args.json:
+        _print_json({"manifest": manifest.model_dump(mode="json"), "tensorflow": tf_version,
+                     "findings": [f.model_dump() for f in findings]})
+    else:
+        summary = manifest.placement_summary
+        print(f"compiled by kiln-worker {manifest.versions.get('kiln-worker', '?')} with "
+              f"TensorFlow {manifest.versions.get('tensorflow', '?')} ({manifest.backend}, "
+              f"placement {manifest.placement}, flags {manifest.flags or 'none'})")
+        print(f"placement: {summary.get('ops_on_accelerator')} of {summary.get('ops_total')} ops "
+              f"compiled in {summary.get('subgraphs_compiled')} subgraph(s)")
+        print(f"serves on TensorFlow >={manifest.serving.tensorflow_min},"
+              f"<{manifest.serving.tensorflow_below}" + (f" (checked against {tf_version})"
+                                                          if tf_version else ""))
+        for finding in findings:
+            print(f"{finding.severity}: {finding.message}")
+    return EXIT_FAILED if any(f.severity == "error" for f in findings) else EXIT_OK
+
+
 def _glue_flags_value(argv: Sequence[str]) -> list[str]:
     """Turn ``--flags VALUE`` into ``--flags=VALUE``.
 
@@ -309,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_flags_value(sys.argv[1:] if argv is None else argv))
     if os.environ.get("KILN_DEBUG", "") not in ("", "0"):
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "local", None) is not None:
+        return int(args.local(args))
     return _run(args.func, args)
 
 

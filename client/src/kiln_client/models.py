@@ -12,10 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kiln_client.codes import FailureCode, FailureKind
+
 __all__ = [
     "Artifact",
     "CompileRequest",
     "Failure",
+    "FailureCode",
     "FailureKind",
     "Job",
     "JobList",
@@ -67,24 +70,41 @@ class Stage(str, Enum):
     DONE = "done"
 
 
-class FailureKind(str, Enum):
-    """Whose move it is after a failure."""
-
-    #: the model, inputs or flags must change (never retried)
-    CLIENT_ERROR = "client_error"
-    #: Kiln or its infrastructure failed (retried; report it if it persists)
-    SYSTEM_ERROR = "system_error"
-
-
 class Failure(BaseModel):
-    """Why a job failed, in words a person can act on."""
+    """Why a job failed, in words a person can act on.
+
+    ``kind`` follows from ``code`` (each :class:`FailureCode` has one kind); it may be omitted
+    when building one, and a ``kind`` that disagrees with the code is refused.
+    """
 
     kind: FailureKind
     """``client_error`` (fix the model, inputs or flags) or ``system_error`` (Kiln's fault)."""
-    code: str
-    """A stable machine code, such as ``UnsupportedModel``, ``TimeOut`` or ``WorkerLost``."""
+    code: FailureCode
+    """A stable machine code from the closed catalogue :class:`FailureCode`, such as
+    ``ModelError``, ``TimeOut`` or ``WorkerLost`` (see ``/docs/errors``)."""
     message: str
     """What went wrong and what to do about it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_from_code(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") is None and "code" in data:
+            code = data["code"]
+            data = {**data, "kind": (code if isinstance(code, FailureCode)
+                                     else FailureCode(code)).kind}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_matches_code(self) -> Failure:
+        if self.kind is not self.code.kind:
+            raise ValueError(f"failure code {self.code.value} is a {self.code.kind.value}, "
+                             f"not a {self.kind.value}")
+        return self
+
+    @classmethod
+    def of(cls, code: FailureCode, message: str) -> Failure:
+        """The failure ``code`` with ``message`` (its kind is the code's)."""
+        return cls(kind=code.kind, code=code, message=message)
 
 
 class Artifact(BaseModel):
@@ -227,7 +247,8 @@ class Problem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = "about:blank"
-    """A URI naming the problem type."""
+    """A URI naming the problem type: ``<server>/docs/errors#<code>``, the entry of ``code`` on
+    the server's error catalogue page."""
     title: str
     """Short summary of the problem type."""
     status: int
@@ -237,7 +258,8 @@ class Problem(BaseModel):
     instance: str | None = None
     """The request path."""
     code: str
-    """A stable machine code, such as ``invalid_archive`` or ``job_not_found``."""
+    """A stable machine code from the catalogue ``kiln_client.problem_codes.ProblemCode``, such
+    as ``invalid_archive`` or ``job_not_found``."""
     request_id: str | None = None
     """The ``X-Request-ID`` of the request, for support."""
     errors: list[dict[str, Any]] | None = None

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import stat
 import tarfile
+import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from kiln_service.errors import UploadRejectedError
 
-__all__ = ["Tally", "archive_kind", "check_zip_info", "reject", "safe_name", "tar_members", "zip_members"]
+__all__ = [
+    "Tally", "archive_kind", "check_zip_info", "open_tar", "reject", "safe_name", "tar_members",
+    "zip_member_name", "zip_members",
+]
 
 MAX_NAME_BYTES = 1024
 MAX_PATH_DEPTH = 32
@@ -26,17 +30,31 @@ def reject(code: str, detail: str) -> UploadRejectedError:
 
 
 def safe_name(raw: str) -> str:
-    """Return a member name normalised (no ``./``, no trailing ``/``) or raise if unsafe."""
+    """Return a member name normalised (no ``./``, no trailing ``/``) or raise if unsafe.
+
+    Names are text: bytes that are not UTF-8 (kept by the readers as surrogate escapes) and
+    control characters (CR, LF, tab, NUL, DEL, C1 codes…) are refused, as they would corrupt
+    logs and listings or be mangled differently by each file system.
+    """
     if len(raw.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise reject("unsafe_archive", f"archive member name longer than {MAX_NAME_BYTES} bytes")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "surrogateescape")
+        raise reject("unsafe_archive", f"archive member name {shown[:200]!r} is not valid UTF-8; "
+                      "rename the file (or re-create the archive with UTF-8 names)") from None
+    control = next((c for c in raw if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise reject("unsafe_archive", f"archive member name {raw[:200]!r} contains the control "
+                      f"character U+{ord(control):04X}; names may not hold CR, LF, tab or other "
+                      "control characters")
     if raw.startswith("/") or raw.startswith("\\") or (len(raw) > 1 and raw[1] == ":"):
         raise reject("unsafe_archive", f"archive member {raw!r} has an absolute path; "
                       "archive the SavedModel folder with relative paths")
     parts = [p for p in PurePosixPath(raw.replace("\\", "/")).parts if p not in ("", ".")]
     if ".." in parts:
         raise reject("unsafe_archive", f"archive member {raw!r} points outside the archive ('..')")
-    if any("\x00" in p for p in parts):
-        raise reject("unsafe_archive", f"archive member {raw!r} has a NUL byte in its name")
     if len(parts) > MAX_PATH_DEPTH:
         raise reject("unsafe_archive", f"archive member {raw[:200]!r} is {len(parts)} folders "
                       f"deep; at most {MAX_PATH_DEPTH} are accepted")
@@ -54,6 +72,7 @@ class Tally:
         self.max_members, self.max_total_bytes = max_members, max_total_bytes
         self.files: set[str] = set()
         self.dirs: set[str] = set()
+        self.folded: dict[str, str] = {}
         self.count = 0
         self.total = 0
 
@@ -73,8 +92,20 @@ class Tally:
         if name in self.files or (not is_dir and name in self.dirs) or clash is not None:
             raise reject("unsafe_archive", f"archive member {name!r} appears twice (or a file and "
                           "a folder share a name); each name must appear once")
+        for path in (name, *parents):
+            self._fold(path)
         (self.dirs if is_dir else self.files).add(name)
         self.dirs.update(parents)
+
+    def _fold(self, path: str) -> None:
+        """Refuse ``path`` if another entry's path differs from it only by case (or Unicode form):
+        on a case-insensitive file system one would overwrite or merge into the other."""
+        key = unicodedata.normalize("NFC", path).casefold()
+        other = self.folded.setdefault(key, path)
+        if other != path:
+            raise reject("unsafe_archive", f"archive members {other!r} and {path!r} differ only by "
+                          "letter case (or Unicode normalisation); on a case-insensitive file "
+                          "system one would overwrite the other: rename one of them")
 
 
 def tar_members(path: Path, tally: Tally) -> None:
@@ -83,7 +114,7 @@ def tar_members(path: Path, tally: Tally) -> None:
     Raises:
         UploadRejectedError: An unsafe entry or a cap passed.
     """
-    with tarfile.open(path, mode="r:*") as tar:
+    with open_tar(path) as tar:
         for member in tar:
             name = safe_name(member.name)
             if member.issym() or member.islnk():
@@ -101,11 +132,30 @@ def zip_members(path: Path, tally: Tally) -> None:
     Raises:
         UploadRejectedError: An unsafe entry or a cap passed.
     """
-    with zipfile.ZipFile(path) as zf:
+    try:
+        zf = zipfile.ZipFile(path)
+    except UnicodeDecodeError as exc:  # a name flagged UTF-8 that is not
+        raise reject("unsafe_archive", "an archive member name is marked UTF-8 but is not valid "
+                      f"UTF-8 ({exc.object[:200]!r}); re-create the archive with UTF-8 names") from exc
+    with zf:
         for info in zf.infolist():
-            name = safe_name(info.filename)
+            name = safe_name(zip_member_name(info))
             check_zip_info(info)
             tally.add(name, info.is_dir(), 0 if info.is_dir() else info.file_size)
+
+
+def open_tar(path: Path) -> tarfile.TarFile:
+    """Open a (compressed) tar whose names are read as UTF-8, invalid bytes kept as escapes."""
+    return tarfile.open(path, mode="r:*", encoding="utf-8", errors="surrogateescape")
+
+
+def zip_member_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as text: names not flagged UTF-8 are decoded from their raw bytes as
+    UTF-8 (as the tools that write them mean), invalid bytes kept as escapes."""
+    name = info.filename
+    if info.flag_bits & 0x800 or name.isascii():
+        return name
+    return name.encode("cp437").decode("utf-8", "surrogateescape")
 
 
 def check_zip_info(info: zipfile.ZipInfo) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiln_client._protowire import LEN, ProtoDecodeError, fields, message, text
+from kiln_client._savedmodel import LEN, ProtoDecodeError, fields, message, text
 
 __all__ = ["FORBIDDEN_OPS", "LOAD_TIME_ALLOWED", "Finding", "GraphIndex", "index_graph"]
 

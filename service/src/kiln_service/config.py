@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     """Compile time limit when a job does not give one."""
     max_timeout_seconds: int = Field(default=3600, gt=0)
     """Largest ``timeout_seconds`` a job may ask for."""
+    upload_idle_timeout_seconds: float = Field(default=60.0, gt=0)
+    """An upload whose body sends nothing for this long is cut off (408) and its spool removed."""
     upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
     """Chunk size used when copying uploads and serving downloads."""
     auto_migrate: bool | None = None
@@ -67,6 +69,10 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = "on"
     """``on``: every ``/v1`` route needs ``Authorization: Bearer <API key>`` and the key's tenant
     scopes what the caller sees; ``off``: no keys, everything belongs to tenant ``default``."""
+    ui_session_secret: str | None = None
+    """Key that signs dashboard (``/ui``) session cookies; default: a random one kept in
+    ``{data_dir}/ui-session-secret``. Set the same value on every API replica that does not
+    share a data folder."""
     rate_limit_per_minute: int = Field(default=60, ge=0)
     """Submissions (``POST /v1/compile``) one tenant may make per minute, per API process
     (token bucket, bursts up to this many); 0 turns the limit off."""

@@ -15,13 +15,15 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from kiln_service._shared_state import SharedState, open_shared_state
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import UnauthorizedError
-from kiln_service.fairness import TokenBuckets
+from kiln_service.fairness import RateLimiter
 from kiln_service.idempotency import InFlightKeys
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
 from kiln_service.stores.jobs import JobRecord, JobStore
+from kiln_service.ui.session import CSRF_HEADER, csrf_ok, read_session
 
 __all__ = [
     "ArtifactStoreDep",
@@ -56,14 +58,21 @@ class Services:
     metrics: Metrics
     staging_dir: Path = field(default_factory=Path)
     """This process's own staging folder, ``{data_dir}/staging/<host>.<pid>``."""
-    in_flight: InFlightKeys = field(default_factory=InFlightKeys)
-    """``Idempotency-Key`` values whose first request this process is still handling."""
-    rate_limiter: TokenBuckets | None = None
-    """Per-tenant submission buckets of this process (built from the settings when omitted)."""
+    shared_state: SharedState | None = None
+    """Where replicas share rate buckets and in-flight keys (default: Redis when the broker is
+    Redis, else the job store)."""
+    in_flight: InFlightKeys = field(init=False)
+    """``Idempotency-Key`` values whose first request some API replica is still handling."""
+    rate_limiter: RateLimiter = field(init=False)
+    """Per-tenant submission buckets, shared by all replicas."""
+    ui_secret: bytes = b""
+    """Signs the dashboard's session cookies (see :mod:`kiln_service.ui.session`)."""
 
     def __post_init__(self) -> None:
-        if self.rate_limiter is None:
-            self.rate_limiter = TokenBuckets(self.settings.rate_limit_per_minute)
+        if self.shared_state is None:
+            self.shared_state = open_shared_state(self.settings, self.job_store)
+        self.in_flight = InFlightKeys(self.shared_state)
+        self.rate_limiter = RateLimiter(self.shared_state, self.settings.rate_limit_per_minute)
 
 
 def get_services(request: Request) -> Services:
@@ -114,11 +123,31 @@ def get_tenant(
         return DEFAULT_TENANT
     how = HOW_TO_GET_A_KEY
     if credentials is None or not credentials.credentials:
+        tenant = _dashboard_tenant(request, services)
+        if tenant is not None:
+            return tenant
         raise UnauthorizedError(f"This Kiln requires an API key. {how}")
     tenant = services.job_store.authenticate_api_key(key=credentials.credentials)
     if tenant is None:
         raise UnauthorizedError(f"The API key is unknown or revoked. {how}")
     return tenant
+
+
+def _dashboard_tenant(request: Request, services: Services) -> str | None:
+    """The tenant of a signed-in dashboard session, for the page's own API calls.
+
+    A session's key must still be active; a request that changes something must also carry the
+    session's CSRF token in ``X-CSRF-Token`` (a cookie alone is what a forged request has).
+    """
+    session = read_session(request, services.ui_secret)
+    if session is None:
+        return None
+    if request.method not in ("GET", "HEAD") and not csrf_ok(
+            services.ui_secret, session, request.headers.get(CSRF_HEADER)):
+        raise UnauthorizedError("This request comes with a dashboard session but without its "
+                                "CSRF token (X-CSRF-Token); reload the page and try again.")
+    tenant = services.job_store.active_key_tenant(key_id=session.key_id)
+    return tenant if tenant == session.tenant else None
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -12,12 +12,14 @@ Tree::
     │   ├── JobStateError            409 job_state_conflict
     │   ├── IdempotencyInFlightError 409 idempotency_key_in_flight
     │   └── DuplicateIdempotencyKeyError 409 (a race, resolved by the route)
+    ├── RequestTimeoutError          408 upload_stalled (the body stopped arriving)
     ├── PayloadTooLargeError         413 payload_too_large
     ├── UnsupportedMediaTypeError    415 unsupported_media_type
     ├── RangeNotSatisfiableError     416 range_not_satisfiable
     ├── UploadRejectedError          422 (code given per case: invalid_archive, unknown_signature…)
     │   └── IdempotencyKeyReusedError 422 idempotency_key_reused
     ├── TooManyRequestsError         429 rate_limited / too_many_active_jobs (with ``Retry-After``)
+    ├── InsufficientStorageError     507 insufficient_storage (disk full; ``Retry-After``)
     ├── StoreError                   503 store_unavailable
     └── DependencyUnavailableError   503 dependency_unavailable
         └── NoWorkerForTargetError   503 no_worker_for_target
@@ -44,6 +46,7 @@ __all__ = [
     "DuplicateIdempotencyKeyError",
     "IdempotencyInFlightError",
     "IdempotencyKeyReusedError",
+    "InsufficientStorageError",
     "JobNotFoundError",
     "JobStateError",
     "KilnServiceError",
@@ -51,6 +54,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RangeNotSatisfiableError",
+    "RequestTimeoutError",
     "StoreError",
     "TooManyRequestsError",
     "UnauthorizedError",
@@ -58,10 +62,13 @@ __all__ = [
     "UploadRejectedError",
     "install_error_handlers",
     "problem_response",
+    "problem_type",
 ]
 
 logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: the API path of the error catalogue page; every problem's ``type`` is an anchor on it
+ERRORS_PATH = "/docs/errors"
 
 
 class KilnServiceError(Exception):
@@ -161,6 +168,16 @@ class DuplicateIdempotencyKeyError(ConflictError):
         self.key = key
 
 
+class RequestTimeoutError(KilnServiceError):
+    """The request body stopped arriving; the connection is closed after the answer."""
+
+    status_code = 408
+    code = "upload_stalled"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class PayloadTooLargeError(KilnServiceError):
     """An upload or the request body is over its size cap."""
 
@@ -203,6 +220,14 @@ class TooManyRequestsError(KilnServiceError):
 
     def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(detail, code=code, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class InsufficientStorageError(KilnServiceError):
+    """The server's disk is full: the upload was discarded; retry after ``retry_after``."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    retry_after = 60
 
 
 class StoreError(KilnServiceError):
@@ -255,7 +280,7 @@ def problem_response(
 
     request_id = getattr(request.state, "request_id", None)
     body: dict[str, Any] = {
-        "type": "about:blank",
+        "type": problem_type(request, code),
         "title": _title(status),
         "status": status,
         "detail": detail,
@@ -271,6 +296,15 @@ def problem_response(
     return JSONResponse(
         jsonable_encoder(body), status_code=status, headers=all_headers, media_type=PROBLEM_MEDIA_TYPE
     )
+
+
+def problem_type(request: Request, code: str) -> str:
+    """The problem ``type`` URI of ``code``: its entry on this server's error catalogue page.
+
+    Built from the request's base URL (scheme, host and any ``root_path`` the server runs under),
+    so it resolves wherever the client reached the API.
+    """
+    return f"{str(request.base_url).rstrip('/')}{ERRORS_PATH}#{code}"
 
 
 def _title(status: int) -> str:

@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from kiln_service._archive import Tally, archive_kind, reject, safe_name, tar_members, zip_members
+from kiln_service._archive import (
+    Tally,
+    archive_kind,
+    open_tar,
+    reject,
+    safe_name,
+    tar_members,
+    zip_member_name,
+    zip_members,
+)
 from kiln_service._npz import read_npz_headers
 from kiln_service._savedmodel_proto import (
     MetaGraph,
@@ -37,6 +46,7 @@ from kiln_service._savedmodel_proto import (
     parse_saved_model,
 )
 from kiln_service.errors import UploadRejectedError
+from kiln_service.uploads import is_disk_full
 
 __all__ = [
     "ArchiveInfo",
@@ -158,11 +168,12 @@ def _extract_member(path: Path, kind: str, member: str, target: Path) -> None:
     try:
         if kind == "zip":
             with zipfile.ZipFile(path) as zf:
-                name = next(i.filename for i in zf.infolist() if safe_name(i.filename) == member)
+                name = next(i.filename for i in zf.infolist()
+                            if safe_name(zip_member_name(i)) == member)
                 with zf.open(name) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
             return
-        with tarfile.open(path, mode="r:*") as tar:
+        with open_tar(path) as tar:
             for entry in tar:
                 if entry.isfile() and safe_name(entry.name) == member:
                     member_file = tar.extractfile(entry)
@@ -172,6 +183,8 @@ def _extract_member(path: Path, kind: str, member: str, target: Path) -> None:
                         shutil.copyfileobj(member_file, dst, 1024 * 1024)
                     return
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        if is_disk_full(exc):
+            raise  # the route answers 507: the server's fault, not the archive's
         raise reject("invalid_archive", f"could not read {member} from the archive ({exc})") from exc
     raise reject("no_saved_model", f"could not read {member} from the archive")
 

@@ -17,6 +17,7 @@ from celery import Celery
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kiln_service import errors_page
 from kiln_service.config import Settings, get_settings
 from kiln_service.deps import Services, get_tenant
 from kiln_service.errors import install_error_handlers
@@ -26,6 +27,8 @@ from kiln_service.queue import create_celery_app
 from kiln_service.routes import artifacts, compile, health, jobs, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
+from kiln_service.ui import install_ui
+from kiln_service.ui.session import session_secret
 
 __all__ = ["DatabaseNotMigratedError", "create_app", "prepare_database", "sweep_staging"]
 
@@ -168,6 +171,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         celery=celery or create_celery_app(settings),
         metrics=Metrics(),
         staging_dir=process_staging_dir(settings.staging_dir),
+        ui_secret=session_secret(settings.ui_session_secret, settings.data_dir),
     )
 
     @asynccontextmanager
@@ -193,5 +197,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     for module in (compile, jobs, artifacts, workers):
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
+    app.include_router(errors_page.router)
+    install_ui(app)
     install_openapi(app)
     return app

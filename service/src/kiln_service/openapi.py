@@ -13,9 +13,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from kiln_client.codes import FailureCode
 from kiln_client.models import Problem
+from kiln_client.problem_codes import ProblemCode
+from kiln_service.errors import ERRORS_PATH
 
-__all__ = ["install_openapi"]
+__all__ = ["error_codes_description", "install_openapi"]
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _DEFAULT_RESPONSE = {
@@ -32,7 +35,8 @@ def install_openapi(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version,
-                             description=app.description, routes=app.routes)
+                             description=f"{app.description}\n\n{error_codes_description()}",
+                             routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
         for path_item in schema.get("paths", {}).values():
@@ -51,3 +55,15 @@ def _declare_problems(responses: dict[str, Any]) -> None:
     if "422" in responses:
         # FastAPI documents its own validation body; ours is a problem document.
         responses["422"] = {**_DEFAULT_RESPONSE, "description": "The request is not valid."}
+
+
+def error_codes_description() -> str:
+    """The closed catalogues of codes, as Markdown for the document's ``info.description``."""
+    failures = "\n".join(f"- `{c.value}` ({c.kind.value}): {c.meaning}" for c in FailureCode)
+    problems = "\n".join(f"- `{p.value}` ({p.status}): {p.help}" for p in ProblemCode)
+    return (
+        f"## Errors\n\nEvery error is an RFC 9457 problem whose `type` is "
+        f"`<server>{ERRORS_PATH}#<code>`, its entry on the catalogue page served at "
+        f"`GET {ERRORS_PATH}`.\n\n### Job failure codes (`Job.failure.code`)\n\n{failures}"
+        f"\n\n### API problem codes (a problem's `code`)\n\n{problems}\n"
+    )

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from kiln_service._fs_broker import TRANSPORT as FOLDER_TRANSPORT
 from kiln_service.config import TARGETS, Settings
 from kiln_service.errors import DependencyUnavailableError
 
@@ -75,8 +76,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         A mapping for ``Celery.conf.update``.
     """
     exchange = Exchange("kiln", type="direct")  # type: ignore[no-untyped-call]
+    embedded = settings.broker_url.startswith("filesystem://")
     return {
         "broker_url": settings.broker_url,
+        # The embedded transport keeps its routing state per broker folder (see _fs_broker).
+        "broker_transport": FOLDER_TRANSPORT if embedded else None,
         "broker_transport_options": broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "task_queues": [
@@ -93,7 +97,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
-        "broker_heartbeat": 0 if settings.broker_url.startswith("filesystem://") else 60,
+        "broker_heartbeat": 0 if embedded else 60,
     }
 
 

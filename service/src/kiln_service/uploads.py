@@ -4,18 +4,27 @@ FastAPI's ``UploadFile`` would spool the whole body before the route runs, so a 
 would be received entirely before being refused. Here the body is parsed as it arrives
 (``python_multipart``); each file part is written to a staging file while its sha256 is computed,
 and the request is refused (413) the moment a file or the body passes its cap.
+
+A body that stops arriving for ``KILN_UPLOAD_IDLE_TIMEOUT_SECONDS`` is cut off (408, connection
+closed); a malformed ``Content-Type`` (no boundary, or one RFC 2046 does not allow) is a 400; a
+full disk (:func:`is_disk_full`) is answered 507 by the route. Whatever the reason a body is not
+received whole, its staging files are removed before the error leaves this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import IO
 
+import anyio
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,14 +32,39 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from kiln_service.errors import (
     BadRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
     UploadRejectedError,
 )
 
-__all__ = ["ReceivedFile", "ReceivedForm", "receive_multipart"]
+__all__ = ["ReceivedFile", "ReceivedForm", "is_disk_full", "receive_multipart"]
 
 logger = logging.getLogger(__name__)
 _BATCH_BYTES = 1024 * 1024
+#: RFC 2046 §5.1.1: 1 to 70 characters from ``bchars``, not ending in a space.
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk or quota is full.
+
+    Args:
+        exc: An error from spooling, checking or storing an upload.
+
+    Returns:
+        True for ``ENOSPC``/``EDQUOT`` anywhere in the chain, or SQLite's "disk is full".
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain: OSError → StoreError, or sqlite3 → SQLAlchemy → StoreError
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL_ERRNOS:
+            return True
+        if "database or disk is full" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
@@ -139,14 +173,21 @@ class _Receiver:
 
     def close(self) -> None:
         if self._out is not None:
-            self._out.close()
-            self._out = None
+            out, self._out = self._out, None
+            out.close()
+
+    def discard(self) -> None:
+        """Close and delete everything written so far (the body was not received whole)."""
+        # Flushing the last bytes onto a full disk fails too: there is nothing to keep anyway.
+        with contextlib.suppress(OSError):
+            self.close()
+        self.form.cleanup()
 
 
 async def receive_multipart(
     stream: AsyncIterator[bytes], content_type: str, *, staging: Path, prefix: str,
     file_fields: set[str], text_fields: set[str], max_file_bytes: int, max_body_bytes: int,
-    max_field_bytes: int,
+    max_field_bytes: int, idle_timeout_seconds: float,
 ) -> ReceivedForm:
     """Parse a ``multipart/form-data`` body as it arrives.
 
@@ -160,6 +201,7 @@ async def receive_multipart(
         max_file_bytes: Cap on each file.
         max_body_bytes: Cap on the whole body.
         max_field_bytes: Cap on each text field.
+        idle_timeout_seconds: Longest wait for the next piece of the body.
 
     Returns:
         The form; the caller must call :meth:`ReceivedForm.cleanup` when done.
@@ -168,13 +210,11 @@ async def receive_multipart(
         UnsupportedMediaTypeError: Not ``multipart/form-data``.
         PayloadTooLargeError: A file or the body is over its cap.
         UploadRejectedError: Unknown or duplicate fields.
-        BadRequestError: A malformed body.
+        BadRequestError: A malformed body or boundary.
+        RequestTimeoutError: The body stopped arriving for ``idle_timeout_seconds``.
+        OSError: Writing a staging file failed (see :func:`is_disk_full`).
     """
-    media, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if media != b"multipart/form-data" or not boundary:
-        raise UnsupportedMediaTypeError("POST /v1/compile takes multipart/form-data with a "
-                                        "'model' file part", code="multipart_required")
+    boundary = _boundary(content_type)
     staging.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(staging=staging, prefix=prefix, file_fields=file_fields,
                          text_fields=text_fields, max_file_bytes=max_file_bytes,
@@ -186,7 +226,7 @@ async def receive_multipart(
     })
     total, batch = 0, bytearray()
     try:
-        async for chunk in stream:
+        async for chunk in _arriving(stream, idle_timeout_seconds):
             total += len(chunk)
             if total > max_body_bytes:
                 raise PayloadTooLargeError(f"the request body is larger than {max_body_bytes} bytes",
@@ -200,16 +240,55 @@ async def receive_multipart(
             await anyio.to_thread.run_sync(parser.write, bytes(batch))
         parser.finalize()
     except MultipartParseError as exc:
-        receiver.close()
-        receiver.form.cleanup()
+        receiver.discard()
         raise BadRequestError(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
     except BaseException:
-        receiver.close()
-        receiver.form.cleanup()
+        receiver.discard()
         raise
-    receiver.close()
+    try:
+        receiver.close()  # a body that ended mid-file leaves one open: its last flush may fail
+    except OSError:
+        receiver.discard()
+        raise
     if any(not f.sha256 for f in receiver.form.files.values()):
         receiver.form.cleanup()
         raise BadRequestError("the multipart body ended in the middle of a file", code="invalid_multipart")
     logger.debug("received %s", {k: v.size for k, v in receiver.form.files.items()})
     return receiver.form
+
+
+def _boundary(content_type: str) -> bytes:
+    """Return the multipart boundary of ``content_type``, or raise 415 / 400."""
+    media, params = parse_options_header(content_type)
+    if media != b"multipart/form-data":
+        raise UnsupportedMediaTypeError("POST /v1/compile takes multipart/form-data with a "
+                                        "'model' file part", code="multipart_required")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequestError(
+            "the Content-Type multipart/form-data has no boundary parameter, so the body cannot "
+            "be split into parts; let your HTTP client build the multipart body (curl -F, "
+            "requests/httpx files=), which sets 'boundary=' itself", code="invalid_multipart")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise BadRequestError(
+            f"the multipart boundary ({len(boundary)} bytes) is not valid: RFC 2046 allows 1 to 70 "
+            "letters, digits and '()+_,-./:=? characters, not ending in a space",
+            code="invalid_multipart")
+    return boundary
+
+
+async def _arriving(stream: AsyncIterator[bytes], idle_seconds: float) -> AsyncIterator[bytes]:
+    """Yield the body's chunks; raise once none arrived for ``idle_seconds``."""
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_seconds):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"no part of the request body arrived for {idle_seconds:g} s "
+                "(KILN_UPLOAD_IDLE_TIMEOUT_SECONDS); the partial upload was discarded: send it "
+                "again over a working connection") from exc
+        yield chunk

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kiln_client.codes import FailureCode
+from kiln_worker._failures import JobError
+
 __all__ = ["JobError", "placement_callback", "prepare_inputs", "signature_specs"]
 
 logger = logging.getLogger(__name__)
@@ -23,21 +26,6 @@ logger = logging.getLogger(__name__)
 #: generated integer inputs are drawn from [0, _INT_HIGH): small, so that they are valid
 #: indices for embedding lookups and gathers of any realistic size
 _INT_HIGH = 8
-
-
-class JobError(Exception):
-    """A failure the child understands, reported to the job as ``{kind, code, message}``.
-
-    Attributes:
-        code: the stable machine code of the failure, such as ``InvalidInputs``.
-        kind: ``client_error`` (the model, inputs or flags must change; the default) or
-            ``system_error`` (Kiln's fault).
-    """
-
-    def __init__(self, code: str, message: str, kind: str = "client_error") -> None:
-        super().__init__(message)
-        self.code = code
-        self.kind = kind
 
 
 def signature_specs(fn: Any) -> dict[str, tf.TensorSpec]:
@@ -49,7 +37,7 @@ def signature_specs(fn: Any) -> dict[str, tf.TensorSpec]:
     args, kwargs = fn.structured_input_signature
     if args:
         raise JobError(
-            "UnsupportedModel",
+            FailureCode.UNSUPPORTED_MODEL,
             "the signature takes positional inputs; export it with named inputs "
             "(tf.saved_model.save(..., signatures=...))",
         )
@@ -84,7 +72,7 @@ def prepare_inputs(
     unknown = sorted(set(shapes) - set(specs))
     if unknown:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"input_shapes names {unknown}, which the signature does not take; "
             f"its inputs are {sorted(specs)}",
         )
@@ -97,11 +85,11 @@ def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Te
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as exc:
-        raise JobError("InvalidInputs", f"cannot read the example inputs .npz: {exc}") from exc
+        raise JobError(FailureCode.INVALID_INPUTS, f"cannot read the example inputs .npz: {exc}") from exc
     missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
     if missing or extra:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"the example inputs do not match the signature: missing {missing}, unexpected "
             f"{extra}; the signature takes {sorted(specs)}",
         )
@@ -111,13 +99,13 @@ def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Te
 def _to_tensor(name: str, spec: tf.TensorSpec, array: np.ndarray) -> tf.Tensor:
     if array.dtype != spec.dtype.as_numpy_dtype:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"example input {name!r} has dtype {array.dtype}, the signature wants "
             f"{spec.dtype.name}; convert it with array.astype(...)",
         )
     if not spec.shape.is_compatible_with(array.shape):
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"example input {name!r} has shape {list(array.shape)}, which does not fit the "
             f"signature's {spec.shape}",
         )
@@ -137,7 +125,7 @@ def _generate(
         array = rng.random(shape) < 0.5
     else:
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"cannot generate example input {name!r} of dtype {dtype.name}; "
             "upload example_inputs (.npz) instead",
         )
@@ -151,7 +139,7 @@ def _concrete_shape(
     if spec.shape.rank is None:
         if override is None:
             raise JobError(
-                "InvalidInputs",
+                FailureCode.INVALID_INPUTS,
                 f"input {name!r} has an unknown rank; give its shape in input_shapes "
                 "or upload example_inputs",
             )
@@ -159,7 +147,7 @@ def _concrete_shape(
     if override is not None:
         if not spec.shape.is_compatible_with(list(override)):
             raise JobError(
-                "InvalidInputs",
+                FailureCode.INVALID_INPUTS,
                 f"input_shapes gives {name!r} the shape {list(override)}, which does not fit "
                 f"the signature's {spec.shape}",
             )
@@ -169,7 +157,7 @@ def _concrete_shape(
         dims[0] = 1  # an unknown leading dimension is the batch: one example is enough
     if any(d is None for d in dims):
         raise JobError(
-            "InvalidInputs",
+            FailureCode.INVALID_INPUTS,
             f"input {name!r} has unknown dimensions {spec.shape} besides the batch; give its "
             "shape in input_shapes or upload example_inputs",
         )

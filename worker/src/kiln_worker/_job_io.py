@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln_client.models import Failure, FailureKind
+from kiln_client.codes import FailureCode
+from kiln_client.models import Failure
 
 __all__ = ["LogBuffer", "ProgressBuffer", "child_failure", "summarize_report"]
 
@@ -135,21 +136,20 @@ def child_failure(
     if status == exit_failed:
         try:
             data = json.loads(error_file.read_text())
-            return Failure(kind=FailureKind(data["kind"]), code=str(data["code"]),
-                           message=str(data["message"]))
+            return Failure.model_validate(data)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # fall through: a broken error file is itself a worker error
     last = "\n".join(tail[-6:])
     if status < 0:
         name = signal.Signals(-status).name if -status in signal.valid_signals() else str(-status)
         if -status == signal.SIGKILL:
-            return Failure(kind=FailureKind.SYSTEM_ERROR, code="OOMKilled", message=(
+            return Failure.of(FailureCode.OOM_KILLED, (
                 f"the compile process was killed by {name}, most likely by the out-of-memory "
                 f"killer; give the worker more memory or compile a smaller model. Last log "
                 f"lines:\n{last}"))
-        return Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError", message=(
+        return Failure.of(FailureCode.WORKER_ERROR, (
             f"the compile process died of {name}. Last log lines:\n{last}"))
-    return Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerError", message=(
+    return Failure.of(FailureCode.WORKER_ERROR, (
         f"the compile process failed unexpectedly (exit status {status}); this is Kiln's "
         f"fault, please report it with the log. Last log lines:\n{last}"))
 
@@ -173,4 +173,5 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
         "timings": report.get("timings"),
         "warnings": list(tracer.get("warnings") or [])[:20],
         "inputs_generated": report.get("inputs_generated"),
+        "speed": report.get("speed"),
     }

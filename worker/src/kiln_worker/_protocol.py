@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ class JobSpec:
         input_shapes: shapes for generated inputs (name → shape), when given.
         placement: a ``PlacementSpec`` as a dict, or ``None`` for automatic placement.
         seed: seed of the generated inputs.
+        upload_digests: sha256 of the uploaded files (``model``, ``example_inputs``), recorded
+            in the compiled model's manifest.
     """
 
     job_id: str
@@ -72,6 +74,7 @@ class JobSpec:
     input_shapes: dict[str, list[int]] | None = None
     placement: dict[str, Any] | None = None
     seed: int = 0
+    upload_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def placement_mode(self) -> str | None:

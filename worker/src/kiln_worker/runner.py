@@ -21,6 +21,13 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from kiln_client.codes import FailureCode
+from kiln_worker._failures import (
+    JobError,
+    classify_exception,
+    classify_model_exception,
+    model_error_text,
+)
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, encode_event
 
 __all__ = ["EventChannel", "classify_exception", "main"]
@@ -69,40 +76,6 @@ class EventChannel:
         self.send("log", line=line)
 
 
-def classify_exception(exc: BaseException) -> dict[str, str] | None:
-    """The ``{kind, code, message}`` failure of a known exception, or ``None`` if unexpected.
-
-    User mistakes (the tracer's ``TraceInputError`` / ``UnsupportedModelError``, bad flags, a
-    model that cannot be loaded or run) are ``client_error``; other tracer errors are
-    ``system_error``; anything else is unexpected and becomes a crash (exit 1).
-    """
-    from kiln_worker._inputs import JobError
-
-    if isinstance(exc, JobError):
-        return {"kind": exc.kind, "code": exc.code, "message": str(exc)}
-    if isinstance(exc, MemoryError):
-        return {
-            "kind": "client_error",
-            "code": "OutOfMemory",
-            "message": "the compile ran out of memory; try a smaller model or batch size",
-        }
-    name = type(exc).__name__
-    if name == "FlagsError":
-        return {"kind": "client_error", "code": "InvalidFlags", "message": str(exc)}
-    try:
-        from kiln_worker.tracer import errors as tracer_errors
-    except ImportError:
-        return None
-    if not isinstance(exc, tracer_errors.TraceError):
-        return None
-    code = getattr(exc, "code", None)
-    if isinstance(exc, tracer_errors.TraceInputError):
-        return {"kind": "client_error", "code": code or "InvalidInputs", "message": str(exc)}
-    if isinstance(exc, tracer_errors.UnsupportedModelError):
-        return {"kind": "client_error", "code": code or "UnsupportedModel", "message": str(exc)}
-    return {"kind": "system_error", "code": code or name.removesuffix("Error"), "message": str(exc)}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the compile described by the spec file named in ``argv``.
 
@@ -127,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if failure is None:
             traceback.print_exc(file=sys.stderr)
             return 1
-        Path(spec.error_file).write_text(json.dumps(failure))
-        logger.error("job %s failed: %s: %s", spec.job_id, failure["code"], failure["message"])
+        Path(spec.error_file).write_text(failure.model_dump_json())
+        logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -159,12 +132,16 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     mark = time.perf_counter()
     compiled_dir = Path(spec.output_dir) / "compiled_model"
     model.save(str(compiled_dir))
+    manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
     timings["save_seconds"] = time.perf_counter() - mark
     mark = time.perf_counter()
     check = _verify(tf, compiled_dir, inputs, expected)
     timings["verify_seconds"] = time.perf_counter() - mark
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
+    mark = time.perf_counter()
+    speed = _measure_speed(tf, fn, compiled_dir, inputs)
+    timings["speed_seconds"] = time.perf_counter() - mark
 
     events.progress("storing", 0.90, "packing the compiled model")
     mark = time.perf_counter()
@@ -178,21 +155,52 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "manifest": manifest,
+        "speed": speed,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
 
-def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
-    from kiln_worker._inputs import JobError
+def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Original vs. compiled serving latency (see ``_speed``); never fails the job."""
+    from kiln_worker._speed import measure_speed
 
+    try:
+        serving = tf.saved_model.load(str(compiled_dir)).signatures["serving_default"]
+
+        def compiled(**kwargs: Any) -> Any:
+            return serving(**_rename_inputs(serving, kwargs))
+
+        return measure_speed(fn, compiled, inputs)
+    except Exception as exc:  # a measurement problem is reported, not a failed compile
+        summary = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        logger.warning("speed measurement failed: %s", summary)
+        return {"error": summary, "batches": {}}
+
+
+def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
+    """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
+    from kiln_worker.manifest import build_manifest, write_manifest
+
+    manifest = build_manifest(
+        compiled_dir, report=report, flags=spec.flags,
+        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
+    )
+    write_manifest(compiled_dir, manifest)
+    return manifest.model_dump(mode="json")
+
+
+def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
     try:
         loaded = tf.saved_model.load(spec.model_dir)
     except Exception as exc:  # TensorFlow raises many types for a broken SavedModel
-        raise JobError("InvalidModel", f"cannot load the SavedModel: {_first_line(exc)}") from exc
+        raise JobError(FailureCode.INVALID_MODEL,
+                       f"cannot load the SavedModel: {model_error_text(exc)}") from exc
     signatures = dict(loaded.signatures)
     if spec.signature not in signatures:
         raise JobError(
-            "UnknownSignature",
+            FailureCode.UNKNOWN_SIGNATURE,
             f"the SavedModel has no signature {spec.signature!r}; it has {sorted(signatures)}",
         )
     return loaded, signatures[spec.signature]
@@ -208,19 +216,13 @@ def _test_hook_sleep() -> None:
 
 
 def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
-    from kiln_worker._inputs import JobError
-
     try:
         outputs = fn(**inputs)
-    except tf.errors.ResourceExhaustedError as exc:
-        # The allocation failed against the job's RLIMIT_AS: the model asked for too much.
-        detail = next((line.strip() for line in str(exc).splitlines() if "OOM" in line),
-                      _first_line(exc))
-        raise JobError("MemoryLimit", f"{what}: the model tried to allocate more memory than a "
-                       f"compile may use ({detail}); reduce the model's or the example "
-                       "inputs' size") from exc
-    except (tf.errors.OpError, ValueError, TypeError) as exc:
-        raise JobError("ModelError", f"{what}: {_first_line(exc)}") from exc
+    except Exception as exc:
+        failure = classify_model_exception(exc, what)
+        if failure is None:
+            raise
+        raise JobError(failure.code, failure.message) from exc
     if not isinstance(outputs, dict):
         flat = tf.nest.flatten(outputs)
         outputs = {f"output_{i}": t for i, t in enumerate(flat)}
@@ -245,17 +247,14 @@ def _verify(
     """Compare the reloaded compiled model's outputs with the original's."""
     import numpy as np
 
-    from kiln_worker._inputs import JobError
-
     try:
         reloaded = tf.saved_model.load(str(compiled_dir))
         serving = reloaded.signatures["serving_default"]
         actual = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
     except (JobError, KeyError) as exc:
         raise JobError(
-            "VerificationFailed",
+            FailureCode.VERIFICATION_FAILED,
             f"the compiled model does not run after saving and reloading: {exc}",
-            kind="system_error",
         ) from exc
     pairs = _pair_outputs(expected, actual)
     per_output: dict[str, dict[str, float]] = {}
@@ -264,10 +263,9 @@ def _verify(
         want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
         if want64.shape != got64.shape:
             raise JobError(
-                "VerificationFailed",
+                FailureCode.VERIFICATION_FAILED,
                 f"output {name!r} has shape {list(got64.shape)} after compiling, "
                 f"{list(want64.shape)} before",
-                kind="system_error",
             )
         diff = float(np.max(np.abs(want64 - got64), initial=0.0))
         biggest = float(np.max(np.abs(want64), initial=0.0))
@@ -293,15 +291,12 @@ def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
 
 def _pair_outputs(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Match outputs by name, or by sorted position when the compiled model renamed them."""
-    from kiln_worker._inputs import JobError
-
     if set(expected) == set(actual):
         return {name: (expected[name], actual[name]) for name in sorted(expected)}
     if len(expected) != len(actual):
         raise JobError(
-            "VerificationFailed",
+            FailureCode.VERIFICATION_FAILED,
             f"the compiled model has outputs {sorted(actual)}, the original {sorted(expected)}",
-            kind="system_error",
         )
     return {
         name: (expected[name], actual[other])
@@ -324,11 +319,6 @@ def _versions(tf: Any) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[dist] = "unknown"
     return versions
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
 from kiln_service.errors import (
     DuplicateIdempotencyKeyError,
+    InsufficientStorageError,
     NoWorkerForTargetError,
     PayloadTooLargeError,
     StoreError,
@@ -32,7 +33,7 @@ from kiln_service.queue import enqueue_compile
 from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
-from kiln_service.uploads import ReceivedForm, receive_multipart
+from kiln_service.uploads import ReceivedForm, is_disk_full, receive_multipart
 
 __all__ = ["router"]
 
@@ -89,14 +90,22 @@ async def create_compile_job(request: Request, response: Response, tenant: Tenan
     settings = services.settings
     _check_content_length(request, settings)
     # Fairness before the body is read: a refused tenant costs no upload bandwidth or disk.
-    if services.rate_limiter is not None:
-        services.rate_limiter.check(tenant)
+    await anyio.to_thread.run_sync(services.rate_limiter.check, tenant)
     await anyio.to_thread.run_sync(partial(
         check_active_jobs, services.job_store, tenant=tenant,
         limit=settings.max_active_jobs_per_tenant))
     key = idempotency.check_key(request.headers.get(idempotency.HEADER))
-    with services.in_flight.hold(tenant, key):
-        job, replayed = await _receive_and_submit(request, services, tenant, key)
+    async with services.in_flight.hold(tenant, key):
+        try:
+            job, replayed = await _receive_and_submit(request, services, tenant, key)
+        except (OSError, StoreError) as exc:
+            if not is_disk_full(exc):
+                raise
+            logger.warning("upload refused: the disk is full (%s)", exc)
+            raise InsufficientStorageError(
+                "the server has no room to store this upload right now (its disk is full); "
+                "nothing of it was kept: retry later, or send a smaller model",
+            ) from exc
     if replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
     else:
@@ -117,6 +126,7 @@ async def _receive_and_submit(
         text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
         max_body_bytes=settings.resolved_max_request_bytes,
         max_field_bytes=settings.max_form_field_bytes,
+        idle_timeout_seconds=settings.upload_idle_timeout_seconds,
     )
     try:
         compile_request = parse_compile_request(form.fields, settings)

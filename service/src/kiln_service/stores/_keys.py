@@ -141,6 +141,27 @@ class ApiKeyMixin:
         Raises:
             StoreError: The database failed.
         """
+        found = self.identify_api_key(key=key)
+        return None if found is None else found.tenant
+
+    def active_key_tenant(self, *, key_id: str) -> str | None:
+        """Return the tenant of the unrevoked key with id ``key_id`` (a dashboard session's key).
+
+        Raises:
+            StoreError: The database failed.
+        """
+        query = select(api_keys.c.tenant).where(api_keys.c.id == key_id,
+                                                api_keys.c.revoked_at.is_(None))
+        with self._tx() as conn:
+            tenant = conn.execute(query).scalar_one_or_none()
+        return None if tenant is None else str(tenant)
+
+    def identify_api_key(self, *, key: str) -> ApiKeyInfo | None:
+        """Return the valid, unrevoked key ``key`` is, or ``None`` (touches ``last_used_at``).
+
+        Raises:
+            StoreError: The database failed.
+        """
         if not key.startswith(KEY_PREFIX) or len(key) > 256:
             return None
         presented = hash_key(key)
@@ -160,7 +181,7 @@ class ApiKeyMixin:
             with self._tx() as conn:
                 conn.execute(update(api_keys).where(api_keys.c.id == found["id"])
                              .values(last_used_at=now))
-        return str(found["tenant"])
+        return ApiKeyInfo.model_validate(dict(found))
 
     def revoke_api_key(self, *, key_id_or_prefix: str) -> ApiKeyInfo:
         """Revoke the key with this id or prefix (revoking a revoked key changes nothing).

@@ -15,7 +15,8 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, select, update
 
-from kiln_client.models import Failure, FailureKind, JobStatus, Stage
+from kiln_client.codes import FailureCode
+from kiln_client.models import Failure, JobStatus, Stage
 from kiln_service.stores._schema import jobs, utcnow
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOpsMixin", "Requeued"]
@@ -169,7 +170,7 @@ def _lost_values(now: object, attempts: int, max_attempts: int, cancel: bool,
                 "updated_at": now, "lease_expires_at": None}
     if attempts < max_attempts:
         return _requeue_values(now, f"retrying: worker {worker} was lost (attempt {attempts})")
-    failure = Failure(kind=FailureKind.SYSTEM_ERROR, code="WorkerLost", message=(
+    failure = Failure.of(FailureCode.WORKER_LOST, (
         f"the worker running this job stopped answering (last on {worker}) {attempts} times; "
         f"Kiln gave up after {max_attempts} attempts. This is Kiln's fault, not the model's: "
         "resubmit, and report it if it happens again"))

@@ -43,6 +43,7 @@ from kiln_service.errors import (
     StoreError,
 )
 from kiln_service.stores._keys import ApiKeyMixin
+from kiln_service.stores._limits import SharedLimitsMixin
 from kiln_service.stores._records import JobRecord, LogLine, row_to_record
 from kiln_service.stores._recovery_ops import RecoveryOpsMixin
 from kiln_service.stores._schema import job_logs, jobs, utcnow
@@ -63,7 +64,8 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixin):
+class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixin,
+               SharedLimitsMixin):
     """Jobs, their logs and the advertised workers over one SQLAlchemy engine.
 
     Args:

@@ -13,7 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from kiln_worker.tracer.errors import BackendUnavailableError, TraceError, TraceInputError
+from kiln_worker.tracer.errors import (
+    BackendUnavailableError,
+    TraceError,
+    TraceInputError,
+    pass_error,
+)
 from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
@@ -33,7 +38,7 @@ def run_pass(name: str, timings: dict[str, float] | None = None) -> Iterator[Non
     except TraceError:
         raise
     except Exception as e:
-        raise TraceError(f"{type(e).__name__}: {e}", name) from e
+        raise pass_error(e, name) from e
     finally:
         if timings is not None:
             timings[f"{name}_seconds"] = round(time.perf_counter() - start, 4)

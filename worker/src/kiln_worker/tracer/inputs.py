@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kiln_worker.tracer.errors import TraceInputError
+from kiln_worker.tracer.errors import TraceInputError, model_error_text
 
 logger = logging.getLogger(__name__)
 _PASS = "inputs"
@@ -254,7 +254,7 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
             first_error = first_error or e
     if concrete is None:
         raise TraceInputError(
-            f"calling func with example_inputs failed: {type(first_error).__name__}: {first_error}",
+            f"calling func with example_inputs failed: {model_error_text(first_error)}",
             _PASS,
         ) from first_error
     reference = [np.asarray(t.numpy()) for t in concrete(*[tf.constant(x) for x in examples])]
