@@ -180,11 +180,14 @@ def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any])
 
 def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
     """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
+    from kiln_worker._inputs import placement_callback
     from kiln_worker.manifest import build_manifest, write_manifest
 
+    # "spec" when the job's placement spec chose the nodes, else the tracer's placement mode
+    mode = ((report or {}).get("placement") or {}).get("mode", "measured")
     manifest = build_manifest(
         compiled_dir, report=report, flags=spec.flags,
-        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        placement="spec" if placement_callback(spec.placement) else str(mode), backend=spec.backend,
         target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
     )
     write_manifest(compiled_dir, manifest)
