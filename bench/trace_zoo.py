@@ -16,7 +16,7 @@ Phases:
    ``autojit`` (started with ``TF_XLA_FLAGS=--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit``,
    which TensorFlow reads once per process) serves the original signature under auto-clustering.
    Repetitions are interleaved round-robin: per repetition, per model and batch, every variant
-   runs one timed block (rotating the order), so all variants see the same machine speed.
+   runs one timed block (rotating the order, reversed every other repetition), so all variants see the same machine speed.
    The figure per cell is the median over repetitions of the block's mean latency; a verdict
    compares paired repetitions (see ``_paired``).
 """
