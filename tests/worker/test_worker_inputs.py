@@ -45,9 +45,15 @@ def test_input_shapes_fill_unknown_dimensions() -> None:
         prepare_inputs(specs, None, {"y": [1]}, seed=0)
 
 
-def test_strings_cannot_be_generated() -> None:
+def test_strings_are_generated_as_words() -> None:
+    (words,) = prepare_inputs(_specs(s=([None, 2], tf.string)), None, None, seed=0).values()
+    assert words.dtype == tf.string and words.shape.as_list() == [1, 2]
+    assert all(w and w.isalpha() for w in words.numpy().ravel())
+
+
+def test_dtypes_that_cannot_be_generated_need_uploaded_inputs() -> None:
     with pytest.raises(JobError, match="upload example_inputs"):
-        prepare_inputs(_specs(s=([None], tf.string)), None, None, seed=0)
+        prepare_inputs(_specs(c=([None], tf.complex64)), None, None, seed=0)
 
 
 def test_npz_inputs_are_checked_against_the_signature(tmp_path: Path) -> None:

@@ -34,10 +34,6 @@ __all__ = ["EventChannel", "classify_exception", "main"]
 
 logger = logging.getLogger("kiln_worker.runner")
 
-#: relative and absolute tolerance of the numerical check (compiled vs. original outputs)
-RTOL = 1e-3
-ATOL = 1e-5
-
 #: where each tracer stage sits in the job's overall progress (start, end)
 _TRACER_SPAN = {"tracing": (0.10, 0.30), "compiling": (0.30, 0.75), "verifying": (0.75, 0.80)}
 
@@ -119,7 +115,7 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     events.progress("loading", 0.02, "loading the SavedModel")
     _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
     inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes, spec.seed)
-    expected = _run_model(tf, fn, inputs, "the model failed on the example inputs")
+    expected, reference_reason = _run_model(tf, fn, inputs, "the model failed on the example inputs")
     timings["load_seconds"] = time.perf_counter() - started
 
     events.progress("tracing", 0.10, "tracing the signature")
@@ -155,6 +151,8 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "verify": {"reference": "xla" if reference_reason else "tensorflow",
+                   "reason": reference_reason},
         "manifest": manifest,
         "speed": speed,
     }
@@ -178,16 +176,22 @@ def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any])
         return {"error": summary, "batches": {}}
 
 
+def _placement_label(spec: JobSpec, report: Any) -> str:
+    """The placement mode the tracer used, with ``+spec`` when op or name rules applied."""
+    from kiln_worker._inputs import placement_callback
+
+    recorded = (report or {}).get("placement") if isinstance(report, dict) else None
+    mode = (recorded or {}).get("mode") or spec.placement_mode or "measured"
+    return f"{mode}+spec" if placement_callback(spec.placement) is not None else str(mode)
+
+
 def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
     """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
-    from kiln_worker._inputs import placement_callback
     from kiln_worker.manifest import build_manifest, write_manifest
 
-    # "spec" when the job's placement spec chose the nodes, else the tracer's placement mode
-    mode = ((report or {}).get("placement") or {}).get("mode", "measured")
     manifest = build_manifest(
         compiled_dir, report=report, flags=spec.flags,
-        placement="spec" if placement_callback(spec.placement) else str(mode), backend=spec.backend,
+        placement=_placement_label(spec, report), backend=spec.backend,
         target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
     )
     write_manifest(compiled_dir, manifest)
@@ -218,9 +222,28 @@ def _test_hook_sleep() -> None:
         time.sleep(seconds)
 
 
-def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
+def _call_original(tf: Any, fn: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
+    """``fn(**inputs)``; compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
+
+    Returns:
+        The outputs, and why XLA ran it (``None`` when TensorFlow did).
+    """
+    from kiln_worker.tracer.reference import call_with_xla_fallback, lacks_cpu_kernel
+
     try:
-        outputs = fn(**inputs)
+        return fn(**inputs), None
+    except tf.errors.OpError as exc:
+        if not lacks_cpu_kernel(exc):
+            raise
+    return call_with_xla_fallback(lambda: fn(**inputs), [], "loading")
+
+
+def _run_model(
+    tf: Any, fn: Any, inputs: dict[str, Any], what: str
+) -> tuple[dict[str, Any], str | None]:
+    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``)."""
+    try:
+        outputs, reason = _call_original(tf, fn, inputs)
     except Exception as exc:
         failure = classify_model_exception(exc, what)
         if failure is None:
@@ -229,7 +252,7 @@ def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str,
     if not isinstance(outputs, dict):
         flat = tf.nest.flatten(outputs)
         outputs = {f"output_{i}": t for i, t in enumerate(flat)}
-    return {name: value.numpy() for name, value in outputs.items()}
+    return {name: value.numpy() for name, value in outputs.items()}, reason
 
 
 def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: EventChannel) -> Any:
@@ -247,41 +270,28 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
 def _verify(
     tf: Any, compiled_dir: Path, inputs: dict[str, Any], expected: dict[str, Any]
 ) -> dict[str, Any]:
-    """Compare the reloaded compiled model's outputs with the original's."""
-    import numpy as np
+    """Compare the reloaded compiled model's outputs with the original's, per output dtype."""
+    from kiln_worker.tracer.tolerance import compare_arrays, summarise
 
     try:
         reloaded = tf.saved_model.load(str(compiled_dir))
         serving = reloaded.signatures["serving_default"]
-        actual = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
+        actual, _ = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
     except (JobError, KeyError) as exc:
         raise JobError(
             FailureCode.VERIFICATION_FAILED,
             f"the compiled model does not run after saving and reloading: {exc}",
         ) from exc
     pairs = _pair_outputs(expected, actual)
-    per_output: dict[str, dict[str, float]] = {}
-    worst_diff = worst_abs = 0.0
-    for name, (want, got) in pairs.items():
-        want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
-        if want64.shape != got64.shape:
+    entries = {name: compare_arrays(want, got) for name, (want, got) in pairs.items()}
+    for name, entry in entries.items():
+        if "shape" in entry:
+            before, after = entry["shape"]
             raise JobError(
                 FailureCode.VERIFICATION_FAILED,
-                f"output {name!r} has shape {list(got64.shape)} after compiling, "
-                f"{list(want64.shape)} before",
+                f"output {name!r} has shape {after} after compiling, {before} before",
             )
-        diff = float(np.max(np.abs(want64 - got64), initial=0.0))
-        biggest = float(np.max(np.abs(want64), initial=0.0))
-        per_output[name] = {"max_abs_diff": diff, "max_abs_output": biggest}
-        worst_diff, worst_abs = max(worst_diff, diff), max(worst_abs, biggest)
-    return {
-        "max_abs_diff": worst_diff,
-        "max_abs_output": worst_abs,
-        "rtol": RTOL,
-        "atol": ATOL,
-        "within_tolerance": worst_diff <= ATOL + RTOL * worst_abs,
-        "outputs": per_output,
-    }
+    return summarise(entries)
 
 
 def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
