@@ -92,9 +92,10 @@ def _node(name: str, op: str) -> tf.compat.v1.NodeDef:
     ("placement", "accepted"),
     [
         (None, None),
-        ({}, None),  # no rule: no callback, the placement mode alone decides
-        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),
-        ({"exclude_names": ["nothing*"]}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),  # the mode alone decides
+        ({"mode": "measured"}, None),
+        ({"mode": "measured", "include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"exclude_ops": ["Softmax"]}, {"dense/MatMul", "dense/Relu", "head/MatMul"}),
         ({"include_names": ["dense/*"]}, {"dense/MatMul", "dense/Relu"}),
