@@ -7,6 +7,11 @@ besides package registries), seeded so that two builds give the same weights. Al
 Models: a 3-layer MLP, MobileNetV2 and ResNet50 from ``tf.keras.applications``, a two-layer LSTM
 classifier, and a small BERT-like encoder (token + position embeddings, two transformer blocks with
 multi-head attention, layer norm and a GELU feed-forward, dict outputs).
+
+``EXTRA_ZOO`` holds the models of issue 9 that a benchmark can time (a GRU, a text classifier
+that starts with ``TextVectorization``, one transformer block, a float16 MLP, a mixed-precision
+CNN and an NCHW CNN); ``BENCH_ZOO`` is both. The tracer tests of those models live with the tests
+of the features they need.
 """
 
 from __future__ import annotations
@@ -25,13 +30,21 @@ import tensorflow as tf
 import tf_keras as keras
 
 __all__ = [
+    "BENCH_ZOO",
+    "EXTRA_ZOO",
     "ZOO",
     "ZooModel",
     "build_bert_encoder",
+    "build_float16_mlp",
+    "build_gru",
     "build_lstm",
+    "build_mixed_precision_cnn",
     "build_mlp",
     "build_mobilenet_v2",
+    "build_nchw_cnn",
     "build_resnet50",
+    "build_text_classifier",
+    "build_transformer_block",
     "compare_outputs",
     "to_numpy_list",
 ]
@@ -40,6 +53,11 @@ BERT_VOCAB = 2000
 BERT_SEQ = 64
 LSTM_STEPS = 32
 LSTM_FEATURES = 32
+
+
+TEXT_SEQ = 32
+TEXT_WORDS = tuple(f"w{i}" for i in range(400))
+IMAGE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,12 +179,96 @@ def build_bert_encoder(
     return keras.Model(ids, {"sequence_output": x, "pooled_output": pooled}, name="bert_like")
 
 
+def build_gru(seed: int = 0) -> keras.Model:
+    """A GRU (128 units) over 32 steps of 32 features, then 10 logits."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(LSTM_STEPS, LSTM_FEATURES), name="sequence")
+    x = keras.layers.GRU(128)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="gru")
+
+
+def build_text_classifier(seed: int = 0) -> keras.Model:
+    """``TextVectorization`` (a lookup table, stays on CPU) → embedding → Conv1D → 2 logits."""
+    keras.utils.set_random_seed(seed)
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=len(TEXT_WORDS) + 2, output_sequence_length=TEXT_SEQ, name="vectorize"
+    )
+    vectorize.adapt(tf.constant([" ".join(TEXT_WORDS)]))
+    text = keras.Input(shape=(), dtype=tf.string, name="text")
+    x = keras.layers.Embedding(len(TEXT_WORDS) + 2, 64)(vectorize(text))
+    x = keras.layers.Conv1D(128, 3, activation="relu")(x)
+    x = keras.layers.GlobalMaxPooling1D()(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model(text, keras.layers.Dense(2, name="logits")(x), name="text")
+
+
+def build_transformer_block(seed: int = 0) -> keras.Model:
+    """One post-norm transformer encoder block over (64, 128) float features."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(BERT_SEQ, 128), name="features")
+    outputs = _transformer_block(inputs, 0, hidden=128, heads=4, ffn=512)
+    return keras.Model(inputs, outputs, name="transformer_block")
+
+
+def build_float16_mlp(seed: int = 0) -> keras.Model:
+    """A 3-layer MLP whose inputs, weights and outputs are all float16."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(784,), dtype="float16", name="features")
+    x = keras.layers.Dense(512, activation="relu", dtype="float16")(inputs)
+    x = keras.layers.Dense(512, activation="relu", dtype="float16")(x)
+    outputs = keras.layers.Dense(10, dtype="float16", name="logits")(x)
+    return keras.Model(inputs, outputs, name="float16_mlp")
+
+
+def build_mixed_precision_cnn(seed: int = 0) -> keras.Model:
+    """A small CNN under the ``mixed_float16`` policy (float16 compute, float32 logits)."""
+    keras.utils.set_random_seed(seed)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input(shape=(IMAGE, IMAGE, 3), name="image")
+        x = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
+        x = keras.layers.Conv2D(64, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        outputs = keras.layers.Dense(10, dtype="float32", name="logits")(x)
+        return keras.Model(inputs, outputs, name="mixed_precision_cnn")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def build_nchw_cnn(seed: int = 0) -> keras.Model:
+    """A small CNN in NCHW layout (``channels_first``): ``Conv2D`` with ``data_format=NCHW``.
+
+    TensorFlow's CPU kernels run NCHW convolutions only through oneDNN (on by default on x86);
+    XLA runs them anywhere.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(3, IMAGE, IMAGE), name="image")
+    x = keras.layers.Conv2D(32, 3, activation="relu", data_format="channels_first")(inputs)
+    x = keras.layers.Conv2D(64, 3, strides=2, activation="relu", data_format="channels_first")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="nchw_cnn")
+
+
 def _floats(shape: tuple[int, ...]) -> Callable[[int, int], np.ndarray]:
     def make(batch: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
         return rng.random((batch, *shape), dtype=np.float32)
 
     return make
+
+
+def _float16s(shape: tuple[int, ...]) -> Callable[[int, int], np.ndarray]:
+    def make(batch: int, seed: int) -> np.ndarray:
+        return _floats(shape)(batch, seed).astype(np.float16)
+
+    return make
+
+
+def _sentences(batch: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    words = rng.choice(np.array(TEXT_WORDS), size=(batch, TEXT_SEQ))
+    return np.array([" ".join(row).encode() for row in words], dtype=object)
 
 
 def _token_ids(batch: int, seed: int) -> np.ndarray:
@@ -181,6 +283,15 @@ ZOO: Mapping[str, ZooModel] = {
     "lstm": ZooModel("lstm", build_lstm, _floats((LSTM_STEPS, LSTM_FEATURES))),
     "bert": ZooModel("bert", build_bert_encoder, _token_ids),
 }
+EXTRA_ZOO: Mapping[str, ZooModel] = {
+    "gru": ZooModel("gru", build_gru, _floats((LSTM_STEPS, LSTM_FEATURES))),
+    "text": ZooModel("text", build_text_classifier, _sentences),
+    "transformer": ZooModel("transformer", build_transformer_block, _floats((BERT_SEQ, 128))),
+    "float16_mlp": ZooModel("float16_mlp", build_float16_mlp, _float16s((784,))),
+    "mixed_cnn": ZooModel("mixed_cnn", build_mixed_precision_cnn, _floats((IMAGE, IMAGE, 3))),
+    "nchw_cnn": ZooModel("nchw_cnn", build_nchw_cnn, _floats((3, IMAGE, IMAGE))),
+}
+BENCH_ZOO: Mapping[str, ZooModel] = {**ZOO, **EXTRA_ZOO}
 
 
 def to_numpy_list(outputs: Any) -> list[np.ndarray]:

@@ -73,6 +73,21 @@ def test_compile_no_wait_prints_id_and_sends_options(serve: Any, archive: Path,
     assert b"--dynamic-batch-size" in body and b'{"team": "vision"}' in body and b"60" in body
 
 
+@pytest.mark.parametrize("mode", ["measured", "all"])
+def test_compile_placement_option_sends_the_mode(serve: Any, archive: Path, mode: str) -> None:
+    rec = serve(lambda req, i: httpx.Response(202, json=job_payload(JOB_ID)))
+    assert cli.main(["-q", "compile", str(archive), "--placement", mode, "--no-wait"]) == 0
+    assert f'name="placement"\r\n\r\n{{"mode":"{mode}"'.encode() in rec.bodies[0]
+
+
+def test_compile_unknown_placement_is_a_usage_error(archive: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compile", str(archive), "--placement", "fastest"])
+    assert exit_info.value.code == 2
+    assert "measured" in capsys.readouterr().err
+
+
 def _compile_then(final: dict[str, Any]) -> Callable[[httpx.Request, int], httpx.Response]:
     def handler(req: httpx.Request, i: int) -> httpx.Response:
         if req.method == "POST":

@@ -282,7 +282,9 @@ def test_jobs_spread_over_two_xla_workers_artifacts_in_object_store(cluster: Clu
         names = {a["name"] for a in jobs[xla_ids[0]]["artifacts"]}
         assert {"compiled_model.tar.gz", "report.json", "compile.log"} <= names
         job_id = xla_ids[0]
-        key = f"{cluster.prefix}/default/jobs/{job_id}/compiled_model.tar.gz"
+        # Each attempt stores under its own keys (its fence, which counts claims like attempts).
+        attempt = jobs[job_id]["attempts"]
+        key = f"{cluster.prefix}/default/jobs/{job_id}/attempt-{attempt}/compiled_model.tar.gz"
         stored = s3_client.get_object(Bucket=cluster.bucket, Key=key)["Body"].read()
         whole = client.get(f"/v1/jobs/{job_id}/artifacts/compiled_model.tar.gz")
         assert whole.status_code == 200 and whole.content == stored

@@ -35,6 +35,7 @@ from kiln_service.config import Settings
 from kiln_service.embedded import _prepare_auth
 from kiln_service.main import create_app
 from kiln_service.stores._keys import PREFIX_CHARS, api_keys
+from kiln_service.stores.artifacts import artifact_key
 from kiln_service.stores.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def finish_with_artifact(kiln: Kiln, job_id: str) -> None:
     assert claimed is not None
     kiln.store.append_logs(job_id=job_id, lines=["secret line of tenant a"])
     size, sha = kiln.app.state.services.artifact_store.put_stream(
-        f"jobs/{job_id}/report.json", [b'{"owner": "a"}'])
+        artifact_key(job_id, "report.json", attempt=claimed.fence), [b'{"owner": "a"}'])
     art = Artifact(name="report.json", size=size, sha256=sha)
     assert kiln.store.finish_job(job_id=job_id, status="succeeded", artifacts=[art],
                                  fence=claimed.fence)

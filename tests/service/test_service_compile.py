@@ -147,12 +147,27 @@ BAD_UPLOADS = {
     "input_shapes_unknown_name": (lambda m: (None, None, {"input_shapes": json.dumps({"q": [1]})}), 422, "invalid_input_shapes"),
     "labels_not_json": (lambda m: (None, good_inputs(), {"labels": "{oops"}), 422, "invalid_field"),
     "placement_unknown_key": (lambda m: (None, good_inputs(), {"placement": json.dumps({"bogus": 1})}), 422, "invalid_field"),
+    "placement_unknown_mode": (lambda m: (None, good_inputs(), {"placement": json.dumps({"mode": "fastest"})}), 422, "invalid_field"),
+    "placement_bare_unknown_word": (lambda m: (None, good_inputs(), {"placement": "fastest"}), 422, "invalid_field"),
     "timeout_too_long": (lambda m: (None, good_inputs(), {"timeout_seconds": "999999"}), 422, "invalid_timeout"),
     "inputs_and_shapes_both": (lambda m: (None, good_inputs(), {"input_shapes": json.dumps({"ids": [1, 2, 4]})}), 422, "conflicting_inputs"),
     "unknown_rank_without_shapes": (lambda m: (None, None, {"signature": "other"}), 422, "input_shape_required"),
     "input_shapes_wrong_rank": (lambda m: (None, None, {"input_shapes": json.dumps({"ids": [2, 4]})}), 422, "invalid_input_shapes"),
     "unknown_form_field": (lambda m: (None, good_inputs(), {"colour": "blue"}), 422, "unknown_field"),
 }
+
+
+@pytest.mark.parametrize(("field", "expected"), [
+    ("all", {"mode": "all", "include_ops": [], "exclude_ops": [], "include_names": [], "exclude_names": []}),
+    (json.dumps({"mode": "measured", "exclude_ops": ["Sum"]}), {"mode": "measured", "exclude_ops": ["Sum"]}),
+])
+async def test_placement_mode_field(field: str, expected: dict[str, Any], client: httpx.AsyncClient,
+                                    two_inputs_tgz: Path) -> None:
+    resp = await client.post("/v1/compile", files=upload_files(two_inputs_tgz.read_bytes(), good_inputs()),
+                             data={"placement": field})
+    assert resp.status_code == 202, resp.text
+    placement = resp.json()["placement"]
+    assert {k: placement[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize("case", sorted(BAD_UPLOADS))

@@ -70,6 +70,6 @@ def test_automatic_mode_skips_trivial_subgraphs() -> None:
     import kiln_worker
 
     traced = kiln_worker.trace(lambda x: tf.reshape(x, [-1, 6]) * 2.0, tf.ones([1, 2, 3]))
-    assert traced.report["subgraphs"] == []
+    assert traced.report["subgraphs"] == []  # one cheap op (Mul) alone is not worth a call
     assert any("trivial" in op["reason"] for op in traced.report["cpu_ops"])
     assert traced.report["warnings"]

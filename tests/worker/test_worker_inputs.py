@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -79,14 +80,16 @@ def _node(name: str, op: str) -> tf.compat.v1.NodeDef:
     ("placement", "accepted"),
     [
         (None, None),
-        ({}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({}, None),  # no rule: no callback, the placement mode alone decides
+        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),
+        ({"exclude_names": ["nothing*"]}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
         ({"include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"exclude_ops": ["Softmax"]}, {"dense/MatMul", "dense/Relu", "head/MatMul"}),
         ({"include_names": ["dense/*"]}, {"dense/MatMul", "dense/Relu"}),
         ({"include_ops": ["MatMul"], "exclude_names": ["head/*"]}, {"dense/MatMul"}),
     ],
 )
-def test_placement_callback(placement: dict[str, list[str]] | None, accepted: set[str] | None) -> None:
+def test_placement_callback(placement: dict[str, Any] | None, accepted: set[str] | None) -> None:
     nodes = [_node("dense/MatMul", "MatMul"), _node("dense/Relu", "Relu"),
              _node("head/MatMul", "MatMul"), _node("head/Softmax", "Softmax")]
     callback = placement_callback(placement)

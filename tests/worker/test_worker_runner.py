@@ -6,6 +6,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from worker_helpers import run_child
 
 
@@ -58,6 +59,17 @@ def test_unknown_inner_dimension_needs_input_shapes(zoo: Path, tmp_path: Path) -
     fixed = run_child(tmp_path / "b", zoo / "dynamic" / "model", input_shapes={"x": [2, 5, 3]})
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert fixed.report["inputs"]["x"]["shape"] == [2, 5, 3]
+
+
+@pytest.mark.parametrize("mode", ["all", "measured"])
+def test_placement_mode_reaches_the_tracer(zoo: Path, tmp_path: Path, mode: str) -> None:
+    result = run_child(tmp_path, zoo / "mixed" / "model", placement={"mode": mode})
+    assert result.returncode == 0, result.stderr[-3000:]
+    tracer = result.report["tracer"]
+    assert tracer["placement"]["mode"] == mode
+    measured = [s for s in tracer["subgraphs"] if "measurement" in s]
+    assert bool(measured) == (mode == "measured")
+    assert not any(op["reason"].startswith("excluded by") for op in tracer["cpu_ops"])
 
 
 def test_placement_spec_limits_the_accelerator_ops(zoo: Path, tmp_path: Path) -> None:

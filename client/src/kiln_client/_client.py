@@ -191,7 +191,8 @@ class Client(_BaseClient):
     def compile(
         self, model: Any, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
-        placement: models.PlacementSpec | Mapping[str, Any] | None = None, name: str | None = None,
+        placement: models.PlacementSpec | Mapping[str, Any] | str | None = None,
+        name: str | None = None,
         labels: Mapping[str, str] | None = None, timeout: int | None = None, wait: bool = True,
         progress: bool = True, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> Job:
@@ -205,7 +206,8 @@ class Client(_BaseClient):
             flags: ``NEURON_CC_FLAGS`` as a string or a list of arguments.
             target: ``xla`` or ``inf1``.
             signature: the SavedModel signature to compile.
-            placement: which ops may go to the accelerator (:class:`PlacementSpec` or dict).
+            placement: ``"measured"`` (default) or ``"all"``, or a :class:`PlacementSpec` (or
+                dict) with a ``mode`` and which ops may go to the accelerator.
             name: a name for the job.
             labels: key/value labels, usable as list filters.
             timeout: the compile's time limit in seconds (the service's default when omitted).
@@ -308,7 +310,8 @@ class AsyncClient(_BaseClient):
     async def compile(
         self, model: Any, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
-        placement: models.PlacementSpec | Mapping[str, Any] | None = None, name: str | None = None,
+        placement: models.PlacementSpec | Mapping[str, Any] | str | None = None,
+        name: str | None = None,
         labels: Mapping[str, str] | None = None, timeout: int | None = None, wait: bool = True,
         progress: bool = True, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> AsyncJob:

@@ -22,7 +22,7 @@ __all__ = ["compile_form", "list_params", "upload_files"]
 
 def compile_form(
     flags: str | Sequence[str] | None, target: str, signature: str,
-    placement: models.PlacementSpec | Mapping[str, Any] | None, name: str | None,
+    placement: models.PlacementSpec | Mapping[str, Any] | str | None, name: str | None,
     labels: Mapping[str, str] | None, timeout: int | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
 ) -> dict[str, str]:
@@ -36,8 +36,9 @@ def compile_form(
     try:
         req = models.CompileRequest(
             flags=flag_text or "", target=target, signature=signature,
-            placement=models.PlacementSpec.model_validate(dict(placement))
-            if isinstance(placement, Mapping) else placement,
+            placement=models.PlacementSpec.model_validate(
+                dict(placement) if isinstance(placement, Mapping) else placement
+            ) if placement is not None else None,
             input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
             name=name, labels=dict(labels or {}), timeout_seconds=timeout,
         )
@@ -45,7 +46,7 @@ def compile_form(
         raise InputError(f"invalid compile options: {exc}") from exc
     form = {"flags": req.flags, "target": req.target, "signature": req.signature}
     if req.placement is not None:
-        form["placement"] = req.placement.model_dump_json()
+        form["placement"] = req.placement.model_dump_json(exclude_none=True)
     if req.input_shapes is not None:
         form["input_shapes"] = json.dumps(req.input_shapes)
     if req.name is not None:

@@ -72,6 +72,9 @@ def _add_compile(sub: Any) -> None:
     p.add_argument("--flags", default=None, help='NEURON_CC_FLAGS, e.g. "--dynamic-batch-size"')
     p.add_argument("--target", default="xla", help="compile target: xla (default) or inf1")
     p.add_argument("--signature", default="serving_default", help="signature to compile")
+    p.add_argument("--placement", choices=["measured", "all"], default=None,
+                   help="measured (default): keep a compiled subgraph unless measured clearly "
+                   "slower than plain TensorFlow; all: compile every supported op, no timing")
     p.add_argument("--name", help="a name for the job")
     p.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE",
                    help="a label (repeatable)")
@@ -162,8 +165,8 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
                          "later with `kiln jobs download JOB_ID --out DIR`")
     job = client.compile(
         args.model, example_inputs=args.inputs, flags=args.flags, target=args.target,
-        signature=args.signature, name=args.name, labels=dict(args.label), timeout=args.timeout,
-        wait=False, progress=not args.quiet,
+        signature=args.signature, placement=args.placement, name=args.name,
+        labels=dict(args.label), timeout=args.timeout, wait=False, progress=not args.quiet,
     )
     _say(args, f"job {job.id} queued")
     if not args.no_wait:

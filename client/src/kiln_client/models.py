@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,6 +23,7 @@ __all__ = [
     "Job",
     "JobList",
     "JobStatus",
+    "PlacementMode",
     "PlacementSpec",
     "Problem",
     "Stage",
@@ -119,15 +120,26 @@ class Artifact(BaseModel):
     """Media type of the content."""
 
 
+#: The placement modes of the tracer (``trace(placement=...)``, ``KILN_PLACEMENT``).
+PlacementMode = Literal["measured", "all"]
+
+
 class PlacementSpec(BaseModel):
-    """A JSON stand-in for ``subgraph_builder_function``.
+    """Placement: the mode, and a JSON stand-in for ``subgraph_builder_function``.
 
     A node may go to the accelerator when its op type is in ``include_ops`` (or ``include_ops``
     is empty) and its name matches one of ``include_names`` (shell-style patterns, or all when
     empty), and neither its op type is in ``exclude_ops`` nor its name matches ``exclude_names``.
+    A bare mode name stands for ``{"mode": name}``: ``PlacementSpec.model_validate("all")``.
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    mode: PlacementMode | None = None
+    """``measured``: keep each compiled subgraph (and the whole compiled model) unless it is
+    measured clearly slower than plain TensorFlow, beyond the measurement's noise; ``all``: every
+    supported op compiled, nothing timed (tensorflow-neuron's behaviour). When omitted: the
+    worker's ``KILN_PLACEMENT``, else ``measured``, or ``all`` when op or name rules are given."""
 
     include_ops: list[str] = Field(default_factory=list)
     """Op types allowed on the accelerator, such as ``["MatMul", "Conv2D"]``; empty means all."""
@@ -137,6 +149,16 @@ class PlacementSpec(BaseModel):
     """Shell-style node-name patterns allowed on the accelerator; empty means all."""
     exclude_names: list[str] = Field(default_factory=list)
     """Shell-style node-name patterns kept on CPU."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_mode(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+    @property
+    def has_rules(self) -> bool:
+        """Whether any op or name rule restricts placement (else only the mode matters)."""
+        return bool(self.include_ops or self.exclude_ops or self.include_names or self.exclude_names)
 
 
 class CompileRequest(BaseModel):
@@ -151,7 +173,8 @@ class CompileRequest(BaseModel):
     signature: str = "serving_default"
     """The SavedModel signature to compile."""
     placement: PlacementSpec | None = None
-    """Which nodes may go to the accelerator; automatic when omitted."""
+    """Placement mode (``measured`` or ``all``) and which nodes may go to the accelerator;
+    automatic (measured) when omitted."""
     input_shapes: dict[str, list[int]] | None = None
     """Shapes for generated example inputs (name → shape) when no ``example_inputs`` is sent."""
     name: str | None = None

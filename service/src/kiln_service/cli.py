@@ -72,13 +72,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     from kiln_service.config import get_settings
     from kiln_service.queue import create_celery_app, enqueue_compile
     from kiln_service.reconcile import Reconciler, ReconcilerThread
+    from kiln_service.stores.artifacts import open_artifact_store
     from kiln_service.stores.jobs import JobStore
 
     settings = get_settings()
     celery = create_celery_app(settings)
     reconciler = Reconciler(
         JobStore(settings.resolved_database_url),
-        lambda job_id, target: enqueue_compile(celery, job_id=job_id, target=target))
+        lambda job_id, target: enqueue_compile(celery, job_id=job_id, target=target),
+        artifacts=open_artifact_store(settings.resolved_storage_url))
     if args.once:
         print(json.dumps(reconciler.run_once()))
         return 0

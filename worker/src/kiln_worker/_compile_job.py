@@ -3,8 +3,10 @@
 claim (the job store decides) → fetch and unpack the upload into a fresh temporary directory →
 write the spec → run ``python -m kiln_worker.runner`` in its own process group, streaming its
 progress and log lines to the job store, renewing the lease, watching for cancellation and the
-time limit → store the artifacts → finish the job with the attempt's fence. The temporary
-directory is removed afterwards, whatever happened.
+time limit → store the artifacts under the attempt's own keys (``jobs/<id>/attempt-<fence>/``)
+→ finish the job with the attempt's fence, which publishes those keys in the same ``UPDATE``.
+A stale attempt's finish is refused and it deletes what it stored. The temporary directory is
+removed afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kiln_service.errors import StoreError
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
+    attempt_prefix,
     open_artifact_store,
     upload_key,
 )
@@ -338,6 +341,7 @@ class CompileAttempt:
         try:
             return self._store_and_finish()
         except (OSError, StoreError) as exc:
+            self._discard_outputs()  # what the failed store left of this attempt
             detail = getattr(exc, "detail", None) or str(exc)
             return self._fail(Failure.of(
                 FailureCode.STORAGE_ERROR,
@@ -386,7 +390,18 @@ class CompileAttempt:
             artifacts = [self._put_log()]
         done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
                                         artifacts=artifacts, report=report, fence=self.fence)
-        return status.value if done is not None else "lost"
+        if done is None:
+            self._discard_outputs()
+            return "lost"
+        return status.value
+
+    def _discard_outputs(self) -> None:
+        """Delete what this attempt stored: another attempt owns the job now, or it ended."""
+        try:
+            self.ctx.artifacts.delete_prefix(attempt_prefix(self.job.id, self.fence))
+        except Exception as exc:  # the reconciler sweeps what is left
+            logger.warning("job %s: could not delete the outputs of stale attempt %s: %s",
+                           self.job.id, self.fence, exc)
 
     def _put_workdir(self) -> list[Artifact]:
         if self.workdir is None or not self.workdir.is_dir():
@@ -404,5 +419,6 @@ class CompileAttempt:
         return self._put("compile.log", path, "text/plain; charset=utf-8")
 
     def _put(self, name: str, path: Path, content_type: str) -> Artifact:
-        size, sha256 = self.ctx.artifacts.put_file(artifact_key(self.job.id, name), path)
+        key = artifact_key(self.job.id, name, attempt=self.fence)
+        size, sha256 = self.ctx.artifacts.put_file(key, path)
         return Artifact(name=name, size=size, sha256=sha256, content_type=content_type)

@@ -183,7 +183,7 @@ def _concrete_shape(
     return tuple(int(d) for d in dims)
 
 
-def placement_callback(placement: Mapping[str, Sequence[str]] | None) -> Callable[[Any], bool] | None:
+def placement_callback(placement: Mapping[str, Any] | None) -> Callable[[Any], bool] | None:
     """A ``subgraph_builder_function`` from a ``PlacementSpec`` (as a dict).
 
     A node may go to the accelerator when its op type is in ``include_ops`` (or that list is
@@ -194,9 +194,11 @@ def placement_callback(placement: Mapping[str, Sequence[str]] | None) -> Callabl
         placement: the spec, or ``None`` for automatic placement.
 
     Returns:
-        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None``.
+        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or has no
+        op or name rules (only a ``mode``).
     """
-    if placement is None:
+    rules = ("include_ops", "exclude_ops", "include_names", "exclude_names")
+    if placement is None or not any(placement.get(key) for key in rules):
         return None
     include_ops = frozenset(placement.get("include_ops") or ())
     exclude_ops = frozenset(placement.get("exclude_ops") or ())

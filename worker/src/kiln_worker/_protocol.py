@@ -72,9 +72,15 @@ class JobSpec:
     flags: str = ""
     example_inputs: str | None = None
     input_shapes: dict[str, list[int]] | None = None
-    placement: dict[str, list[str]] | None = None
+    placement: dict[str, Any] | None = None
     seed: int = 0
     upload_digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def placement_mode(self) -> str | None:
+        """The placement mode asked for (``measured``/``all``), or ``None`` for the default."""
+        mode = (self.placement or {}).get("mode")
+        return str(mode) if mode else None
 
     @property
     def backend(self) -> str:

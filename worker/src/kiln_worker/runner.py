@@ -176,13 +176,22 @@ def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any])
         return {"error": summary, "batches": {}}
 
 
+def _placement_label(spec: JobSpec, report: Any) -> str:
+    """The placement mode the tracer used, with ``+spec`` when op or name rules applied."""
+    from kiln_worker._inputs import placement_callback
+
+    recorded = (report or {}).get("placement") if isinstance(report, dict) else None
+    mode = (recorded or {}).get("mode") or spec.placement_mode or "measured"
+    return f"{mode}+spec" if placement_callback(spec.placement) is not None else str(mode)
+
+
 def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
     """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
     from kiln_worker.manifest import build_manifest, write_manifest
 
     manifest = build_manifest(
         compiled_dir, report=report, flags=spec.flags,
-        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        placement=_placement_label(spec, report), backend=spec.backend,
         target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
     )
     write_manifest(compiled_dir, manifest)
@@ -241,7 +250,8 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
         fraction = min(max(float(fraction), 0.0), 1.0)
         events.progress(stage, start + (end - start) * fraction, message)
 
-    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend, on_progress=on_progress)
+    return trace(fn, inputs, sbf, flags=spec.flags, backend=spec.backend,
+                 placement=spec.placement_mode, on_progress=on_progress)
 
 
 def _verify(

@@ -9,14 +9,14 @@ import shutil
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from kiln_client.flags import FlagsError, parse_flags
-from kiln_client.models import CompileRequest, Job
+from kiln_client.models import CompileRequest, Job, PlacementMode
 from kiln_service import idempotency, ingest
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
@@ -42,6 +42,7 @@ router = APIRouter(prefix="/v1", tags=["compile"])
 
 FILE_FIELDS = {"model", "example_inputs"}
 JSON_FIELDS = {"placement", "input_shapes", "labels"}
+PLACEMENT_MODES = frozenset(get_args(PlacementMode))
 TEXT_FIELDS = set(CompileRequest.model_fields)
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
@@ -65,7 +66,9 @@ _OPENAPI_BODY: dict[str, Any] = {
                 "flags": {"type": "string", "description": "NEURON_CC_FLAGS"},
                 "target": {"type": "string", "enum": list(TARGETS), "default": "xla"},
                 "signature": {"type": "string", "default": "serving_default"},
-                "placement": {"type": "string", "description": "JSON PlacementSpec"},
+                "placement": {"type": "string",
+                              "description": "`measured` or `all`, or a JSON PlacementSpec "
+                                             "(`mode`, op and name rules)"},
                 "input_shapes": {"type": "string", "description": "JSON object: input name to shape"},
                 "name": {"type": "string"},
                 "labels": {"type": "string", "description": "JSON object of string labels"},
@@ -176,7 +179,9 @@ def parse_compile_request(fields: dict[str, str], settings: Settings) -> Compile
     """
     data: dict[str, Any] = {}
     for key, raw in fields.items():
-        if key in JSON_FIELDS:
+        if key == "placement" and raw.strip() in PLACEMENT_MODES:  # the bare mode name
+            data[key] = raw.strip()
+        elif key in JSON_FIELDS:
             try:
                 data[key] = json.loads(raw) if raw.strip() else None
             except json.JSONDecodeError as exc:

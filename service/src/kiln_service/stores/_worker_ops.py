@@ -164,9 +164,12 @@ class WorkerOpsMixin:
             job_id: The job id.
             status: ``succeeded``, ``failed`` or ``cancelled``.
             failure: Why it failed (required for ``failed``).
-            artifacts: The stored artifacts (already durable in the artifact store).
+            artifacts: The stored artifacts (already durable in the artifact store, under the
+                attempt's own keys ``jobs/<id>/attempt-<fence>/``).
             report: Summary of the report, for ``Job.report``.
-            fence: The attempt's fence; a stale attempt cannot finish the job.
+            fence: The attempt's fence; a stale attempt cannot finish the job. The same
+                ``UPDATE`` publishes this attempt's artifacts (``published_attempt``), so
+                exactly one attempt's files are ever served.
 
         Returns:
             The finished job, or ``None`` if it was not running (or the fence is stale).
@@ -186,6 +189,7 @@ class WorkerOpsMixin:
             "failure": failure.model_dump(mode="json") if failure is not None else None,
             "artifacts": [a.model_dump(mode="json") for a in artifacts],
             "report": dict(report) if report is not None else None,
+            "published_attempt": fence,
         }
         if status is JobStatus.SUCCEEDED:
             values["progress"] = 1.0

@@ -24,6 +24,8 @@ from kiln_worker.tracer.workdir import WorkdirDumper
 logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, float, str], None]
 BACKENDS = ("xla", "neuron")
+#: The placement modes (``trace(placement=...)``, ``KILN_PLACEMENT``).
+PLACEMENTS = ("measured", "all")
 T = TypeVar("T")
 
 
@@ -72,6 +74,25 @@ def resolve_backend(backend: str | None) -> str:
     return name
 
 
+def resolve_placement(placement: str | None, has_builder: bool) -> str:
+    """The placement argument, else ``KILN_PLACEMENT``, else ``all`` with a
+    ``subgraph_builder_function`` (the callback decides, nothing is timed) and ``measured``
+    without one.
+
+    Raises:
+        TraceInputError: an unknown placement name.
+    """
+    default = "all" if has_builder else "measured"
+    name = (placement or os.environ.get("KILN_PLACEMENT") or default).strip().lower()
+    if name not in PLACEMENTS:
+        raise TraceInputError(
+            f"unknown placement {name!r}; choose one of {', '.join(PLACEMENTS)} "
+            "(argument placement= or KILN_PLACEMENT)",
+            "placement",
+        )
+    return name
+
+
 def trace(
     func: Any,
     example_inputs: Any,
@@ -79,6 +100,7 @@ def trace(
     *,
     flags: Any = None,
     backend: str | None = None,
+    placement: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Any:
     """Trace ``func`` into an inference-only keras.Model whose subgraphs are compiled.
@@ -105,9 +127,13 @@ def trace(
         example_inputs: a Tensor (or ndarray) or a list → ``func(x)``; a tuple → ``func(*x)``;
             a dict → ``func(**x)`` (a keras.Model with dict inputs gets the dict).
         subgraph_builder_function: ``f(NodeDef) -> bool``; only nodes it accepts are placed on
-            the accelerator. Without it, placement is automatic (measured, fastest result).
+            the accelerator. Without it, placement is automatic.
         flags: ``None`` reads ``NEURON_CC_FLAGS``; a string, a list or a ``CompilerFlags``.
         backend: ``"xla"`` (default) or ``"neuron"``; ``None`` reads ``KILN_TRACE_BACKEND``.
+        placement: ``"measured"`` (keep each subgraph, and the whole compiled model, unless
+            measured clearly slower than plain TensorFlow beyond the noise) or ``"all"`` (every
+            supported op compiled, nothing timed: tensorflow-neuron's behaviour). ``None`` reads
+            ``KILN_PLACEMENT``, else ``measured``, or ``all`` with a subgraph_builder_function.
         on_progress: ``f(stage, fraction, message)`` with stages tracing/compiling/verifying.
 
     Returns:
@@ -120,6 +146,7 @@ def trace(
         TraceError: any other failure, naming the pass.
     """
     parsed = resolve_flags(flags)
+    mode = resolve_placement(placement, subgraph_builder_function is not None)
     if resolve_backend(backend) == "neuron":
         from kiln_worker.tracer.backends.neuron import trace_with_neuron
 
@@ -130,34 +157,34 @@ def trace(
 
     run, dump, xla = PassRunner(on_progress), WorkdirDumper(parsed.workdir), XlaBackend()
     traced = run("inputs", passes.trace_inputs, func, example_inputs, dump)
-    # When TensorFlow's CPU kernels cannot run the original (XLA gave the reference outputs),
-    # plain TensorFlow is no alternative: automatic placement compiles every op XLA takes, untimed.
-    automatic = subgraph_builder_function is None and traced.reference_source == "tensorflow"
-    builder = subgraph_builder_function
-    if builder is None and not automatic:
-        builder = _every_node
+    if traced.reference_source != "tensorflow":
+        # TensorFlow's CPU kernels cannot run the original (XLA gave the reference outputs):
+        # plain TensorFlow is no alternative, so every op XLA takes is compiled, untimed.
+        mode = "all"
+    measured = mode == "measured"
     frozen = run("freeze", passes.freeze_graph, traced, parsed, dump)
-    placement = run("place", passes.place_nodes, frozen, xla, builder)
-    partitioning = run("partition", passes.partition, placement, frozen, automatic)
+    placed = run("place", passes.place_nodes, frozen, xla, subgraph_builder_function, mode)
+    partitioning = run("partition", passes.partition, placed, frozen, mode)
     results = run(
         "compile",
         passes.compile_subgraphs,
-        *(xla, placement, frozen, partitioning, traced),
-        measure=automatic,
+        *(xla, placed, frozen, partitioning, traced),
+        measure=measured,
         progress=run.compile_progress,
     )
     rewritten = run("rewrite", passes.rewrite, frozen, results, dump)
     wrapped = run("wrap", passes.wrap, traced, frozen, rewritten, parsed)
     decision = passes.Decision(results, rewritten, wrapped)
-    if automatic:
-        decision = run("measure", passes.keep_if_faster, traced, frozen, parsed, decision)
+    if measured:
+        decision = run("measure", passes.measure_model, traced, frozen, parsed, decision)
     verification = run(
         "verify",
         verify,
-        *(traced, frozen, placement.graph, decision.results, partitioning.reasons),
+        *(traced, frozen, placed.graph, decision.results, partitioning.reasons),
         decision.wrapped,
         backend=xla.name,
         flags=parsed,
+        placement={"mode": mode, "whole_model": list(decision.whole_model)},
     )
     return run.finish(decision, verification, xla, dump)
 
@@ -186,14 +213,9 @@ def analyze_model(func: Any, example_inputs: Any, *, backend: str | None = None)
     run, dump, xla = PassRunner(None), WorkdirDumper(None), XlaBackend()
     traced = run("inputs", passes.trace_inputs, func, example_inputs, dump)
     frozen = run("freeze", passes.freeze_graph, traced, resolve_flags(""), dump)
-    placement = run("place", passes.place_nodes, frozen, xla, None)
-    partitioning = run("partition", passes.partition, placement, frozen, True)
-    return analysis(placement, partitioning.partitions)
-
-
-def _every_node(node: Any) -> bool:
-    """Placement for a function TensorFlow cannot run: every op the backend takes."""
-    return True
+    placed = run("place", passes.place_nodes, frozen, xla, None, "measured")
+    partitioning = run("partition", passes.partition, placed, frozen, "measured")
+    return analysis(placed, partitioning.partitions)
 
 
 def _no_progress(stage: str, fraction: float, message: str) -> None:

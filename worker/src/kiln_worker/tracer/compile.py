@@ -1,15 +1,13 @@
 """Pass ``compile``: each partition becomes a function, compiled now by the backend.
 
-A partition the backend rejects goes back to CPU (``fallback_cpu``) with the reason; in automatic
-placement, a partition that compiles but does not run faster than plain TensorFlow on the example
-inputs also goes back (``rejected_no_gain``).
+A partition the backend rejects goes back to CPU (``fallback_cpu``) with the reason; with
+``placement="measured"``, a partition that compiles but runs clearly slower than plain TensorFlow
+on the example inputs also goes back (``rejected_no_gain``; see ``measure.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,13 +19,12 @@ from tensorflow.core.framework import graph_pb2
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs, without_feeds
+from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.reference import call_with_xla_fallback
 from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
-#: Keep a subgraph in automatic mode only if it runs at most this fraction of plain TF's time.
-GAIN_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class SubgraphResult:
     specs: list[tf.TensorSpec]
     example_args: list[Any]
     compiled: CompiledSubgraph | None = None
-    speedup: float | None = None
+    measurement: Measurement | None = None
 
 
 def run_graph(
@@ -97,36 +94,12 @@ def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
     return body
 
 
-def _mean_call_seconds(fn: Any, args: list[Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn(*args)
-    return (time.perf_counter() - start) / calls
-
-
-def speedup(candidate: Any, baseline: Any, args: list[Any], rounds: int = 5) -> float:
-    """Median of ``baseline time / candidate time`` over interleaved rounds (both warmed up).
-
-    The machine's speed drifts from minute to minute, so only interleaved runs are compared.
-    """
-    candidate(*args)
-    baseline(*args)
-    single = max(_mean_call_seconds(baseline, args, 1), 1e-6)
-    calls = int(min(20, max(1, 0.01 / single)))
-    ratios = []
-    for _ in range(rounds):
-        candidate_time = _mean_call_seconds(candidate, args, calls)
-        baseline_time = _mean_call_seconds(baseline, args, calls)
-        ratios.append(baseline_time / max(candidate_time, 1e-9))
-    return float(statistics.median(ratios))
-
-
-def measure_gain(
+def measure_subgraph(
     compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
-) -> float:
-    """Speed-up of the compiled subgraph over the same subgraph in plain TensorFlow."""
+) -> Measurement:
+    """Time the compiled subgraph against the same subgraph in plain TensorFlow."""
     plain = tf.function(body, autograph=False).get_concrete_function(*specs)
-    return speedup(compiled, plain, args)
+    return compare(compiled, plain, args)
 
 
 def compile_partitions(
@@ -176,14 +149,14 @@ def _compile_one(
         )
     result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        gain = measure_gain(compiled.function, body, in_specs, args)
-        result = replace(result, speedup=gain)
-        if gain * GAIN_THRESHOLD < 1.0:
+        timing = measure_subgraph(compiled.function, body, in_specs, args)
+        result = replace(result, measurement=timing)
+        if timing.clearly_slower:
             result = replace(
                 result,
                 status="rejected_no_gain",
-                reason=f"measured {gain:.2f}x of plain TensorFlow on the example inputs "
-                f"(needs {1 / GAIN_THRESHOLD:.2f}x)",
+                reason=f"measured clearly slower than plain TensorFlow on the example inputs: "
+                f"{timing.speedup:.2f}x, beyond the {timing.margin:.0%} margin",
             )
     logger.debug("compile: %s %s", partition.name, result.status)
     return result

@@ -18,11 +18,11 @@ from typing import NamedTuple
 
 from kiln_worker.tracer.errors import TraceError
 from kiln_worker.tracer.graphs import NodeGraph, parse_input, tensor_name
-from kiln_worker.tracer.placement import TRIVIAL_OPS, Placement
+from kiln_worker.tracer.placement import SUBSTANTIAL_OPS, TRIVIAL_OPS, Placement
 
 logger = logging.getLogger(__name__)
 #: Why automatic placement leaves a trivial subgraph's nodes on CPU.
-TRIVIAL_REASON = "trivial subgraph (fewer than 2 compute ops): not worth a call"
+TRIVIAL_REASON = "trivial subgraph (one cheap op, or data movement only): not worth a call"
 
 
 @dataclass
@@ -167,10 +167,10 @@ def _set_boundary(graph: NodeGraph, partition: Partition, graph_outputs: list[st
     )
 
 
-def is_trivial(graph: NodeGraph, partition: Partition, min_compute_ops: int = 2) -> bool:
-    """A subgraph with fewer than ``min_compute_ops`` real computations is not worth a call."""
-    compute = [n for n in partition.nodes if graph.nodes[n].op not in TRIVIAL_OPS]
-    return len(compute) < min_compute_ops
+def is_trivial(graph: NodeGraph, partition: Partition) -> bool:
+    """Not worth a call: only data movement, or one op that is not a contraction or a loop."""
+    compute = [graph.nodes[n].op for n in partition.nodes if graph.nodes[n].op not in TRIVIAL_OPS]
+    return not compute or (len(compute) == 1 and compute[0] not in SUBSTANTIAL_OPS)
 
 
 def contracted_is_acyclic(graph: NodeGraph, partitions: list[Partition]) -> bool:

@@ -18,6 +18,7 @@ from kiln_worker.tracer import freeze as freezing
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
+from kiln_worker.tracer.measure import compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
@@ -35,11 +36,13 @@ class Rewritten(NamedTuple):
 
 
 class Decision(NamedTuple):
-    """Automatic placement's final choice: the subgraphs' outcomes and the model that runs them."""
+    """The final placement: the subgraphs' outcomes, the model that runs them and, with
+    ``placement="measured"``, each whole-model measurement and its decision."""
 
     results: list[SubgraphResult]
     rewritten: Rewritten
     wrapped: Wrapped
+    whole_model: tuple[dict[str, Any], ...] = ()
 
 
 def trace_inputs(func: Any, example_inputs: Any, dump: WorkdirDumper) -> TracedFunction:
@@ -58,15 +61,16 @@ def freeze_graph(traced: TracedFunction, flags: Any, dump: WorkdirDumper) -> Fro
 
 
 def place_nodes(
-    frozen: FrozenGraph, backend: Any, builder: Callable[[Any], Any] | None
+    frozen: FrozenGraph, backend: Any, builder: Callable[[Any], Any] | None, mode: str
 ) -> Placement:
-    """Pass ``place``: backend support ∩ the user's callback (or automatic placement's rules)."""
-    return place(frozen.graph_def, node_policy(backend, frozen.graph_def.library, builder))
+    """Pass ``place``: backend support ∩ the user's callback (or measured placement's rules)."""
+    library = frozen.graph_def.library
+    return place(frozen.graph_def, node_policy(backend, library, builder, mode == "measured"))
 
 
-def partition(placement: Placement, frozen: FrozenGraph, automatic: bool) -> Partitioning:
-    """Pass ``partition``: acyclic subgraphs; automatic placement drops trivial ones."""
-    return partition_graph(placement, frozen.output_names, drop_trivial=automatic)
+def partition(placement: Placement, frozen: FrozenGraph, mode: str) -> Partitioning:
+    """Pass ``partition``: acyclic subgraphs; measured placement drops trivial ones."""
+    return partition_graph(placement, frozen.output_names, drop_trivial=mode == "measured")
 
 
 def compile_subgraphs(
@@ -108,32 +112,61 @@ def wrap(traced: TracedFunction, frozen: FrozenGraph, rewritten: Rewritten, flag
     )
 
 
-def keep_if_faster(
-    traced: TracedFunction,
-    frozen: FrozenGraph,
-    flags: Any,
-    compiled: Decision,
+def measure_model(
+    traced: TracedFunction, frozen: FrozenGraph, flags: Any, compiled: Decision
 ) -> Decision:
-    """Automatic placement: keep the subgraphs only if the whole model is faster with them.
+    """``placement="measured"``: keep the compiled subgraphs unless the whole model is clearly
+    slower with them than plain TensorFlow; then try only the subgraphs that were faster alone;
+    then none.
 
-    Each subgraph paid off alone, but every call has a fixed cost; many small calls (e.g.
+    Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.
     """
     import tensorflow as tf
 
-    from kiln_worker.tracer.compile import GAIN_THRESHOLD, speedup
-
-    if not any(r.status == "compiled" for r in compiled.results):
+    kept = [r for r in compiled.results if r.status == "compiled"]
+    if not kept:
         return compiled
     plain_rewritten = rewrite(frozen, [], WorkdirDumper(None))
     plain = wrap(traced, frozen, plain_rewritten, flags)
     args = [tf.constant(x) for x in traced.examples]
-    gain = speedup(compiled.wrapped.model._serve, plain.model._serve, args)
-    if gain * GAIN_THRESHOLD >= 1.0:
-        return compiled
-    reason = f"measured the whole model: {gain:.2f}x as fast with its subgraphs compiled"
-    rejected = [
-        replace(r, status="rejected_no_gain", reason=reason) if r.status == "compiled" else r
-        for r in compiled.results
+    faster = [r for r in kept if r.measurement is not None and r.measurement.speedup >= 1.0]
+    candidates = [("all compiled subgraphs", compiled)]
+    if faster and len(faster) < len(kept):
+        label = "only the subgraphs faster alone"
+        candidates.append((label, _with_only(traced, frozen, flags, compiled.results, faster)))
+    records: list[dict[str, Any]] = []
+    for label, candidate in candidates:
+        timing = compare(candidate.wrapped.model._serve, plain.model._serve, args)
+        verdict = "rejected" if timing.clearly_slower else "kept"
+        records.append({"candidate": label, **timing.as_dict(), "decision": verdict})
+        if not timing.clearly_slower:
+            return candidate._replace(whole_model=tuple(records))
+    reason = (
+        f"the whole model measured clearly slower with its subgraphs compiled "
+        f"({records[-1]['speedup']:.2f}x plain TensorFlow)"
+    )
+    rejected = [_rejected(r, reason) if r.status == "compiled" else r for r in compiled.results]
+    return Decision(rejected, plain_rewritten, plain, tuple(records))
+
+
+def _rejected(result: SubgraphResult, reason: str) -> SubgraphResult:
+    return replace(result, status="rejected_no_gain", reason=reason)
+
+
+def _with_only(
+    traced: TracedFunction,
+    frozen: FrozenGraph,
+    flags: Any,
+    results: list[SubgraphResult],
+    faster: list[SubgraphResult],
+) -> Decision:
+    """The model with only ``faster`` compiled; the other compiled subgraphs back to CPU."""
+    reason = "the whole model was clearly slower with it; it was not faster alone"
+    names = {r.partition.name for r in faster}
+    chosen = [
+        r if r.partition.name in names or r.status != "compiled" else _rejected(r, reason)
+        for r in results
     ]
-    return Decision(rejected, plain_rewritten, plain)
+    rewritten = rewrite(frozen, chosen, WorkdirDumper(None))
+    return Decision(chosen, rewritten, wrap(traced, frozen, rewritten, flags))

@@ -40,6 +40,24 @@ TRIVIAL_OPS = frozenset(
 )
 
 
+#: Ops worth a compiled call even alone: contractions, convolutions and loops.
+SUBSTANTIAL_OPS = frozenset(
+    {
+        "MatMul",
+        "BatchMatMul",
+        "BatchMatMulV2",
+        "BatchMatMulV3",
+        "Einsum",
+        "Conv2D",
+        "Conv3D",
+        "Conv2DBackpropInput",
+        "DepthwiseConv2dNative",
+        "While",
+        "StatelessWhile",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A named predicate: ``explain(node)`` is ``None`` when allowed, else the reason."""
@@ -155,11 +173,19 @@ class Placement:
 
 
 def node_policy(
-    backend: Any, library: Any, subgraph_builder_function: Callable[[Any], Any] | None
+    backend: Any,
+    library: Any,
+    subgraph_builder_function: Callable[[Any], Any] | None,
+    measured: bool,
 ) -> Policy:
-    """Plumbing ∩ backend support ∩ (the user's callback, else automatic placement's rules)."""
-    user = builder_policy(subgraph_builder_function) if subgraph_builder_function else auto_policy()
-    return all_of(plumbing_policy(), backend_policy(backend, library), user)
+    """Plumbing ∩ backend support ∩ the user's callback, or else, when ``measured``, automatic
+    placement's rules (with ``placement="all"`` every supported op is a candidate)."""
+    policies = [plumbing_policy(), backend_policy(backend, library)]
+    if subgraph_builder_function is not None:
+        policies.append(builder_policy(subgraph_builder_function))
+    elif measured:
+        policies.append(auto_policy())
+    return all_of(*policies)
 
 
 def place(graph_def: Any, policy: Policy) -> Placement:

@@ -47,8 +47,9 @@ def subgraph_entry(
         "reason": result.reason,
         "compile_seconds": round(result.compile_seconds, 4),
     }
-    if result.speedup is not None:
-        entry["measured_speedup"] = round(result.speedup, 3)
+    if result.measurement is not None:
+        entry["measured_speedup"] = round(result.measurement.speedup, 3)
+        entry["measurement"] = result.measurement.as_dict()
     return entry
 
 

@@ -79,6 +79,7 @@ def verify(
     *,
     backend: str,
     flags: Any,
+    placement: dict[str, Any],
 ) -> Verification:
     """Compare the traced model with the original outputs and build the report.
 
@@ -91,6 +92,7 @@ def verify(
         wrapped: the ``wrap`` pass's result.
         backend: the backend's name.
         flags: the ``CompilerFlags`` in force.
+        placement: the placement mode and the whole-model measurements (``report["placement"]``).
 
     Returns:
         The report, and whether the outputs matched within tolerance.
@@ -118,6 +120,7 @@ def verify(
         numerical_check=check,
         dynamic_batch=wrapped.batch_mode != "fixed",
         batch_mode=wrapped.batch_mode,
+        placement=placement,
         verify={"reference": traced.reference_source, "reason": traced.reference_reason},
     )
     report["nothing_compiled"] = nothing_compiled_reason(report)

@@ -81,8 +81,12 @@ def trace_with_neuron(
     """
     neuron = _load_neuron()
     flags_text = flags.to_string()
-    logger.info("tracing with tensorflow-neuron %s, %s=%r",
-                getattr(neuron, "__version__", "?"), _ENV_VAR, flags_text)
+    logger.info(
+        "tracing with tensorflow-neuron %s, %s=%r",
+        getattr(neuron, "__version__", "?"),
+        _ENV_VAR,
+        flags_text,
+    )
     started = time.perf_counter()
     with _neuron_cc_flags(flags_text):
         try:

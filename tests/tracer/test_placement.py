@@ -1,0 +1,149 @@
+"""Placement modes (issue 9 point 7): ``measured`` (default) and ``all``, reproducible and reported.
+
+The seed's two examples must compile at least one subgraph in both modes, also on a loaded
+machine: ``busy_cores`` runs one busy loop per core while they trace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+MODES = ["measured", "all"]
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """One busy-looping process per core for the duration of the test."""
+    import tensorflow as tf  # loaded (and XLA set up) before the load starts
+
+    tf.function(lambda x: x + 1.0, jit_compile=True)(tf.constant(1.0))
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    try:
+        yield
+    finally:
+        for process in loops:
+            process.kill()
+            process.wait()
+
+
+def _seed_model() -> Any:
+    import tensorflow as tf
+
+    input0 = tf.keras.layers.Input(3)
+    dense0 = tf.keras.layers.Dense(3)(input0)
+    return tf.keras.Model(inputs=[input0], outputs=[dense0])
+
+
+def _compiled(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in report["subgraphs"] if s["status"] == "compiled"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_seed_examples_compile_in_both_modes_on_a_loaded_machine(
+    mode: str, busy_cores: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tensorflow as tf
+
+    import kiln_worker as tfn
+
+    monkeypatch.setenv("KILN_PLACEMENT", mode)  # the seed's calls stay verbatim
+    model = _seed_model()
+    example_inputs = tf.random.uniform([1, 3])
+    placements = []
+    for _ in range(2):  # the same model places the same way twice, under load
+        model_neuron = tfn.trace(model, example_inputs)  # trace
+        report = model_neuron.report
+        assert report["placement"]["mode"] == mode
+        assert _compiled(report), report["subgraphs"]
+        placements.append([(s["ops"], s["status"]) for s in report["subgraphs"]])
+        np.testing.assert_allclose(
+            model_neuron(example_inputs).numpy(), model(example_inputs).numpy(), rtol=1e-5
+        )
+    assert placements[0] == placements[1]
+
+    def subgraph_builder_function(node):  # type: ignore[no-untyped-def]
+        return node.op == "MatMul"
+
+    model_neuron = tfn.trace(
+        model, example_inputs, subgraph_builder_function=subgraph_builder_function
+    )
+    compiled = _compiled(model_neuron.report)
+    assert compiled and all(set(s["op_types"]) == {"MatMul"} for s in compiled)
+
+
+def test_measured_placement_records_each_measurement_and_decision() -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    report = kiln_worker.trace(_seed_model(), tf.ones([1, 3]), placement="measured").report
+    assert report["placement"]["mode"] == "measured"
+    for entry in report["subgraphs"]:
+        m = entry["measurement"]
+        assert m["rounds"] >= 5 and m["calls_per_round"] >= 1
+        assert m["compiled_ms"] > 0 and m["plain_ms"] > 0 and m["noise"] >= 0
+        assert m["margin"] >= 0.1 and m["clearly_slower"] == (entry["status"] != "compiled")
+    (whole,) = report["placement"]["whole_model"]
+    assert whole["candidate"] == "all compiled subgraphs"
+    assert whole["decision"] in {"kept", "rejected"} and whole["compiled_ms"] > 0
+
+
+def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Generator) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    inputs = tf.keras.Input((8, 8, 4))
+    x = tf.keras.layers.DepthwiseConv2D(3, padding="same")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(2)(x))
+    example = rng.normal(size=(1, 8, 8, 4)).astype("float32")
+    report = kiln_worker.trace(model, example, placement="all").report
+    compiled_ops = {op for s in _compiled(report) for op in s["op_types"]}
+    assert "DepthwiseConv2dNative" in compiled_ops  # measured placement keeps it on CPU
+    assert all("measurement" not in s for s in report["subgraphs"])
+    assert report["placement"] == {"mode": "all", "whole_model": []}
+    assert report["on_neuron_ratio"] == 1.0
+
+
+def test_unknown_placement_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+    from kiln_worker.tracer.errors import TraceInputError
+
+    with pytest.raises(TraceInputError, match="measured, all"):
+        kiln_worker.trace(_seed_model(), tf.ones([1, 3]), placement="fastest")
+    monkeypatch.setenv("KILN_PLACEMENT", "everything")
+    with pytest.raises(TraceInputError, match="KILN_PLACEMENT"):
+        kiln_worker.trace(_seed_model(), tf.ones([1, 3]))
+
+
+@pytest.mark.parametrize(
+    ("compiled", "plain", "slower"),
+    [
+        ((1.30, 1.31, 1.32, 1.30, 1.33), (1.00, 1.01, 1.00, 1.02, 1.01), True),  # 30% > 10%
+        ((1.05, 1.06, 1.05, 1.07, 1.05), (1.00, 1.01, 1.00, 1.02, 1.01), False),  # within 10%
+        ((1.30, 1.31, 1.32, 1.30, 1.33), (1.00, 1.60, 1.50, 1.70, 1.01), False),  # noise 50%
+        ((0.50, 0.52, 0.51, 0.50, 0.55), (1.00, 1.01, 1.00, 1.02, 1.01), False),  # faster
+    ],
+)
+def test_clearly_slower_means_beyond_the_margin_and_the_noise(
+    compiled: tuple[float, ...], plain: tuple[float, ...], slower: bool
+) -> None:
+    from kiln_worker.tracer.measure import MIN_MARGIN, Measurement
+
+    m = Measurement(compiled, plain, 3)
+    assert m.clearly_slower is slower
+    assert m.margin >= MIN_MARGIN
+    assert m.speedup == pytest.approx(min(plain) / min(compiled))

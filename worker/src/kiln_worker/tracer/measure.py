@@ -1,0 +1,109 @@
+"""Timing for ``placement="measured"``: is a compiled subgraph (or model) clearly slower?
+
+Two callables run on the same arguments in interleaved rounds (the order alternates, so a drift
+in the machine's speed hits both alike); each round times one block of calls of each. The best
+round of each is the estimate (load only ever adds time, so the minimum is the least disturbed
+figure), and the spread of the rounds is the noise: ``(median - min) / min``, the larger of the
+two. A compiled version is *clearly slower* only when its best time exceeds plain TensorFlow's by
+more than ``max(MIN_MARGIN, noise)``; anything closer is kept. On a busy machine the noise grows
+and fewer subgraphs are rejected, never more, so a placement does not flip with the load.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+#: Rounds of interleaved timing per comparison.
+ROUNDS = 7
+#: Target duration of one timed block (the call count is calibrated on the plain version).
+BLOCK_SECONDS = 0.005
+#: The smallest slowdown counted as "clearly slower" on a quiet machine.
+MIN_MARGIN = 0.10
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Interleaved timings of a compiled and a plain version (seconds per call, per round)."""
+
+    compiled_seconds: tuple[float, ...]
+    plain_seconds: tuple[float, ...]
+    calls_per_round: int
+
+    @property
+    def speedup(self) -> float:
+        """Plain time over compiled time, best round of each (above 1: compiled is faster)."""
+        return min(self.plain_seconds) / max(min(self.compiled_seconds), 1e-12)
+
+    @property
+    def noise(self) -> float:
+        """Relative spread of the rounds, ``(median - min) / min``, the larger of the two."""
+        return max(_spread(self.compiled_seconds), _spread(self.plain_seconds))
+
+    @property
+    def margin(self) -> float:
+        """How much slower the compiled version must be to count as clearly slower."""
+        return max(MIN_MARGIN, self.noise)
+
+    @property
+    def clearly_slower(self) -> bool:
+        """Whether the compiled version is slower than plain beyond the margin."""
+        return self.speedup * (1.0 + self.margin) < 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The measurement as the report shows it (milliseconds)."""
+        return {
+            "compiled_ms": round(min(self.compiled_seconds) * 1e3, 5),
+            "plain_ms": round(min(self.plain_seconds) * 1e3, 5),
+            "compiled_ms_median": round(statistics.median(self.compiled_seconds) * 1e3, 5),
+            "plain_ms_median": round(statistics.median(self.plain_seconds) * 1e3, 5),
+            "rounds": len(self.compiled_seconds),
+            "calls_per_round": self.calls_per_round,
+            "speedup": round(self.speedup, 4),
+            "noise": round(self.noise, 4),
+            "margin": round(self.margin, 4),
+            "clearly_slower": self.clearly_slower,
+        }
+
+
+def _spread(samples: tuple[float, ...]) -> float:
+    best = min(samples)
+    return (statistics.median(samples) - best) / max(best, 1e-12)
+
+
+def _block(fn: Callable[..., Any], args: list[Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter() - start) / calls
+
+
+def compare(
+    compiled: Callable[..., Any],
+    plain: Callable[..., Any],
+    args: list[Any],
+    rounds: int = ROUNDS,
+    block_seconds: float = BLOCK_SECONDS,
+) -> Measurement:
+    """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up)."""
+    for _ in range(2):  # warm up (XLA compiles, caches fill)
+        compiled(*args)
+        plain(*args)
+    one_call = max(min(_block(plain, args, 1) for _ in range(3)), 1e-6)
+    calls = int(min(50, max(1, block_seconds / one_call)))
+    compiled_times, plain_times = [], []
+    for i in range(rounds):
+        if i % 2:
+            plain_times.append(_block(plain, args, calls))
+            compiled_times.append(_block(compiled, args, calls))
+        else:
+            compiled_times.append(_block(compiled, args, calls))
+            plain_times.append(_block(plain, args, calls))
+    result = Measurement(tuple(compiled_times), tuple(plain_times), calls)
+    logger.debug("measure: %s", result.as_dict())
+    return result
