@@ -22,7 +22,7 @@ __all__ = ["Reference", "call_with_xla_fallback", "lacks_cpu_kernel", "run_refer
 
 logger = logging.getLogger(__name__)
 #: Words of TensorFlow's messages for an op it has no (usable) CPU kernel for.
-_KERNEL_HINTS = ("OpKernel", "kernel", "only supports", "on the CPU", "on CPU")
+_KERNEL_HINTS = ("OpKernel", "only supports", "on the CPU", "on CPU", "kernel for")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,11 @@ def lacks_cpu_kernel(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     """The line of an error that says what failed (the kernel's complaint when there is one)."""
     lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines()]
-    lines = [line for line in lines if line and not line.endswith("execution error:")]
+    lines = [
+        line
+        for line in lines
+        if line and not line.endswith("execution error:") and not line.startswith('File "')
+    ]
     hinted = [line for line in lines if any(h in line for h in _KERNEL_HINTS)]
     line = (hinted or lines or [type(exc).__name__])[0]
     if line.startswith("{{function_node") and "}}" in line:
