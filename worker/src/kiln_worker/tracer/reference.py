@@ -83,7 +83,13 @@ def call_with_xla_fallback(
     except tf.errors.OpError as e:
         if not lacks_cpu_kernel(e):
             raise
-        reason = f"TensorFlow's CPU kernels cannot run the original: {first_line(e)}"
+        return _with_xla(fn, args, e, pass_name)
+
+
+def _with_xla(fn: Callable[..., Any], args: list[Any], error: tf.errors.OpError,
+              pass_name: str) -> tuple[Any, str]:
+    """``fn(*args)`` compiled whole by XLA, after TensorFlow's kernels failed with ``error``."""
+    reason = f"TensorFlow's CPU kernels cannot run the original: {first_line(error)}"
     logger.info("%s; running it compiled by XLA", reason)
     try:
         return tf.function(lambda *a: fn(*a), autograph=False, jit_compile=True)(*args), reason
@@ -98,6 +104,8 @@ def call_with_xla_fallback(
 
 def run_reference(concrete: Any, args: list[tf.Tensor]) -> Reference:
     """The original's outputs on the example inputs (a flat list), and their source."""
+    # Called as it is, so a model's own error keeps TensorFlow's whole message (the node, where
+    # the user's code defined it, the text the model raised).
     outputs, reason = call_with_xla_fallback(concrete, args, in_graph=False)
     arrays = [np.asarray(t.numpy()) for t in outputs]
     return Reference(arrays, "xla" if reason else "tensorflow", reason)
