@@ -36,6 +36,8 @@ from fault_support import (
     wait_for,
 )
 
+from kiln_service.stores.artifacts import LocalArtifactStore, list_attempts
+
 __all__ = ["faults"]  # the fixture, re-exported so pytest finds it here
 
 pytestmark = pytest.mark.integration
@@ -219,6 +221,8 @@ def test_disk_full_while_storing_artifacts(faults: FaultStack, mlp: tuple[Path, 
     print(f"disk freed: job {done['status']} after {done['attempts']} attempts")
     assert done["attempts"] == 2
     _assert_published_once(faults, done, tmp_path)
+    # What the first attempt managed to store before the disk filled was deleted by it.
+    assert list_attempts(LocalArtifactStore(faults.disk.path), job["id"]) == {2}
 
 
 def test_kill9_whole_worker_mid_job_then_new_worker_recovers(

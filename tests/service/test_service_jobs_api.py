@@ -12,6 +12,7 @@ import httpx
 from service_helpers import assert_problem
 
 from kiln_client.models import Artifact, Failure, FailureKind, Job, JobList, JobStatus
+from kiln_service.stores.artifacts import artifact_key
 from kiln_service.stores.jobs import JobStore
 
 
@@ -32,7 +33,7 @@ def _succeed_with(app: Any, job_id: str, files: dict[str, bytes]) -> list[Artifa
     assert claimed is not None
     arts = []
     for name, data in files.items():
-        size, sha = artifacts.put_stream(f"jobs/{job_id}/{name}", [data])
+        size, sha = artifacts.put_stream(artifact_key(job_id, name, claimed.fence), [data])
         arts.append(Artifact(name=name, size=size, sha256=sha))
     assert store.finish_job(job_id=job_id, status="succeeded", artifacts=arts, fence=claimed.fence)
     return arts

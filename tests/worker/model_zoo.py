@@ -11,13 +11,18 @@ import TensorFlow themselves. Kinds:
 - ``mixed``: x float32[None, 6] → {"y"}: MatMul, Relu, Tanh, Sigmoid, Reshape, Mul.
 - ``two_inputs``: a float32[None, 4], b int32[None, 4] → {"y"}; for generated inputs.
 - ``dynamic``: x float32[None, None, 3] → {"y"}; needs ``input_shapes`` for generated inputs.
-- ``hash_table``: a StaticHashTable lookup; the tracer rejects it (UnsupportedModel).
+- ``table_writer``: inserts into a lookup table while serving; the tracer rejects it
+  (UnsupportedModel: tables are kept only when the model just reads them).
 - ``slow``: x float32[None, 4], n int32[] → a while loop of n steps; with the .npz written here
   (n = 2e9) it runs for many minutes, for cancel and timeout tests.
 - ``asserting``: x float32[None, 4] → {"y"}, with ``tf.debugging.assert_greater(x, 100)`` and
   the message ``ASSERTION_TEXT``; the .npz written here (values in [0, 1)) fails it.
 - ``bad_reshape``: x float32[None, 6] → {"y"} reshaped to [-1, 4]: a batch of one (the .npz
   written here) cannot be reshaped, so the model raises TensorFlow's own error.
+- ``float16``, ``bfloat16``: x [None, 8] → {"y": [None, 4]} of that dtype (two MatMuls, Relu).
+- ``nchw_float16``: x float16[None, 4, 8, 8] → a float16 NCHW Conv2D, which TensorFlow's CPU
+  kernels cannot run (the reference outputs then come from XLA).
+- ``strings``: x float32[None, 3], words string[None] → {"y"}.
 """
 
 from __future__ import annotations
@@ -62,14 +67,13 @@ class _Dynamic(tf.Module):
         return {"y": tf.reduce_sum(tf.nn.relu(x), axis=1)}
 
 
-class _HashTable(tf.Module):
+class _TableWriter(tf.Module):
     def __init__(self) -> None:
-        init = tf.lookup.KeyValueTensorInitializer(
-            tf.constant([0, 1, 2], tf.int64), tf.constant([10.0, 20.0, 30.0]))
-        self.table = tf.lookup.StaticHashTable(init, default_value=-1.0)
+        self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
     def serve(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.table.insert(ids, tf.cast(ids, tf.float32) * 10.0)  # state an inference graph cannot keep
         return {"y": self.table.lookup(ids) * 2.0}
 
 
@@ -99,6 +103,40 @@ class _BadReshape(tf.Module):
         return {"y": tf.reshape(x, [-1, 4]) + 1.0}
 
 
+class _Half(tf.Module):
+    """A 16-bit model: its signature takes and returns ``dtype`` (float16 or bfloat16)."""
+
+    def __init__(self, dtype: tf.DType) -> None:
+        rng = np.random.default_rng(5)
+        self.w = tf.Variable(tf.cast(rng.standard_normal((8, 16)) * 0.3, dtype))
+        self.v = tf.Variable(tf.cast(rng.standard_normal((16, 4)) * 0.3, dtype))
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, 8], dtype, name="x")])
+
+    def _serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.matmul(tf.nn.relu(tf.matmul(x, self.w)), self.v)}
+
+
+class _NchwHalf(tf.Module):
+    """A float16 NCHW convolution: TensorFlow has no CPU kernel for it, XLA compiles it."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(6)
+        self.k = tf.Variable(rng.standard_normal((3, 3, 4, 8)).astype(np.float16) * 0.3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4, 8, 8], tf.float16, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.nn.relu(tf.nn.conv2d(x, self.k, 1, "SAME", data_format="NCHW"))}
+
+
+class _Strings(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x"),
+                                  tf.TensorSpec([None], tf.string, name="words")])
+    def serve(self, x: tf.Tensor, words: tf.Tensor) -> dict[str, tf.Tensor]:
+        lengths = tf.cast(tf.strings.length(words), tf.float32)[:, None]
+        return {"y": tf.nn.relu(tf.matmul(x, tf.ones([3, 3])) + 1.0) * lengths}
+
+
 def _mlp() -> tf.Module:
     tf.keras.utils.set_random_seed(7)
     x = tf.keras.Input(shape=(8,), name="x")
@@ -111,8 +149,10 @@ def build(kind: str, out: Path) -> None:
     """Write ``out/model.tar.gz`` (and ``out/example_inputs.npz`` where the kind has one)."""
     out.mkdir(parents=True, exist_ok=True)
     module = {"mlp": _mlp, "mixed": _Mixed, "two_inputs": _TwoInputs, "dynamic": _Dynamic,
-              "hash_table": _HashTable, "slow": _Slow, "asserting": _Asserting,
-              "bad_reshape": _BadReshape}[kind]()
+              "table_writer": _TableWriter, "slow": _Slow, "asserting": _Asserting,
+              "bad_reshape": _BadReshape, "float16": lambda: _Half(tf.float16),
+              "bfloat16": lambda: _Half(tf.bfloat16), "nchw_float16": _NchwHalf,
+              "strings": _Strings}[kind]()
     saved = out / "model"
     if isinstance(module, tf.keras.Model):
         tf.saved_model.save(module, str(saved))
@@ -123,6 +163,14 @@ def build(kind: str, out: Path) -> None:
     rng = np.random.default_rng(3)
     if kind == "mlp":
         np.savez(out / "example_inputs.npz", x=rng.standard_normal((3, 8)).astype(np.float32))
+    elif kind in ("float16", "bfloat16"):
+        dtype = tf.as_dtype(kind).as_numpy_dtype  # numpy writes bfloat16 as 2-byte records
+        np.savez(out / "example_inputs.npz", x=rng.standard_normal((2, 8)).astype(dtype))
+    elif kind == "nchw_float16":
+        np.savez(out / "example_inputs.npz", x=rng.random((1, 4, 8, 8)).astype(np.float16))
+    elif kind == "strings":
+        np.savez(out / "example_inputs.npz", x=rng.random((2, 3)).astype(np.float32),
+                 words=np.array([b"kiln", b"glaze"]))
     elif kind == "slow":
         np.savez(out / "example_inputs.npz", x=rng.random((1, 4)).astype(np.float32),
                  n=np.array(2_000_000_000, np.int32))
@@ -132,8 +180,8 @@ def build(kind: str, out: Path) -> None:
         np.savez(out / "example_inputs.npz", x=rng.random((1, 6)).astype(np.float32))
 
 
-KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow", "asserting",
-         "bad_reshape")
+KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "table_writer", "slow", "asserting",
+         "bad_reshape", "float16", "bfloat16", "nchw_float16", "strings")
 
 if __name__ == "__main__":
     for name in sys.argv[2:] or KINDS:

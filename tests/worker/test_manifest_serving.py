@@ -34,9 +34,8 @@ from kiln_client.manifest import MANIFEST_PATH, content_digest, read_manifest
 
 BIN = Path(sys.executable).parent
 RTOL = 1e-3
-#: a PlacementSpec that accepts every op: the compile is deterministic and holds XLA calls
-PLACE_ALL: dict[str, list[str]] = {"include_ops": [], "exclude_ops": [], "include_names": [],
-                                   "exclude_names": []}
+#: every supported op compiled, no timing: the compile is deterministic and holds XLA calls
+PLACE_ALL: dict[str, str] = {"mode": "all"}
 
 
 def _build(kind: str) -> tuple[Any, np.ndarray]:
@@ -98,7 +97,7 @@ def test_manifest_describes_the_compile(compiled: dict[str, Any]) -> None:
     assert manifest.content_sha256 == content_digest(compiled["dir"])
     assert manifest.versions["tensorflow"] == tf.__version__
     assert {"kiln-worker", "tf-keras", "python"} <= set(manifest.versions)
-    assert manifest.placement == "spec" and manifest.backend == "xla"
+    assert manifest.placement == "all" and manifest.backend == "xla"
     assert manifest.upload_digests == {"model": "ab" * 32}
     assert list(manifest.inputs) == [compiled["input"]]
     assert manifest.inputs[compiled["input"]].dtype == "float32"

@@ -55,15 +55,17 @@ def test_success_stores_artifacts_and_the_workdir(ctx: WorkerContext, zoo: Path)
     assert job.status is JobStatus.SUCCEEDED and job.progress == 1.0
     names = {a.name for a in job.artifacts}
     assert names == {"compiled_model.tar.gz", "report.json", "compile.log", "workdir.tar.gz"}
+    attempt = job.published_attempt
+    assert attempt == job.fence == 1  # the one attempt's own keys are the published ones
     for artifact in job.artifacts:
-        assert ctx.artifacts.size(artifact_key(job_id, artifact.name)) == artifact.size
-    report_path = ctx.artifacts.path_for(artifact_key(job_id, "report.json"))
+        assert ctx.artifacts.size(artifact_key(job_id, artifact.name, attempt)) == artifact.size
+    report_path = ctx.artifacts.path_for(artifact_key(job_id, "report.json", attempt))
     assert json.loads(report_path.read_text())["numerical_check"]["within_tolerance"] is True
     assert job.report is not None and job.report["numerical_check"]["within_tolerance"] is True
-    with tarfile.open(ctx.artifacts.path_for(artifact_key(job_id, "workdir.tar.gz"))) as tar:
+    with tarfile.open(ctx.artifacts.path_for(artifact_key(job_id, "workdir.tar.gz", attempt))) as tar:
         assert any(m.isfile() for m in tar.getmembers())
     assert not Path("/tmp/not-on-the-worker").exists()
-    log = ctx.artifacts.path_for(artifact_key(job_id, "compile.log")).read_text()
+    log = ctx.artifacts.path_for(artifact_key(job_id, "compile.log", attempt)).read_text()
     assert "[tracing]" in log and "compile process" in log
     assert list((ctx.options.work_dir or Path("/nonexistent")).iterdir()) == []  # temp dir removed
 
@@ -119,7 +121,7 @@ def test_a_broken_upload_fails_as_a_client_error(ctx: WorkerContext, tmp_path: P
 
 
 def test_the_tracers_rejection_reaches_the_job(ctx: WorkerContext, zoo: Path) -> None:
-    job_id = submit(ctx, zoo / "hash_table" / "model.tar.gz")
+    job_id = submit(ctx, zoo / "table_writer" / "model.tar.gz")
     assert run_compile_job(ctx, job_id)["status"] == "failed"
     job = ctx.jobs.get_job(job_id=job_id)
     assert job.failure is not None

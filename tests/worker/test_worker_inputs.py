@@ -45,9 +45,27 @@ def test_input_shapes_fill_unknown_dimensions() -> None:
         prepare_inputs(specs, None, {"y": [1]}, seed=0)
 
 
-def test_strings_cannot_be_generated() -> None:
+def test_strings_are_generated_as_words() -> None:
+    (words,) = prepare_inputs(_specs(s=([None, 2], tf.string)), None, None, seed=0).values()
+    assert words.dtype == tf.string and words.shape.as_list() == [1, 2]
+    assert all(w and w.isalpha() for w in words.numpy().ravel())
+
+
+def test_dtypes_that_cannot_be_generated_need_uploaded_inputs() -> None:
     with pytest.raises(JobError, match="upload example_inputs"):
-        prepare_inputs(_specs(s=([None], tf.string)), None, None, seed=0)
+        prepare_inputs(_specs(c=([None], tf.complex64)), None, None, seed=0)
+
+
+def test_npz_strings_as_text_or_bytes(tmp_path: Path) -> None:
+    specs = _specs(s=([None], tf.string))
+    np.savez(tmp_path / "text.npz", s=np.array(["café", "b"]))
+    np.savez(tmp_path / "bytes.npz", s=np.array([b"caf\xc3\xa9", b"b"]))
+    text = prepare_inputs(specs, str(tmp_path / "text.npz"), None, 0)["s"]
+    raw = prepare_inputs(specs, str(tmp_path / "bytes.npz"), None, 0)["s"]
+    assert text.dtype == tf.string and text.numpy().tolist() == raw.numpy().tolist()
+    np.savez(tmp_path / "numbers.npz", s=np.ones((2,), np.float32))
+    with pytest.raises(JobError, match="wants string"):
+        prepare_inputs(specs, str(tmp_path / "numbers.npz"), None, 0)
 
 
 def test_npz_inputs_are_checked_against_the_signature(tmp_path: Path) -> None:
@@ -74,9 +92,10 @@ def _node(name: str, op: str) -> tf.compat.v1.NodeDef:
     ("placement", "accepted"),
     [
         (None, None),
-        ({}, None),  # no rule: no callback, the placement mode alone decides
-        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),
-        ({"exclude_names": ["nothing*"]}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),  # the mode alone decides
+        ({"mode": "measured"}, None),
+        ({"mode": "measured", "include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"exclude_ops": ["Softmax"]}, {"dense/MatMul", "dense/Relu", "head/MatMul"}),
         ({"include_names": ["dense/*"]}, {"dense/MatMul", "dense/Relu"}),

@@ -14,6 +14,7 @@ to ``compile()`` (and is then already loaded by your program).
 
 from __future__ import annotations
 
+from kiln_client import webhooks
 from kiln_client._client import AsyncClient, Client
 from kiln_client._jobs import AsyncJob, Job
 from kiln_client._resources import AsyncJobs, Jobs
@@ -40,6 +41,7 @@ from kiln_client.errors import (
     ValidationError,
     WaitTimeout,
 )
+from kiln_client.events import EndEvent, LogEvent, StageEvent, StatusEvent
 from kiln_client.flags import CompilerFlags, FlagsError, parse_flags
 from kiln_client.models import (
     Artifact,
@@ -69,6 +71,7 @@ __all__ = [
     "CompileFailedError",
     "CompilerFlags",
     "ConflictError",
+    "EndEvent",
     "Failure",
     "FailureCode",
     "FailureKind",
@@ -82,14 +85,18 @@ __all__ = [
     "JobStatus",
     "Jobs",
     "KilnError",
+    "LogEvent",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PlacementSpec",
     "RateLimitError",
     "Stage",
+    "StageEvent",
+    "StatusEvent",
     "ValidationError",
     "WaitTimeout",
     "__version__",
     "parse_flags",
+    "webhooks",
 ]

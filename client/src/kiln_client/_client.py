@@ -195,6 +195,8 @@ class Client(_BaseClient):
         name: str | None = None,
         labels: Mapping[str, str] | None = None, timeout: int | None = None, wait: bool = True,
         progress: bool = True, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+        webhook_url: str | None = None, webhook_events: Sequence[str] | None = None,
+        webhook_secret: str | None = None,
     ) -> Job:
         """Upload a model, start a compile job and (by default) wait for it.
 
@@ -214,6 +216,11 @@ class Client(_BaseClient):
             wait: block until the job ends (raising if it fails).
             progress: draw upload/compile bars when stderr is a terminal.
             input_shapes: shapes for generated inputs (name → shape) when none are given.
+            webhook_url: an http(s) URL the service POSTs this job's events to (signed; see
+                :mod:`kiln_client.webhooks`).
+            webhook_events: events to send (``job.running``, ``job.stage``, ``job.succeeded``,
+                ``job.failed``, ``job.cancelled``); the three terminal ones when omitted.
+            webhook_secret: your ``whsec_…`` signing secret (one is generated when omitted).
 
         Returns:
             The job: finished when ``wait`` is true, else just queued.
@@ -224,7 +231,9 @@ class Client(_BaseClient):
             JobFailed: ``wait`` and the compile failed (``reason``, ``log_tail``).
             JobCancelled: ``wait`` and the job was cancelled meanwhile.
         """
-        form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes)
+        form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes,
+                            webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
+                                     "webhook_secret": webhook_secret})
         # One key per compile() call: retries of this upload can never start a second job.
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
@@ -314,9 +323,13 @@ class AsyncClient(_BaseClient):
         name: str | None = None,
         labels: Mapping[str, str] | None = None, timeout: int | None = None, wait: bool = True,
         progress: bool = True, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+        webhook_url: str | None = None, webhook_events: Sequence[str] | None = None,
+        webhook_secret: str | None = None,
     ) -> AsyncJob:
         """Upload a model and start a compile job; see :meth:`Client.compile`."""
-        form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes)
+        form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes,
+                            webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
+                                     "webhook_secret": webhook_secret})
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
             # Packing (and saving a keras model) blocks: keep it off the event loop.

@@ -25,6 +25,7 @@ def compile_form(
     placement: models.PlacementSpec | Mapping[str, Any] | str | None, name: str | None,
     labels: Mapping[str, str] | None, timeout: int | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
+    webhook: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/compile``, checked against ``CompileRequest`` first."""
     flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
@@ -41,6 +42,7 @@ def compile_form(
             ) if placement is not None else None,
             input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
             name=name, labels=dict(labels or {}), timeout_seconds=timeout,
+            **_webhook_fields(webhook),
         )
     except pydantic.ValidationError as exc:
         raise InputError(f"invalid compile options: {exc}") from exc
@@ -55,7 +57,20 @@ def compile_form(
         form["labels"] = json.dumps(req.labels)
     if req.timeout_seconds is not None:
         form["timeout_seconds"] = str(req.timeout_seconds)
+    if req.webhook_url is not None:
+        form["webhook_url"] = req.webhook_url
+    if req.webhook_events is not None:
+        form["webhook_events"] = json.dumps(req.webhook_events)
+    if req.webhook_secret is not None:
+        form["webhook_secret"] = req.webhook_secret
     return form
+
+
+def _webhook_fields(webhook: Mapping[str, Any] | None) -> dict[str, Any]:
+    fields = {k: v for k, v in (webhook or {}).items() if v is not None}
+    if "webhook_events" in fields:
+        fields["webhook_events"] = list(fields["webhook_events"])
+    return fields
 
 
 def list_params(status: str | models.JobStatus | None, label: Any, target: str | None,

@@ -28,6 +28,7 @@ from kiln_client._artifacts import (
 )
 from kiln_client._progress import ProgressBar, progress_enabled
 from kiln_client.errors import APIConnectionError, JobCancelled, JobFailed, WaitTimeout
+from kiln_client.events import JobEvent, aiter_events, iter_events
 
 if TYPE_CHECKING:
     from kiln_client._client import AsyncClient, Client
@@ -173,6 +174,10 @@ class Job(_JobBase):
                 pass  # reconnect below, resuming from Last-Event-ID
             if ended or self.refresh().done:
                 return
+
+    def events(self) -> Iterator[JobEvent]:
+        """Follow the job's typed live events (status, stage, log) until it ends."""
+        return iter_events(self)
 
     def cancel(self) -> Job:
         """Ask the service to cancel the job; returns its state after the request.
@@ -326,6 +331,10 @@ class AsyncJob(_JobBase):
                 pass
             if ended or (await self.refresh()).done:
                 return
+
+    def events(self) -> AsyncIterator[JobEvent]:
+        """Follow the job's typed live events; see :meth:`Job.events`."""
+        return aiter_events(self)
 
     async def cancel(self) -> AsyncJob:
         """Ask the service to cancel the job; see :meth:`Job.cancel`."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln_client._client import Client
 from kiln_client._jobs import Job
+from kiln_client.codes import FailureCode
 from kiln_client.errors import (
     APIError,
     ChecksumError,
@@ -27,7 +28,9 @@ from kiln_client.errors import (
     KilnError,
     WaitTimeout,
 )
+from kiln_client.events import JobEvent, LogEvent, StageEvent, StatusEvent
 from kiln_client.flags import FlagsError
+from kiln_client.models import JobStatus
 
 __all__ = ["EXIT_API", "EXIT_CANCELLED", "EXIT_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "main"]
 
@@ -51,6 +54,7 @@ examples:
   kiln compile ./saved_model --inputs inputs.npz --flags "--dynamic-batch-size" --out ./compiled
   kiln jobs list --status failed
   kiln jobs logs JOB_ID --follow
+  kiln jobs watch JOB_ID
   kiln verify ./compiled
 """
 
@@ -89,7 +93,7 @@ def _add_compile(sub: Any) -> None:
 
 def _add_jobs(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="list and manage jobs").add_subparsers(
-        dest="jobs_command", metavar="{list,show,logs,cancel,download,delete}", required=True
+        dest="jobs_command", metavar="{list,show,logs,watch,cancel,download,delete}", required=True
     )
     p = jobs.add_parser("list", help="list jobs, newest first")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
@@ -109,6 +113,10 @@ def _add_jobs(sub: Any) -> None:
     p.add_argument("job_id")
     p.add_argument("-f", "--follow", action="store_true", help="stream new lines until the job ends")
     p.set_defaults(func=_cmd_logs)
+    p = jobs.add_parser("watch", help="follow a job's status, stage and log events until it ends")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    p.set_defaults(func=_cmd_watch)
     p = jobs.add_parser("download", help="download the compiled model or an artifact")
     p.add_argument("job_id")
     p.add_argument("--out", metavar="DIR", help="destination directory (default ./<job id>)")
@@ -263,6 +271,29 @@ def _cmd_logs(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    job = client.jobs.get(args.job_id)
+    for event in job.events():
+        if args.json:
+            print(json.dumps({"event": type(event).__name__.removesuffix("Event").lower(),
+                              **event.model_dump(mode="json", exclude={"job"})}), flush=True)
+        else:
+            print(_event_line(event), flush=True)
+    if job.status is JobStatus.CANCELLED:
+        return EXIT_CANCELLED
+    return EXIT_OK if job.status is JobStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _event_line(event: JobEvent) -> str:
+    if isinstance(event, StatusEvent):
+        return f"status   {event.status.value}"
+    if isinstance(event, StageEvent):
+        return f"stage    {event.stage.value} {event.progress:4.0%} {event.message or ''}".rstrip()
+    if isinstance(event, LogEvent):
+        return f"log      {event.line}"
+    return f"end      {event.status.value if event.status else ''}".rstrip()
+
+
 def _cmd_download(client: Client, args: argparse.Namespace) -> int:
     job = client.jobs.get(args.job_id)
     out = Path(args.out or job.id)
@@ -284,6 +315,9 @@ def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 def _report_failure(exc: JobFailed) -> None:
     print(f"kiln: {exc}", file=sys.stderr)
+    if isinstance(exc.code, FailureCode):
+        print(f"what to do: {exc.code.action} (all codes: GET /docs/errors#{exc.code.value})",
+              file=sys.stderr)
     if exc.log_tail:
         print("--- end of the compile log ---", file=sys.stderr)
         for line in exc.log_tail:

@@ -85,7 +85,8 @@ class Manifest(BaseModel):
     flags: str
     """The ``NEURON_CC_FLAGS`` string the model was compiled with."""
     placement: str
-    """How ops were placed: ``measured``, ``all`` or ``spec`` (a placement spec)."""
+    """How ops were placed: ``measured`` or ``all``, with ``+spec`` when a placement spec's op
+    or name rules applied."""
     signature_name: str = "serving_default"
     inputs: dict[str, TensorInfo]
     outputs: dict[str, TensorInfo]

@@ -32,8 +32,9 @@ class ProblemCode(str, Enum):
     #: the request is malformed
     BAD_REQUEST = "bad_request", 400, "The request is malformed; the detail says how."
     #: a multipart body is broken
-    INVALID_MULTIPART = ("invalid_multipart", 400, "The multipart body is malformed (no boundary, "
-                         "a part without a name, cut short). Let your HTTP library build it.")
+    INVALID_MULTIPART = ("invalid_multipart", 400, "The multipart body is malformed (no boundary "
+                         "or one over 70 characters, a part without a name, cut short). Let "
+                         "your HTTP library build it.")
     #: a list cursor was not one the server gave
     INVALID_CURSOR = ("invalid_cursor", 400, "`cursor` is not a value from a previous page's "
                       "`next_cursor`; start again without it.")
@@ -64,6 +65,12 @@ class ProblemCode(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed", 405, "Use a method the path allows (see the API docs)."
     #: no acceptable representation
     NOT_ACCEPTABLE = "not_acceptable", 406, "Accept `application/json` or the artifact's media type."
+    #: no webhook endpoint with that id for this tenant (or the job has no webhook_url)
+    WEBHOOK_NOT_FOUND = ("webhook_not_found", 404, "No webhook endpoint with this id is visible to "
+                         "your API key; list them with `GET /v1/webhooks`.")
+    #: no delivery with that id on the endpoint
+    DELIVERY_NOT_FOUND = ("delivery_not_found", 404, "No delivery with this id on the endpoint; "
+                          "list them with `GET /v1/webhooks/{id}/deliveries`.")
     # -- 409 ----------------------------------------------------------------------------------
     #: the request conflicts with the resource's state
     CONFLICT = "conflict", 409, "The request conflicts with the resource's current state."
@@ -136,7 +143,8 @@ class ProblemCode(str, Enum):
                        ".zip archive; archive the SavedModel folder again.")
     #: an archive member is unsafe
     UNSAFE_ARCHIVE = ("unsafe_archive", 422, "An archive member is a link, a device, has an "
-                      "absolute or `..` path, a duplicate or unsafe name, or an absurd "
+                      "absolute or `..` path, a duplicate name (also when case is ignored), a "
+                      "name that is not UTF-8 or holds control characters, or an absurd "
                       "compression ratio; archive a plain SavedModel folder.")
     #: the archive is over its member or size caps
     ARCHIVE_TOO_LARGE = ("archive_too_large", 422, "The archive has too many entries or unpacks "
@@ -171,6 +179,16 @@ class ProblemCode(str, Enum):
     #: the Idempotency-Key was used with another body
     IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused", 422, "Use a new `Idempotency-Key` for a "
                               "different request.")
+    #: a webhook URL Kiln will not call
+    INVALID_WEBHOOK_URL = ("invalid_webhook_url", 422, "Use an http(s) URL on a public address; "
+                           "an operator allows internal ones with "
+                           "KILN_WEBHOOK_ALLOW_PRIVATE_URLS=true.")
+    #: an unknown webhook event name
+    INVALID_WEBHOOK_EVENTS = ("invalid_webhook_events", 422, "Name events among job.running, "
+                              "job.stage, job.succeeded, job.failed and job.cancelled.")
+    #: a webhook secret not in the whsec_ format
+    INVALID_WEBHOOK_SECRET = ("invalid_webhook_secret", 422, "Give 'whsec_' and the base64 of 24 to "
+                              "64 random bytes, or leave the secret out and Kiln makes one.")
     # -- 429 ----------------------------------------------------------------------------------
     #: too many requests
     RATE_LIMITED = ("rate_limited", 429, "Too many submissions for your tenant; retry after "
@@ -195,8 +213,9 @@ class ProblemCode(str, Enum):
     STORE_UNAVAILABLE = ("store_unavailable", 503, "The job store or artifact store is "
                          "unavailable; retry after `Retry-After`.")
     #: the queue's broker is unreachable
-    BROKER_UNAVAILABLE = ("broker_unavailable", 503, "The queue's broker is unreachable; nothing "
-                          "was queued. Retry after `Retry-After`.")
+    BROKER_UNAVAILABLE = ("broker_unavailable", 503, "The queue's broker (or, on Redis, the "
+                          "shared rate-limit store) is unreachable; nothing was queued. Retry "
+                          "after `Retry-After`.")
     #: no live worker serves the target
     NO_WORKER_FOR_TARGET = ("no_worker_for_target", 503, "No live worker serves the job's target "
                             "and the server refuses such jobs; retry later or pick another target.")

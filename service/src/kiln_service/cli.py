@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kiln_service.logs import configure_logging, uvicorn_log_config
+
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"kiln-service: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(settings), host=args.host or settings.host,
-                port=args.port or settings.port, log_level=args.log_level)
+                port=args.port or settings.port, log_level=args.log_level,
+                log_config=uvicorn_log_config())
     return 0
 
 
@@ -72,13 +75,15 @@ def _reconcile(args: argparse.Namespace) -> int:
     from kiln_service.config import get_settings
     from kiln_service.queue import create_celery_app, enqueue_compile
     from kiln_service.reconcile import Reconciler, ReconcilerThread
+    from kiln_service.stores.artifacts import open_artifact_store
     from kiln_service.stores.jobs import JobStore
 
     settings = get_settings()
     celery = create_celery_app(settings)
     reconciler = Reconciler(
         JobStore(settings.resolved_database_url),
-        lambda job_id, target: enqueue_compile(celery, job_id=job_id, target=target))
+        lambda job_id, target: enqueue_compile(celery, job_id=job_id, target=target),
+        artifacts=open_artifact_store(settings.resolved_storage_url))
     if args.once:
         print(json.dumps(reconciler.run_once()))
         return 0
@@ -102,6 +107,16 @@ def _up(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+def _log_format() -> str:
+    """``KILN_LOG_FORMAT``; text when the settings cannot be read (the command reports why)."""
+    from kiln_service.config import get_settings
+
+    try:
+        return get_settings().log_format
+    except ValueError:
+        return "text"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``kiln-service`` command.
 
@@ -114,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # ``keys`` prints for people and scripts; migration chatter would only get in the way.
     quiet = args.command == "keys"
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(_log_format(), logging.WARNING if quiet else logging.INFO,
+                      static={"service": "api"})
     try:
         if args.command == "serve":
             return _serve(args)

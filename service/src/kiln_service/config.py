@@ -80,6 +80,31 @@ class Settings(BaseSettings):
     """Most unfinished (queued or running) jobs one tenant may have, across all API processes;
     0 turns the cap off."""
 
+    webhook_allow_private_urls: bool = False
+    """Allow webhook URLs on loopback, private, link-local or otherwise internal addresses
+    (refused by default so that a tenant cannot make Kiln call into its own network)."""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long one webhook attempt waits for the receiver's answer."""
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    """Delay before the first retry of a failed delivery; each further retry doubles it."""
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """Longest delay between two attempts of one delivery."""
+    webhook_give_up_seconds: float = Field(default=24 * 3600.0, gt=0)
+    """A delivery still failing this long after its event is marked ``failed``."""
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the API's webhook sender looks for new events and due deliveries."""
+    webhook_sender: bool = True
+    """Run the webhook sender in this API process (several replicas share the work safely)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (``job_id``, ``request_id``, ``tenant``,
+    ``attempt`` where they apply) from the API, the worker and the compile process; ``text``:
+    readable lines for a terminal."""
+    events_fallback_poll_seconds: float = Field(default=5.0, gt=0)
+    """Live event streams are woken by Redis pub/sub (a ``redis://`` broker) or PostgreSQL
+    ``LISTEN/NOTIFY``; as a safety net each followed job is re-read this often (once per job
+    and API process, whatever the number of followers). With neither (the embedded default) the
+    ``KILN_LOG_FOLLOW_POLL_SECONDS`` interval is used instead."""
+
     @field_validator("auth", mode="before")
     @classmethod
     def _auth_words(cls, value: Any) -> Any:

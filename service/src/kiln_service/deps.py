@@ -20,6 +20,7 @@ from kiln_service.config import Settings, get_settings
 from kiln_service.errors import UnauthorizedError
 from kiln_service.fairness import RateLimiter
 from kiln_service.idempotency import InFlightKeys
+from kiln_service.logs import bind
 from kiln_service.metrics import Metrics
 from kiln_service.stores.artifacts import ArtifactStore
 from kiln_service.stores.jobs import JobRecord, JobStore
@@ -120,6 +121,7 @@ def get_tenant(
     """
     services = get_services(request)
     if not services.settings.auth_enabled:
+        bind(tenant=DEFAULT_TENANT)
         return DEFAULT_TENANT
     how = HOW_TO_GET_A_KEY
     if credentials is None or not credentials.credentials:
@@ -130,6 +132,7 @@ def get_tenant(
     tenant = services.job_store.authenticate_api_key(key=credentials.credentials)
     if tenant is None:
         raise UnauthorizedError(f"The API key is unknown or revoked. {how}")
+    bind(tenant=tenant)
     return tenant
 
 
@@ -164,6 +167,7 @@ def valid_job(job_id: str, store: JobStoreDep, tenant: TenantDep) -> JobRecord:
     Raises:
         JobNotFoundError: No such job for this tenant (404).
     """
+    bind(job_id=job_id)
     return store.get_job(job_id=job_id, tenant=tenant)
 
 

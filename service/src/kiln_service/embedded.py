@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln_service.config import Settings, get_settings
+from kiln_service.logs import uvicorn_log_config
 
 __all__ = ["run_up", "worker_command"]
 
@@ -95,7 +96,8 @@ def run_up(
     logs.mkdir(parents=True, exist_ok=True)
     worker_log = open(logs / "worker.log", "ab")  # noqa: SIM115  (closed in the finally below)
     worker = _start_worker(worker_command(targets, concurrency, log_level), worker_log)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower()))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
+                                           log_config=uvicorn_log_config()))
     died = threading.Event()
     threading.Thread(target=_watch_worker, args=(worker, server, died), daemon=True).start()
     _print_banner(settings, host, port, logs / "worker.log")

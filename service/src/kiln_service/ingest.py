@@ -223,6 +223,8 @@ def _forbidden_ops(name: str, signature: Signature) -> UploadRejectedError:
 def _dtype_fits(expected: str, actual: np.dtype[Any]) -> bool:
     if expected == "string":
         return bool(actual.kind in "SU")
+    if expected == "bfloat16":  # numpy writes bfloat16 (ml_dtypes) arrays as 2-byte void records
+        return str(actual.name) == "bfloat16" or (actual.kind == "V" and actual.itemsize == 2)
     return str(actual.name) == expected
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -18,17 +20,21 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln_service import errors_page
+from kiln_service._observe import ObserveMiddleware
 from kiln_service.config import Settings, get_settings
 from kiln_service.deps import Services, get_tenant
 from kiln_service.errors import install_error_handlers
+from kiln_service.events import EventBus
 from kiln_service.metrics import Metrics
 from kiln_service.openapi import install_openapi
 from kiln_service.queue import create_celery_app
-from kiln_service.routes import artifacts, compile, health, jobs, workers
+from kiln_service.routes import artifacts, compile, events, health, jobs, webhooks, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
 from kiln_service.ui import install_ui
 from kiln_service.ui.session import session_secret
+from kiln_service.webhooks.sender import WebhookSender, run_sender
+from kiln_service.webhooks.store import WebhookStore
 
 __all__ = ["DatabaseNotMigratedError", "create_app", "prepare_database", "sweep_staging"]
 
@@ -173,6 +179,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         staging_dir=process_staging_dir(settings.staging_dir),
         ui_secret=session_secret(settings.ui_session_secret, settings.data_dir),
     )
+    event_bus = EventBus(settings, services.job_store)
+    services.job_store.notifier = event_bus.notify
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,7 +189,14 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         sweep_staging(settings.staging_dir)
         logger.info("Kiln API ready (jobs %s, artifacts %s)", services.job_store.url,
                     getattr(services.artifact_store, "url", "?"))
+        event_bus.start()
+        sender = _start_webhook_sender(services)
         yield
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        event_bus.stop()
         services.job_store.dispose()
 
     app = FastAPI(
@@ -189,15 +204,29 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         description="Compile TensorFlow SavedModels for accelerators (tensorflow.neuron.trace as a service).",
     )
     app.state.services = services
+    app.state.event_bus = event_bus
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
+    app.add_middleware(ObserveMiddleware, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     # Every /v1 route authenticates (once per request: FastAPI caches the dependency, so the
     # routes' own TenantDep reuses the result); health, metrics and the docs stay open.
-    for module in (compile, jobs, artifacts, workers):
+    for module in (compile, jobs, events, artifacts, workers, webhooks):
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
     app.include_router(errors_page.router)
     install_ui(app)
     install_openapi(app)
     return app
+
+
+def _start_webhook_sender(services: Services) -> asyncio.Task[None] | None:
+    """Start this process's webhook sender (``KILN_WEBHOOK_SENDER``), a task of the lifespan."""
+    settings = services.settings
+    if not settings.webhook_sender:
+        return None
+    outcomes = services.metrics.webhook_deliveries
+    sender = WebhookSender(WebhookStore(services.job_store.engine), settings,
+                           on_outcome=lambda outcome: outcomes.labels(outcome=outcome).inc())
+    return asyncio.create_task(run_sender(sender, settings.webhook_poll_seconds),
+                               name="kiln-webhook-sender")

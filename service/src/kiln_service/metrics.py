@@ -12,7 +12,14 @@ import logging
 import threading
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from kiln_client.models import JobStatus
 from kiln_service.stores._schema import utcnow
@@ -23,6 +30,9 @@ __all__ = ["PROMETHEUS_CONTENT_TYPE", "Metrics"]
 logger = logging.getLogger(__name__)
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, float("inf"))
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
+# ``*_created`` series double every counter and histogram for a value nobody graphs.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -41,6 +51,19 @@ class Metrics:
                                     ["target"], buckets=_WAIT_BUCKETS, registry=self.registry)
         self.depth = Gauge("kiln_jobs", "Jobs in the job store per status (queue depth).",
                            ["status"], registry=self.registry)
+        self.failures = Counter("kiln_job_failures", "Failed jobs by failure kind and code "
+                                "(seen by this API process since it started).",
+                                ["target", "kind", "code"], registry=self.registry)
+        self.http_requests = Counter("kiln_http_requests", "HTTP requests by route template "
+                                     "and status.", ["method", "route", "status"],
+                                     registry=self.registry)
+        self.http_duration = Histogram("kiln_http_request_duration_seconds", "HTTP request "
+                                       "duration by route template (to the end of the body).",
+                                       ["method", "route"], buckets=_HTTP_BUCKETS,
+                                       registry=self.registry)
+        self.webhook_deliveries = Counter("kiln_webhook_deliveries", "Webhook delivery attempts "
+                                          "by outcome (succeeded, retrying, failed).",
+                                          ["outcome"], registry=self.registry)
         self._watermark = utcnow()
         self._lock = threading.Lock()
 
@@ -66,6 +89,10 @@ class Metrics:
     def _observe(self, job: JobRecord) -> None:
         target = job.target
         self.finished.labels(status=job.status.value, target=target).inc()
+        if job.failure is not None:
+            code = job.failure.code
+            self.failures.labels(target=target, kind=job.failure.kind.value,
+                                 code=getattr(code, "value", code)).inc()
         if job.started_at is not None:
             self.queue_wait.labels(target=target).observe(
                 max((job.started_at - job.created_at).total_seconds(), 0.0))

@@ -9,6 +9,11 @@ One pass (:meth:`Reconciler.run_once`):
 * ``running`` jobs whose lease lapsed (their worker was killed, or lost the database for longer
   than a lease) go back to ``queued`` and are re-sent, until ``KILN_MAX_ATTEMPTS`` (3) attempts
   were made; then they fail with ``system_error`` ``WorkerLost``.
+* Outputs of attempts that lost (``jobs/<id>/attempt-<n>/`` of an attempt that is not the one
+  the job published, and can no longer be) are deleted from the artifact store, when the
+  reconciler was given one. A stale attempt whose finish is refused deletes its own; this pass
+  removes what an attempt killed mid-write left, for jobs running, queued, or finished within
+  the last hour.
 
 Every worker runs the loop in a daemon thread (:class:`ReconcilerThread`) every
 ``KILN_RECONCILE_INTERVAL_SECONDS`` (10). Several reconcilers never fight: each transition is a
@@ -32,6 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiln_service.errors import StoreError
 from kiln_service.stores._recovery_ops import DEFAULT_MAX_ATTEMPTS, Requeued
+from kiln_service.stores.artifacts import ArtifactStore, delete_attempts, list_attempts
 from kiln_service.stores.jobs import JobStore
 
 __all__ = ["ReconcileSettings", "Reconciler", "ReconcilerThread"]
@@ -40,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, str], object]
 """``enqueue(job_id, target)``: send ``kiln.compile`` (raises when the broker is down)."""
+
+#: finished jobs are swept for outputs of lost attempts for this long after they finish
+SWEEP_FINISHED_WITHIN_SECONDS = 3600.0
 
 
 class ReconcileSettings(BaseSettings):
@@ -62,20 +71,24 @@ class Reconciler:
         store: The job store.
         enqueue: Sends ``kiln.compile`` for ``(job_id, target)``.
         settings: Thresholds (default: from the environment).
+        artifacts: The artifact store, to delete outputs of attempts that lost (none: skipped).
     """
 
     def __init__(self, store: JobStore, enqueue: Enqueue,
-                 settings: ReconcileSettings | None = None) -> None:
+                 settings: ReconcileSettings | None = None,
+                 artifacts: ArtifactStore | None = None) -> None:
         self.store = store
         self.enqueue = enqueue
         self.settings = settings or ReconcileSettings()
+        self.artifacts = artifacts
 
     def run_once(self) -> dict[str, int]:
         """Run one pass.
 
         Returns:
             Counts: ``requeued`` (stale queued jobs re-sent), ``recovered`` (lapsed running jobs
-            queued again), ``ended`` (lapsed jobs failed or cancelled), ``send_failed``.
+            queued again), ``ended`` (lapsed jobs failed or cancelled), ``send_failed``,
+            ``attempts_swept`` (outputs of lost attempts deleted).
 
         Raises:
             StoreError: The database failed (the next pass tries again).
@@ -84,10 +97,32 @@ class Reconciler:
         stale = self.store.requeue_stale_queued(older_than_seconds=self.settings.requeue_after_seconds)
         failed = self._send([*recovered, *stale])
         counts = {"requeued": len(stale), "recovered": len(recovered), "ended": len(ended),
-                  "send_failed": failed}
+                  "send_failed": failed, "attempts_swept": self.sweep_lost_attempts()}
         if any(counts.values()):
             logger.info("reconciler pass: %s", counts)
         return counts
+
+    def sweep_lost_attempts(self) -> int:
+        """Delete the stored outputs of attempts that lost; return how many attempts were swept.
+
+        A store error on one job is logged and the others go on (the next pass retries).
+        """
+        if self.artifacts is None:
+            return 0
+        swept = 0
+        for job in self.store.jobs_with_lost_attempts(
+                finished_within_seconds=SWEEP_FINISHED_WITHIN_SECONDS):
+            try:
+                lost = [n for n in list_attempts(self.artifacts, job.job_id) if job.is_garbage(n)]
+                if lost:
+                    delete_attempts(self.artifacts, job.job_id, lost)
+            except StoreError as exc:
+                logger.warning("reconciler: could not sweep job %s: %s", job.job_id, exc.detail)
+                continue
+            if lost:
+                logger.info("job %s: deleted the outputs of lost attempts %s", job.job_id, lost)
+            swept += len(lost)
+        return swept
 
     def _send(self, jobs: list[Requeued]) -> int:
         failed = 0

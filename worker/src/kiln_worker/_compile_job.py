@@ -3,8 +3,10 @@
 claim (the job store decides) → fetch and unpack the upload into a fresh temporary directory →
 write the spec → run ``python -m kiln_worker.runner`` in its own process group, streaming its
 progress and log lines to the job store, renewing the lease, watching for cancellation and the
-time limit → store the artifacts → finish the job with the attempt's fence. The temporary
-directory is removed afterwards, whatever happened.
+time limit → store the artifacts under the attempt's own keys (``jobs/<id>/attempt-<fence>/``)
+→ finish the job with the attempt's fence, which publishes those keys in the same ``UPDATE``.
+A stale attempt's finish is refused and it deletes what it stored. The temporary directory is
+removed afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from kiln_client.codes import FailureCode, FailureKind
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
+from kiln_service.events import make_publisher
+from kiln_service.logs import bind
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
+    attempt_prefix,
     open_artifact_store,
     upload_key,
 )
@@ -67,10 +72,16 @@ class WorkerContext:
         return cls(
             settings=settings,
             options=options or get_worker_settings(),
-            jobs=JobStore(settings.resolved_database_url),
+            jobs=_announcing(JobStore(settings.resolved_database_url), settings),
             artifacts=open_artifact_store(settings.resolved_storage_url),
             enqueue=enqueue,
         )
+
+
+def _announcing(store: JobStore, settings: Settings) -> JobStore:
+    """The store, announcing each change on Redis pub/sub when the broker is Redis (live events)."""
+    store.notifier = make_publisher(settings)
+    return store
 
 
 def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
@@ -88,6 +99,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
                              lease_seconds=ctx.options.lease_seconds)
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
+    bind(tenant=job.tenant, attempt=job.attempts)
     with job_dir(job_id, ctx.options.work_dir) as tmp:
         try:
             status = CompileAttempt(ctx, job, Path(tmp)).run()
@@ -271,6 +283,7 @@ class CompileAttempt(SupervisedRun):
         except UnsafeOutputError as exc:
             return self._fail(Failure.of(FailureCode.MODEL_ERROR, str(exc)))
         except (OSError, StoreError) as exc:
+            self._discard_outputs()  # what the failed store left of this attempt
             detail = getattr(exc, "detail", None) or str(exc)
             return self._fail(Failure.of(
                 FailureCode.STORAGE_ERROR,
@@ -321,7 +334,18 @@ class CompileAttempt(SupervisedRun):
             artifacts = [self._put_log()]
         done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
                                         artifacts=artifacts, report=report, fence=self.fence)
-        return status.value if done is not None else "lost"
+        if done is None:
+            self._discard_outputs()
+            return "lost"
+        return status.value
+
+    def _discard_outputs(self) -> None:
+        """Delete what this attempt stored: another attempt owns the job now, or it ended."""
+        try:
+            self.ctx.artifacts.delete_prefix(attempt_prefix(self.job.id, self.fence))
+        except Exception as exc:  # the reconciler sweeps what is left
+            logger.warning("job %s: could not delete the outputs of stale attempt %s: %s",
+                           self.job.id, self.fence, exc)
 
     def _put_workdir(self) -> list[Artifact]:
         if self.workdir is None or self.workdir.is_symlink() or not self.workdir.is_dir():
@@ -339,5 +363,6 @@ class CompileAttempt(SupervisedRun):
         return self._put("compile.log", path, "text/plain; charset=utf-8")
 
     def _put(self, name: str, path: Path, content_type: str) -> Artifact:
-        size, sha256 = self.ctx.artifacts.put_file(artifact_key(self.job.id, name), path)
+        key = artifact_key(self.job.id, name, attempt=self.fence)
+        size, sha256 = self.ctx.artifacts.put_file(key, path)
         return Artifact(name=name, size=size, sha256=sha256, content_type=content_type)

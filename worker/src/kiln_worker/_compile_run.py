@@ -56,8 +56,11 @@ class SupervisedRun:
         """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
         opts, sandbox = self.ctx.options, self.isolation.sandbox
         env = child_environment(self.home)
+        # The compile process logs like the worker (KILN_LOG_FORMAT), tagged with this attempt.
+        env.update(KILN_LOG_FORMAT=self.ctx.settings.log_format,
+                   KILN_JOB_ATTEMPT=str(self.job.attempts))
         if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
-            env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
+            env["KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
         limits = CompileLimits(opts, self.isolation.cgroups,
                                f"{PREFIX}{self.job.id}-a{self.job.attempts}-{owner_tag()}",
                                self.job.timeout_seconds)

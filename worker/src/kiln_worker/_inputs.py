@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 #: generated integer inputs are drawn from [0, _INT_HIGH): small, so that they are valid
 #: indices for embedding lookups and gathers of any realistic size
 _INT_HIGH = 8
+#: generated string inputs are drawn from these words (text models take any string)
+_WORDS = np.array([b"the", b"kiln", b"fires", b"a", b"model", b"quickly"])
 
 
 def signature_specs(fn: Any) -> dict[str, tf.TensorSpec]:
@@ -96,8 +98,23 @@ def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Te
     return {name: _to_tensor(name, specs[name], arrays[name]) for name in sorted(specs)}
 
 
+def _as_signature_dtype(spec: tf.TensorSpec, array: np.ndarray) -> np.ndarray | None:
+    """``array`` as the dtype ``spec`` takes, or ``None`` when it does not hold that dtype.
+
+    An ``.npz`` stores strings as fixed-width bytes or unicode, and bfloat16 (which numpy does
+    not know) as 2-byte void records: those are read back as the signature's dtype.
+    """
+    if spec.dtype == tf.string:
+        return array if array.dtype.kind in "SU" else None
+    if spec.dtype == tf.bfloat16 and array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        bfloat16: np.ndarray = array.view(tf.bfloat16.as_numpy_dtype)
+        return bfloat16
+    return array if array.dtype == spec.dtype.as_numpy_dtype else None
+
+
 def _to_tensor(name: str, spec: tf.TensorSpec, array: np.ndarray) -> tf.Tensor:
-    if array.dtype != spec.dtype.as_numpy_dtype:
+    converted = _as_signature_dtype(spec, array)
+    if converted is None:
         raise JobError(
             FailureCode.INVALID_INPUTS,
             f"example input {name!r} has dtype {array.dtype}, the signature wants "
@@ -109,7 +126,7 @@ def _to_tensor(name: str, spec: tf.TensorSpec, array: np.ndarray) -> tf.Tensor:
             f"example input {name!r} has shape {list(array.shape)}, which does not fit the "
             f"signature's {spec.shape}",
         )
-    return tf.constant(array)
+    return tf.constant(converted)
 
 
 def _generate(
@@ -123,6 +140,8 @@ def _generate(
         array = rng.integers(0, _INT_HIGH, size=shape).astype(dtype.as_numpy_dtype)
     elif dtype.is_bool:
         array = rng.random(shape) < 0.5
+    elif dtype == tf.string:
+        array = rng.choice(_WORDS, size=shape)
     else:
         raise JobError(
             FailureCode.INVALID_INPUTS,
@@ -175,11 +194,12 @@ def placement_callback(placement: Mapping[str, Any] | None) -> Callable[[Any], b
         placement: the spec, or ``None`` for automatic placement.
 
     Returns:
-        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or has no
-        op or name rules (only a ``mode``).
+        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or names a
+        ``mode`` and no op or name rule (the mode alone decides). A spec with neither accepts
+        every node, as before modes existed (placement ``all``).
     """
     rules = ("include_ops", "exclude_ops", "include_names", "exclude_names")
-    if placement is None or not any(placement.get(key) for key in rules):
+    if placement is None or (placement.get("mode") and not any(placement.get(k) for k in rules)):
         return None
     include_ops = frozenset(placement.get("include_ops") or ())
     exclude_ops = frozenset(placement.get("exclude_ops") or ())

@@ -1,7 +1,8 @@
 """Run the job store reconciler (:mod:`kiln_service.reconcile`) inside every worker.
 
 When Celery's main process is ready a daemon thread re-sends ``queued`` jobs whose message was
-lost and takes back ``running`` jobs whose lease lapsed; ``kiln-service up`` gets it through its
+lost, takes back ``running`` jobs whose lease lapsed and deletes the stored outputs of attempts
+that lost; ``kiln-service up`` gets it through its
 worker. Several workers may run it at once: each transition is a conditional ``UPDATE`` that one
 of them wins. Turn it off with ``KILN_WORKER_RECONCILE=false``. No TensorFlow here.
 """
@@ -18,6 +19,7 @@ from celery.signals import worker_ready, worker_shutdown
 from kiln_service.config import Settings
 from kiln_service.queue import enqueue_compile
 from kiln_service.reconcile import Reconciler, ReconcilerThread, ReconcileSettings
+from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
 from kiln_worker._job_dirs import sweep_job_cgroups, sweep_job_dirs
 from kiln_worker.config import WorkerSettings
@@ -73,8 +75,10 @@ def install_reconciler(app: Celery, settings: Settings, options: WorkerSettings)
             return
         store = JobStore(settings.resolved_database_url, pooled=False)
         config = ReconcileSettings(max_attempts=options.max_attempts)
-        loop = ReconcilerThread(_SweepingReconciler(store, enqueue, config,
-                                                    sweep=lambda: sweep_leftovers(settings, options)))
+        artifacts = open_artifact_store(settings.resolved_storage_url)
+        loop = ReconcilerThread(_SweepingReconciler(
+            store, enqueue, config, artifacts=artifacts,
+            sweep=lambda: sweep_leftovers(settings, options)))
         loop.start()
         state["loop"] = (loop, store)
         logger.info("reconciler running every %.0f s (re-send queued jobs after %.0f s)",

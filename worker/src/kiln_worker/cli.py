@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from kiln_service.config import TARGETS, get_settings
-from kiln_service.queue import queue_name
+from kiln_service.logs import configure_logging
+from kiln_service.queue import COMPILE_TASK, queue_name
 from kiln_worker.config import WorkerSettings, parse_targets
 
 __all__ = ["build_parser", "main"]
@@ -64,8 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"kiln-worker: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.loglevel,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, args.loglevel, static={"service": "worker"})
+    for handler in logging.getLogger().handlers:
+        handler.filters.insert(0, _CeleryTaskJob())
+    from celery.signals import setup_logging
+
+    # Celery keeps the handler installed above (JSON or text) instead of its own formatting.
+    setup_logging.connect(_keep_our_logging, weak=False)
+    quiet: list[str] = []
+    if settings.log_format == "json":
+        quiet = ["--quiet"]  # no banner: every line of a JSON log is JSON
+        from celery.signals import worker_ready
+
+        worker_ready.connect(_silent_shutdown, weak=False)
     from kiln_worker._sandbox import SandboxUnavailableError, isolation
 
     try:  # before any job: a worker that cannot isolate compiles must not take one
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.broker_url.split("@")[-1], settings.resolved_database_url.split("@")[-1],
     )
     app.worker_main([
-        "worker", f"--loglevel={args.loglevel}", f"--queues={queues}",
+        *quiet, "worker", f"--loglevel={args.loglevel}", f"--queues={queues}",
         f"--concurrency={options.concurrency}", "--pool=prefork",
         # Gossip, mingle and event heartbeats coordinate Celery features Kiln does not use,
         # and cost seconds at start-up on the embedded transport.
@@ -93,6 +106,34 @@ def main(argv: list[str] | None = None) -> int:
         f"--hostname={hostname}",
     ])
     return 0
+
+
+class _CeleryTaskJob(logging.Filter):
+    """Celery's own task lines (``Task kiln.compile[<id>] received``) carry the task id, which is
+    the job id: give them the ``job_id`` field too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (record.name.startswith("celery") and isinstance(args, dict)
+                and args.get("name") == COMPILE_TASK and isinstance(args.get("id"), str)):
+            record.job_id = args["id"]
+        return True
+
+
+def _keep_our_logging(**_kwargs: object) -> None:
+    """Celery's ``setup_logging`` signal: connected, it stops Celery from configuring logging."""
+
+
+def _silent_shutdown(sender: Any = None, **_kwargs: object) -> None:
+    """Re-install Celery's SIGTERM/SIGQUIT handlers without their plain-text notice on stdout."""
+    from celery.apps.worker import install_worker_term_handler, install_worker_term_hard_handler
+
+    worker = getattr(sender, "controller", None)
+    if worker is None:
+        return
+    install_worker_term_handler(worker, verbose=False)
+    install_worker_term_hard_handler(worker, verbose=False)
+    logging.getLogger(__name__).info("kiln-worker ready; SIGTERM finishes the running job, then exits")
 
 
 if __name__ == "__main__":

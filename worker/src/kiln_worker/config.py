@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kiln_service.config import TARGETS
+from kiln_service.stores._recovery_ops import DEFAULT_MAX_ATTEMPTS
 
 __all__ = [
     "WorkerSettings", "cpu_seconds", "get_worker_settings", "parse_targets", "worker_id",
@@ -25,7 +26,8 @@ __all__ = [
 class WorkerSettings(BaseSettings):
     """Configuration of one ``kiln-worker`` process."""
 
-    model_config = SettingsConfigDict(env_prefix="KILN_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KILN_WORKER_", extra="ignore",
+                                      populate_by_name=True)
 
     targets: str = "xla"
     """Comma-separated targets whose queues (``kiln.<target>``) this worker consumes."""
@@ -65,9 +67,11 @@ class WorkerSettings(BaseSettings):
     without isolation: only for models you trust)."""
     sandbox_uid: int = Field(default=65534, ge=1)
     """The unprivileged user a root worker's compiles run as (default 65534, ``nobody``)."""
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1,
+                              validation_alias="KILN_MAX_ATTEMPTS")
     """Attempts a job gets in all; system errors (a killed compile, storage failures) are
-    retried until then, client errors never."""
+    retried until then, client errors never. One setting with the reconciler's:
+    ``KILN_MAX_ATTEMPTS`` (not ``KILN_WORKER_…``), read by workers and ``kiln-service reconcile``."""
     reconcile: bool = True
     """Run the reconciler loop (:mod:`kiln_service.reconcile`) in this worker."""
     test_hook_child_sleep_seconds: float = Field(default=0.0, ge=0)

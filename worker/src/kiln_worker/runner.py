@@ -34,10 +34,6 @@ __all__ = ["EventChannel", "classify_exception", "main"]
 
 logger = logging.getLogger("kiln_worker.runner")
 
-#: relative and absolute tolerance of the numerical check (compiled vs. original outputs)
-RTOL = 1e-3
-ATOL = 1e-5
-
 #: where each tracer stage sits in the job's overall progress (start, end)
 _TRACER_SPAN = {"tracing": (0.10, 0.30), "compiling": (0.30, 0.75), "verifying": (0.75, 0.80)}
 
@@ -88,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m kiln_worker.runner SPEC.json", file=sys.stderr)
         return 2
     events = EventChannel.take_stdout()
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
     spec = JobSpec.read(Path(args[0]))
+    _configure_logging(spec.job_id)
     logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
     try:
         _compile(spec, events)
@@ -104,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _configure_logging(job_id: str) -> None:
+    """Log to stderr (into the job's log) as the worker does: JSON or text, with job and attempt."""
+    from kiln_service.logs import bind, configure_logging
+
+    fmt = "json" if os.environ.get("KILN_LOG_FORMAT") == "json" else "text"
+    configure_logging(fmt, logging.INFO, stream=sys.stderr, static={"service": "compile"})
+    attempt = os.environ.get("KILN_JOB_ATTEMPT", "")
+    bind(job_id=job_id, attempt=int(attempt) if attempt.isdigit() else None)
 
 
 def _compile(spec: JobSpec, events: EventChannel) -> None:
@@ -119,7 +123,7 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
     events.progress("loading", 0.02, "loading the SavedModel")
     _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
     inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes, spec.seed)
-    expected = _run_model(tf, fn, inputs, "the model failed on the example inputs")
+    expected, reference_reason = _run_model(tf, fn, inputs, "the model failed on the example inputs")
     timings["load_seconds"] = time.perf_counter() - started
 
     events.progress("tracing", 0.10, "tracing the signature")
@@ -155,6 +159,8 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
+        "verify": {"reference": "xla" if reference_reason else "tensorflow",
+                   "reason": reference_reason},
         "manifest": manifest,
         "speed": speed,
     }
@@ -178,13 +184,22 @@ def _measure_speed(tf: Any, fn: Any, compiled_dir: Path, inputs: dict[str, Any])
         return {"error": summary, "batches": {}}
 
 
+def _placement_label(spec: JobSpec, report: Any) -> str:
+    """The placement mode the tracer used, with ``+spec`` when op or name rules applied."""
+    from kiln_worker._inputs import placement_callback
+
+    recorded = (report or {}).get("placement") if isinstance(report, dict) else None
+    mode = (recorded or {}).get("mode") or spec.placement_mode or "measured"
+    return f"{mode}+spec" if placement_callback(spec.placement) is not None else str(mode)
+
+
 def _write_manifest(spec: JobSpec, compiled_dir: Path, report: Any) -> dict[str, Any]:
     """Write ``assets.extra/kiln-manifest.json`` into the compiled model; return it as a dict."""
     from kiln_worker.manifest import build_manifest, write_manifest
 
     manifest = build_manifest(
         compiled_dir, report=report, flags=spec.flags,
-        placement="spec" if spec.placement else "measured", backend=spec.backend,
+        placement=_placement_label(spec, report), backend=spec.backend,
         target=spec.target, job_id=spec.job_id, upload_digests=spec.upload_digests,
     )
     write_manifest(compiled_dir, manifest)
@@ -207,17 +222,24 @@ def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
 
 
 def _test_hook_sleep() -> None:
-    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set): makes
-    # a compile last long enough for fault-injection tests to act mid-job.
-    seconds = float(os.environ.get("KILN_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
+    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set, which
+    # the worker passes on under the same name): makes a compile last long enough for
+    # fault-injection tests to act mid-job.
+    seconds = float(os.environ.get("KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
     if seconds > 0:
         logger.info("test hook: sleeping %.1f s before tracing", seconds)
         time.sleep(seconds)
 
 
-def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str, Any]:
+def _run_model(
+    tf: Any, fn: Any, inputs: dict[str, Any], what: str
+) -> tuple[dict[str, Any], str | None]:
+    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``:
+    TensorFlow ran it; XLA compiles it whole when TensorFlow's CPU kernels cannot run it)."""
+    from kiln_worker.tracer.reference import call_with_xla_fallback
+
     try:
-        outputs = fn(**inputs)
+        outputs, reason = call_with_xla_fallback(lambda: fn(**inputs), [], "loading", in_graph=False)
     except Exception as exc:
         failure = classify_model_exception(exc, what)
         if failure is None:
@@ -226,7 +248,7 @@ def _run_model(tf: Any, fn: Any, inputs: dict[str, Any], what: str) -> dict[str,
     if not isinstance(outputs, dict):
         flat = tf.nest.flatten(outputs)
         outputs = {f"output_{i}": t for i, t in enumerate(flat)}
-    return {name: value.numpy() for name, value in outputs.items()}
+    return {name: value.numpy() for name, value in outputs.items()}, reason
 
 
 def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: EventChannel) -> Any:
@@ -244,41 +266,28 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
 def _verify(
     tf: Any, compiled_dir: Path, inputs: dict[str, Any], expected: dict[str, Any]
 ) -> dict[str, Any]:
-    """Compare the reloaded compiled model's outputs with the original's."""
-    import numpy as np
+    """Compare the reloaded compiled model's outputs with the original's, per output dtype."""
+    from kiln_worker.tracer.tolerance import compare_arrays, summarise
 
     try:
         reloaded = tf.saved_model.load(str(compiled_dir))
         serving = reloaded.signatures["serving_default"]
-        actual = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
+        actual, _ = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
     except (JobError, KeyError) as exc:
         raise JobError(
             FailureCode.VERIFICATION_FAILED,
             f"the compiled model does not run after saving and reloading: {exc}",
         ) from exc
     pairs = _pair_outputs(expected, actual)
-    per_output: dict[str, dict[str, float]] = {}
-    worst_diff = worst_abs = 0.0
-    for name, (want, got) in pairs.items():
-        want64, got64 = np.asarray(want, np.float64), np.asarray(got, np.float64)
-        if want64.shape != got64.shape:
+    entries = {name: compare_arrays(want, got) for name, (want, got) in pairs.items()}
+    for name, entry in entries.items():
+        if "shape" in entry:
+            before, after = entry["shape"]
             raise JobError(
                 FailureCode.VERIFICATION_FAILED,
-                f"output {name!r} has shape {list(got64.shape)} after compiling, "
-                f"{list(want64.shape)} before",
+                f"output {name!r} has shape {after} after compiling, {before} before",
             )
-        diff = float(np.max(np.abs(want64 - got64), initial=0.0))
-        biggest = float(np.max(np.abs(want64), initial=0.0))
-        per_output[name] = {"max_abs_diff": diff, "max_abs_output": biggest}
-        worst_diff, worst_abs = max(worst_diff, diff), max(worst_abs, biggest)
-    return {
-        "max_abs_diff": worst_diff,
-        "max_abs_output": worst_abs,
-        "rtol": RTOL,
-        "atol": ATOL,
-        "within_tolerance": worst_diff <= ATOL + RTOL * worst_abs,
-        "outputs": per_output,
-    }
+    return summarise(entries)
 
 
 def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:

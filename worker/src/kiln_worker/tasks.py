@@ -13,6 +13,7 @@ from celery import Celery
 from celery.utils.log import get_task_logger
 
 from kiln_service.config import Settings
+from kiln_service.logs import bound
 from kiln_service.queue import COMPILE_TASK, enqueue_compile
 from kiln_worker._compile_job import WorkerContext, run_compile_job
 from kiln_worker.config import WorkerSettings
@@ -49,9 +50,10 @@ def compile_job(job_id: str) -> dict[str, Any]:
     Returns:
         ``{"job_id", "status"}`` with the job's final status, or ``skipped``.
     """
-    logger.info("job %s: received", job_id)
-    result = run_compile_job(_worker_context(), job_id)
-    logger.info("job %s: %s", job_id, result["status"])
+    with bound(job_id=job_id):
+        logger.info("job %s: received", job_id)
+        result = run_compile_job(_worker_context(), job_id)
+        logger.info("job %s: %s", job_id, result["status"])
     return result
 
 

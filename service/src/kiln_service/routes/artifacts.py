@@ -58,7 +58,9 @@ async def download_artifact(
     span = _parse_range(request.headers.get("range"), size, request.headers.get("if-range"), etag)
     start, end = span if span is not None else (0, size - 1)
     try:
-        handle = await anyio.to_thread.run_sync(store.open_read, artifact_key(job.id, name))
+        # The published attempt's keys only: files another attempt wrote are never served.
+        key = artifact_key(job.id, name, attempt=job.published_attempt)
+        handle = await anyio.to_thread.run_sync(store.open_read, key)
     except FileNotFoundError as exc:  # another store's "not found" type
         raise ArtifactNotFoundError(f"artifact {name!r} of job {job.id} is missing from storage") from exc
     headers["Content-Length"] = str(max(end - start + 1, 0))

@@ -29,11 +29,14 @@ from kiln_service.errors import (
     UploadRejectedError,
 )
 from kiln_service.fairness import check_active_jobs
+from kiln_service.logs import bind
 from kiln_service.queue import enqueue_compile
 from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
 from kiln_service.uploads import ReceivedForm, is_disk_full, receive_multipart
+from kiln_service.webhooks import check_job_webhook, register_job_webhook
+from kiln_service.webhooks.store import WebhookStore
 
 __all__ = ["router"]
 
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["compile"])
 
 FILE_FIELDS = {"model", "example_inputs"}
-JSON_FIELDS = {"placement", "input_shapes", "labels"}
+JSON_FIELDS = {"placement", "input_shapes", "labels", "webhook_events"}
 PLACEMENT_MODES = frozenset(get_args(PlacementMode))
 TEXT_FIELDS = set(CompileRequest.model_fields)
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
@@ -73,6 +76,9 @@ _OPENAPI_BODY: dict[str, Any] = {
                 "name": {"type": "string"},
                 "labels": {"type": "string", "description": "JSON object of string labels"},
                 "timeout_seconds": {"type": "integer"},
+                "webhook_url": {"type": "string", "description": "http(s) URL for signed job events"},
+                "webhook_events": {"type": "string", "description": "JSON list of event types"},
+                "webhook_secret": {"type": "string", "description": "whsec_… (generated if omitted)"},
             },
         }}},
     }
@@ -120,6 +126,7 @@ async def _receive_and_submit(
     """Receive the form, then replay the job of an earlier request with ``key`` or submit anew."""
     settings = services.settings
     job_id = uuid.uuid4().hex
+    bind(job_id=job_id)
     form = await receive_multipart(
         request.stream(), request.headers.get("content-type", ""),
         staging=services.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
@@ -220,6 +227,7 @@ def _check_fields(req: CompileRequest, settings: Settings) -> None:
                                       "characters", code="invalid_labels")
     if req.name is not None and len(req.name) > 256:
         raise UploadRejectedError("name is longer than 256 characters", code="invalid_field")
+    check_job_webhook(req, settings)
 
 
 def _check_store_and_queue(
@@ -251,6 +259,8 @@ def _check_store_and_queue(
             request_sha256=request_sha256,
         )
         stored = True
+        register_job_webhook(WebhookStore(services.job_store.engine), job_id=job_id,
+                             tenant=tenant, req=req)
         enqueue_compile(services.celery, job_id=job_id, target=req.target)
         return job
     except BaseException:

@@ -13,8 +13,10 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from kiln_client.models import Job, JobList, JobStatus
+from kiln_service._hub import follow_log
 from kiln_service.deps import ArtifactStoreDep, JobStoreDep, SettingsDep, TenantDep, ValidJobDep
 from kiln_service.errors import JobStateError, UploadRejectedError
+from kiln_service.events import EventBus
 from kiln_service.routes.workers import with_waiting_messages
 from kiln_service.stores.artifacts import job_prefix
 from kiln_service.stores.jobs import JobStore
@@ -23,8 +25,6 @@ __all__ = ["router"]
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-_LOG_BATCH = 1000
-_KEEPALIVE_SECONDS = 15.0
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
@@ -90,7 +90,6 @@ async def read_job_logs(
     request: Request,
     job_id: str,
     store: JobStoreDep,
-    settings: SettingsDep,
     tenant: TenantDep,
     follow: Annotated[bool, Query(description="Stream as server-sent events until the job ends")] = False,
     accept: Annotated[str | None, Header()] = None,
@@ -106,7 +105,7 @@ async def read_job_logs(
     if follow or "text/event-stream" in (accept or ""):
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         return StreamingResponse(
-            _follow(request, store, job_id, after, settings.log_follow_poll_seconds),
+            _follow(request, store, job_id, after),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -115,30 +114,10 @@ async def read_job_logs(
     return PlainTextResponse(text, headers={"X-Log-Last-Seq": str(lines[-1].seq if lines else 0)})
 
 
-async def _follow(
-    request: Request, store: JobStore, job_id: str, after: int, poll: float
-) -> AsyncIterator[str]:
-    idle = 0.0
-    while True:
-        # Status first, lines second: lines written before the job ended are never missed.
-        job = await anyio.to_thread.run_sync(partial(store.get_job, job_id=job_id))
-        lines = await anyio.to_thread.run_sync(
-            partial(store.read_logs, job_id=job_id, after_seq=after, limit=_LOG_BATCH))
-        for line in lines:
-            data = "\n".join(f"data: {part}" for part in line.line.splitlines() or [""])
-            yield f"id: {line.seq}\n{data}\n\n"
-            after = line.seq
-        if len(lines) == _LOG_BATCH:
-            continue
-        if job.status.is_terminal:
-            yield f"event: end\ndata: {job.status.value}\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        if lines:
-            idle = 0.0
-        elif idle >= _KEEPALIVE_SECONDS:
-            idle = 0.0
-            yield ": keep-alive\n\n"
-        await anyio.sleep(poll)
-        idle += poll
+async def _follow(request: Request, store: JobStore, job_id: str, after: int) -> AsyncIterator[str]:
+    # Woken with the job's other followers in this process (see kiln_service.events): no
+    # follower polls the job store on its own.
+    bus: EventBus = request.app.state.event_bus
+    async with bus.follow(job_id) as (hub, queue):
+        async for chunk in follow_log(hub, queue, store, job_id, after):
+            yield chunk

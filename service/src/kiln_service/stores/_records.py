@@ -24,6 +24,9 @@ class JobRecord(Job):
     """Fencing number of the latest attempt; a finish with an older number is refused."""
     lease_expires_at: datetime | None = None
     """When the current attempt's lease lapses unless renewed by :meth:`JobStore.heartbeat`."""
+    published_attempt: int | None = None
+    """The attempt whose outputs ``artifacts`` lists (keys ``jobs/<id>/attempt-<n>/``); ``None``
+    when nothing was published, or for a job published before attempts had keys of their own."""
 
     def to_public(self) -> Job:
         """Return the job as the API shows it (without internal fields)."""

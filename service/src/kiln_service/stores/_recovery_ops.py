@@ -13,13 +13,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from kiln_client.codes import FailureCode
 from kiln_client.models import Failure, JobStatus, Stage
+from kiln_service.stores._events import EventType, record_event
 from kiln_service.stores._schema import jobs, utcnow
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOpsMixin", "Requeued"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "AttemptsOfJob", "RecoveryOpsMixin", "Requeued"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,26 @@ class Requeued:
 
     job_id: str
     target: str
+
+
+@dataclass(frozen=True)
+class AttemptsOfJob:
+    """A job that may hold outputs of attempts that lost (a snapshot of its row)."""
+
+    job_id: str
+    status: str
+    fence: int
+    published_attempt: int | None
+
+    def is_garbage(self, attempt: int) -> bool:
+        """Whether ``attempt``'s outputs can never be published and may be deleted.
+
+        Safe against races with the snapshot: an attempt claimed after it has a larger number
+        and is kept; a finish can only publish the current fence, which is kept while running.
+        """
+        if attempt > self.fence or attempt == self.published_attempt:
+            return False
+        return not (attempt == self.fence and self.status == JobStatus.RUNNING.value)
 
 
 class RecoveryOpsMixin:
@@ -68,12 +89,15 @@ class RecoveryOpsMixin:
                 .values(**_requeue_values(now, f"retrying after a system error ({failure.code})"))
             ).rowcount
             if queued:
+                record_event(conn, job_id=job_id, type=EventType.QUEUED)
                 logger.warning("job %s: attempt %s failed (%s); queued again", job_id, fence,
                                failure.code)
                 return "queued"
             failed = conn.execute(
                 update(jobs).where(*base).values(**_failed_values(now, failure))
             ).rowcount
+            if failed:
+                record_event(conn, job_id=job_id, type=EventType.FAILED)
         return "failed" if failed else None
 
     def requeue_stale_queued(self, *, older_than_seconds: float, limit: int = 100) -> list[Requeued]:
@@ -141,6 +165,7 @@ class RecoveryOpsMixin:
                 values = _lost_values(now, attempts, max_attempts, bool(cancel), str(worker))
                 if not conn.execute(update(jobs).where(*where).values(**values)).rowcount:
                     continue  # another reconciler, or the attempt itself, got there first
+                record_event(conn, job_id=job_id, type=EventType.for_status(str(values["status"])))
                 logger.warning("job %s: lease of attempt %s on %s lapsed → %s", job_id, attempts,
                                worker, values["status"])
                 if values["status"] == JobStatus.QUEUED.value:
@@ -148,6 +173,39 @@ class RecoveryOpsMixin:
                 else:
                     ended.append(job_id)
         return requeued, ended
+
+
+    def jobs_with_lost_attempts(
+        self, *, finished_within_seconds: float, limit: int = 200
+    ) -> list[AttemptsOfJob]:
+        """Jobs whose unpublished attempts may have left outputs in the artifact store.
+
+        That is: running jobs past their first claim, queued jobs that were claimed before, and
+        jobs that finished within ``finished_within_seconds`` after several claims or without
+        publishing their last attempt. A stale attempt writes only while it is alive; one that
+        dies mid-write leaves files that the next sweep in the window removes.
+
+        Args:
+            finished_within_seconds: How far back to look at finished jobs.
+            limit: At most this many jobs, most recently updated first.
+
+        Returns:
+            Row snapshots; :meth:`AttemptsOfJob.is_garbage` says which attempts to delete.
+        """
+        cutoff = utcnow() - timedelta(seconds=finished_within_seconds)
+        terminal = [JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+        unpublished = or_(jobs.c.published_attempt.is_(None),
+                          jobs.c.published_attempt != jobs.c.fence, jobs.c.fence > 1)
+        query = (
+            select(jobs.c.id, jobs.c.status, jobs.c.fence, jobs.c.published_attempt)
+            .where(jobs.c.fence > 0, or_(
+                and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.fence > 1),
+                jobs.c.status == JobStatus.QUEUED.value,
+                and_(jobs.c.status.in_(terminal), jobs.c.finished_at > cutoff, unpublished)))
+            .order_by(jobs.c.updated_at.desc()).limit(limit)
+        )
+        with self._tx() as conn:
+            return [AttemptsOfJob(*row) for row in conn.execute(query).all()]
 
 
 def _requeue_values(now: object, message: str) -> dict[str, object]:

@@ -2,7 +2,8 @@
 
 Columns for the reliability and security work are here already: ``tenant`` scopes every job,
 ``lease_expires_at``/``heartbeat_at``/``fence`` let a reconciler recover lost attempts and refuse
-stale ones, ``idempotency_key``/``request_sha256`` back ``Idempotency-Key`` replays.
+stale ones, ``published_attempt`` names the one attempt whose artifacts a job serves,
+``idempotency_key``/``request_sha256`` back ``Idempotency-Key`` replays.
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("failure", JSON),
     Column("artifacts", JSON, nullable=False),
+    # The attempt (fence) whose outputs ``artifacts`` lists, under jobs/<id>/attempt-<n>/; set in
+    # the same fenced UPDATE that finishes the job. NULL: nothing published, or a job finished
+    # before attempts had keys of their own (its files are at jobs/<id>/<name>).
+    Column("published_attempt", Integer),
     Column("report", JSON),
     Column("cancel_requested", Boolean, nullable=False, server_default=false()),
     Column("worker_id", String(256)),

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, select, update
 
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
+from kiln_service.stores._events import EventType, mark_changed, record_event
 from kiln_service.stores._records import JobRecord, row_to_record
 from kiln_service.stores._schema import job_logs, jobs, utcnow
 
@@ -66,6 +67,7 @@ class WorkerOpsMixin:
             if not claimed:
                 logger.info("job %s not claimable by %s (not queued)", job_id, worker_id)
                 return None
+            record_event(conn, job_id=job_id, type=EventType.RUNNING)
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
         logger.info("job %s claimed by %s (attempt %s)", job_id, worker_id, row["attempts"])
         return row_to_record(row)
@@ -93,9 +95,14 @@ class WorkerOpsMixin:
         if message is not None:
             values["stage_message"] = message
         with self._tx() as conn:
-            return bool(conn.execute(
+            before = conn.execute(select(jobs.c.stage, jobs.c.progress, jobs.c.stage_message)
+                                  .where(jobs.c.id == job_id)).one_or_none()
+            done = bool(conn.execute(
                 update(jobs).where(*self._running(job_id, fence)).values(**values)
             ).rowcount)
+            if done and before is not None:
+                _record_progress(conn, job_id, tuple(before), values)
+            return done
 
     def append_logs(self, *, job_id: str, lines: Sequence[str] | str) -> int:
         """Append lines to a job's log, numbering them after the last one.
@@ -125,6 +132,7 @@ class WorkerOpsMixin:
                 {"job_id": job_id, "seq": first + i, "line": line, "created_at": now}
                 for i, line in enumerate(items)
             ])
+            mark_changed(conn, job_id)
         return int(last)
 
     def heartbeat(self, *, job_id: str, fence: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> bool:
@@ -164,9 +172,12 @@ class WorkerOpsMixin:
             job_id: The job id.
             status: ``succeeded``, ``failed`` or ``cancelled``.
             failure: Why it failed (required for ``failed``).
-            artifacts: The stored artifacts (already durable in the artifact store).
+            artifacts: The stored artifacts (already durable in the artifact store, under the
+                attempt's own keys ``jobs/<id>/attempt-<fence>/``).
             report: Summary of the report, for ``Job.report``.
-            fence: The attempt's fence; a stale attempt cannot finish the job.
+            fence: The attempt's fence; a stale attempt cannot finish the job. The same
+                ``UPDATE`` publishes this attempt's artifacts (``published_attempt``), so
+                exactly one attempt's files are ever served.
 
         Returns:
             The finished job, or ``None`` if it was not running (or the fence is stale).
@@ -186,6 +197,7 @@ class WorkerOpsMixin:
             "failure": failure.model_dump(mode="json") if failure is not None else None,
             "artifacts": [a.model_dump(mode="json") for a in artifacts],
             "report": dict(report) if report is not None else None,
+            "published_attempt": fence,
         }
         if status is JobStatus.SUCCEEDED:
             values["progress"] = 1.0
@@ -197,6 +209,7 @@ class WorkerOpsMixin:
                 logger.warning("job %s: finish as %s refused (not running or stale fence %s)",
                                job_id, status.value, fence)
                 return None
+            record_event(conn, job_id=job_id, type=EventType.for_status(status.value))
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
         logger.info("job %s finished: %s", job_id, status.value)
         return row_to_record(row)
@@ -207,3 +220,13 @@ class WorkerOpsMixin:
         yield jobs.c.status == JobStatus.RUNNING.value
         if fence is not None:
             yield jobs.c.fence == fence
+
+
+def _record_progress(conn: Connection, job_id: str, before: tuple[Any, ...],
+                     values: Mapping[str, Any]) -> None:
+    """Record a stage event (stage changed) or a progress event (progress or message moved)."""
+    stage, progress, message = before
+    if stage != values["stage"]:
+        record_event(conn, job_id=job_id, type=EventType.STAGE)
+    elif progress != values["progress"] or values.get("stage_message", message) != message:
+        record_event(conn, job_id=job_id, type=EventType.PROGRESS)

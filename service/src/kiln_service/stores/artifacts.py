@@ -1,4 +1,10 @@
-"""The artifact store: uploads and job outputs, under keys ``jobs/<job_id>/<name>``.
+"""The artifact store: uploads and job outputs, under keys ``jobs/<job_id>/…``.
+
+Uploads live at ``jobs/<job_id>/upload/<name>``; each attempt at a job writes its outputs under
+its own keys, ``jobs/<job_id>/attempt-<n>/<name>`` (``n`` is the attempt's fence), and the job
+store publishes one attempt's keys atomically with the job's outcome, so a stale attempt writing
+late can never change what a job serves. Jobs finished before attempts had keys of their own kept
+their outputs at ``jobs/<job_id>/<name>``; those are still read there.
 
 :class:`ArtifactStore` is the interface; :class:`LocalArtifactStore` keeps files in a directory
 (the embedded default). Writes go to a temporary name in the same directory and are then moved
@@ -27,14 +33,18 @@ __all__ = [
     "ArtifactStore",
     "LocalArtifactStore",
     "artifact_key",
+    "attempt_prefix",
     "check_key",
+    "delete_attempts",
     "job_prefix",
+    "list_attempts",
     "open_artifact_store",
     "upload_key",
 ]
 
 logger = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+_ATTEMPT_DIR = re.compile(r"^attempt-([1-9][0-9]*)/")
 COPY_CHUNK = 1024 * 1024
 
 
@@ -48,9 +58,51 @@ def upload_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/upload/{name}"
 
 
-def artifact_key(job_id: str, name: str) -> str:
-    """Return the key of an output artifact: ``jobs/<job_id>/<name>``."""
-    return f"jobs/{job_id}/{name}"
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Return the key prefix of one attempt's outputs: ``jobs/<job_id>/attempt-<attempt>/``."""
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, not {attempt}")
+    return f"jobs/{job_id}/attempt-{attempt}/"
+
+
+def artifact_key(job_id: str, name: str, attempt: int | None = None) -> str:
+    """Return the key of an output artifact.
+
+    Args:
+        job_id: The job.
+        name: The artifact's name (``report.json``).
+        attempt: The attempt (fence) that wrote it; ``None`` for a job published before
+            attempts had keys of their own (``jobs/<job_id>/<name>``).
+
+    Returns:
+        ``jobs/<job_id>/attempt-<attempt>/<name>``, or ``jobs/<job_id>/<name>``.
+    """
+    if attempt is None:
+        return f"jobs/{job_id}/{name}"
+    return attempt_prefix(job_id, attempt) + name
+
+
+def list_attempts(store: ArtifactStore, job_id: str) -> set[int]:
+    """Return the attempts that have outputs stored for a job (published or not)."""
+    found: set[int] = set()
+    head = job_prefix(job_id)
+    for key in store.list_prefix(head):
+        match = _ATTEMPT_DIR.match(key[len(head):])
+        if match:
+            found.add(int(match.group(1)))
+    return found
+
+
+def delete_attempts(store: ArtifactStore, job_id: str, attempts: Iterable[int]) -> int:
+    """Delete the outputs of some attempts of a job.
+
+    Returns:
+        How many objects were deleted.
+
+    Raises:
+        StoreError: The store refused a deletion.
+    """
+    return sum(store.delete_prefix(attempt_prefix(job_id, n)) for n in sorted(set(attempts)))
 
 
 @runtime_checkable

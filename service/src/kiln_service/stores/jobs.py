@@ -12,7 +12,7 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from kiln_service.errors import (
     JobStateError,
     StoreError,
 )
+from kiln_service.stores._events import EventType, record_event, take_changed
 from kiln_service.stores._keys import ApiKeyMixin
 from kiln_service.stores._limits import SharedLimitsMixin
 from kiln_service.stores._records import JobRecord, LogLine, row_to_record
@@ -83,6 +84,8 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
                 raise ValueError("JobStore needs a database url or an engine")
             engine = _make_engine(normalize_database_url(url), pooled=pooled)
         self.engine = engine
+        #: called with the ids of jobs that changed, after each commit that changed any
+        self.notifier: Callable[[set[str]], None] | None = None
 
     @property
     def url(self) -> str:
@@ -95,11 +98,16 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        changed: set[str] = set()
         try:
             with self.engine.begin() as conn:
+                take_changed(conn)  # nothing left over from an aborted use of this connection
                 yield conn
+                changed = take_changed(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"job store unavailable: {type(exc).__name__}: {exc}") from exc
+        if changed and self.notifier is not None:
+            self.notifier(changed)
 
     # -- API side ---------------------------------------------------------------------------
 
@@ -288,6 +296,8 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
                         stage_message="cancelled before it started", finished_at=now,
                         updated_at=now, cancel_requested=True)
             ).rowcount
+            if done:
+                record_event(conn, job_id=job_id, type=EventType.CANCELLED)
             if not done:
                 conn.execute(
                     update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)

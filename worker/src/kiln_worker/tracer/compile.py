@@ -18,9 +18,10 @@ from tensorflow.core.framework import graph_pb2
 
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
-from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs
+from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs, without_feeds
 from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partition
+from kiln_worker.tracer.reference import call_with_xla_fallback
 from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,18 @@ def run_graph(
     frozen: FrozenGraph, graph_def: Any, fetches: list[str], examples: list[Any]
 ) -> list[Any]:
     """Run ``graph_def`` (inside a tf.function, never eagerly) and fetch tensors by name."""
-    feeds = list(frozen.input_names) + list(frozen.weights)
-    values = [tf.constant(x) for x in examples] + [v.value() for v in frozen.weights.values()]
+    feeds = list(frozen.input_names) + frozen.state_names
+    values = [tf.constant(x) for x in examples] + frozen.state_values()
     fed = dict(zip(feeds, values, strict=True))
     computed = [f for f in fetches if f not in fed]
+    importer = GraphImporter(without_feeds(graph_def, feeds))
 
-    importer = GraphImporter(graph_def)
-
-    @tf.function(autograph=False)  # type: ignore[untyped-decorator]
     def run(*args: tf.Tensor) -> list[tf.Tensor]:
         return importer(dict(zip(feeds, args, strict=True)), computed)
 
-    results = dict(zip(computed, run(*values) if computed else [], strict=True))
+    # XLA computes the values when TensorFlow's CPU kernels cannot (see tracer.reference).
+    outs = call_with_xla_fallback(run, values, "compile")[0] if computed else []
+    results = dict(zip(computed, outs, strict=True))
     return [fed[f] if f in fed else results[f] for f in fetches]
 
 

@@ -10,7 +10,7 @@ from collections import deque
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import function_pb2, graph_pb2
 
 #: Attribute that marks a call node (and its function) for XLA compilation.
 XLA_MUST_COMPILE = "_XlaMustCompile"
@@ -101,10 +101,13 @@ class GraphImporter:
         from tensorflow.python.saved_model import function_deserialization
         from tensorflow.python.util import compat
 
+        # load_function_def_library renames the FunctionDefs it is given *in place*: give it a
+        # copy, or the caller's graph keeps nodes that name functions its library lost (which
+        # then resolve only while the original model's functions happen to be registered).
+        library = function_pb2.FunctionDefLibrary()
+        library.CopyFrom(graph_def.library)
         self.functions = (
-            function_deserialization.load_function_def_library(graph_def.library)
-            if graph_def.library.function
-            else {}
+            function_deserialization.load_function_def_library(library) if library.function else {}
         )
         names = {old: compat.as_str(fn.name) for old, fn in self.functions.items()}
         self.graph_def = graph_pb2.GraphDef()
@@ -112,9 +115,14 @@ class GraphImporter:
         self.graph_def.ClearField("library")
         for node in self.graph_def.node:
             _rename_attrs(node, names)
+        self.read = {parse_input(i)[0] for n in self.graph_def.node for i in n.input}
 
     def __call__(self, input_map: dict[str, Any], outputs: list[str], name: str = "") -> list[Any]:
-        """Import into the current (function) graph; return the output tensors."""
+        """Import into the current (function) graph; return the output tensors.
+
+        Inputs that no node reads (an input no output uses) are left out of the ``input_map``.
+        """
+        input_map = {k: v for k, v in input_map.items() if parse_input(k)[0] in self.read}
         graph = tf.compat.v1.get_default_graph()
         for function in self.functions.values():
             function.add_to_graph(graph)
@@ -123,6 +131,19 @@ class GraphImporter:
                 self.graph_def, input_map=input_map, return_elements=outputs, name=name
             )
         )
+
+
+def without_feeds(graph_def: Any, feeds: list[str]) -> Any:
+    """``graph_def`` without the placeholders ``feeds`` name: an ``input_map`` supplies them.
+
+    (A placeholder left in an imported graph also stops XLA from compiling the graph whole.)
+    """
+    fed = {parse_input(f)[0] for f in feeds}
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    del out.node[:]
+    out.node.extend(n for n in graph_def.node if n.name not in fed)
+    return out
 
 
 def prune(graph_def: Any, roots: list[str]) -> Any:

@@ -1,7 +1,10 @@
 """Pass ``inputs``: normalise ``func`` and ``example_inputs`` into one flat concrete function.
 
 The seed's calling conventions: a Tensor or a list → ``func(x)``; a tuple → ``func(*x)``; a dict →
-``func(**x)``, except a keras.Model whose inputs are a dict, which gets the dict itself.
+``func(**x)``, except a keras.Model whose inputs are a dict, which gets the dict itself. Inside
+that outer convention the example inputs may be nested as ``tf.nest`` allows (a tuple holding a
+list, a tuple of dicts ...) and hold tensors of any dtype; the traced function takes their leaves,
+flattened in ``tf.nest`` order, with exactly their dtypes and shapes (axis 0 relaxed when it can).
 """
 
 from __future__ import annotations
@@ -16,42 +19,93 @@ import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer.errors import TraceInputError, model_error_text
+from kiln_worker.tracer.reference import run_reference
 
 logger = logging.getLogger(__name__)
 _PASS = "inputs"
+_COMPOSITES = (tf.SparseTensor, tf.RaggedTensor, tf.compat.v1.SparseTensorValue)
 
 
 @dataclass(frozen=True)
 class Structure:
-    """The nesting of a call's inputs or outputs: ``tensor``, ``list``, ``tuple`` or ``dict``."""
+    """The nesting of a call's inputs or outputs.
+
+    ``kind`` is the outer calling convention (``tensor``, ``list``, ``tuple`` or ``dict``);
+    ``template`` is the whole nest with leaf positions as leaves (``None`` for a single tensor).
+    """
 
     kind: str
-    keys: tuple[str, ...] = ()
+    template: Any = None
+
+    @property
+    def paths(self) -> list[str]:
+        """One name per leaf, in flattening order (``"1/0"``: first leaf of the second item)."""
+        if self.kind == "tensor":
+            return [""]
+        found: dict[int, str] = {}
+        _collect_paths(self.template, "", found)
+        return [found.get(i, str(i)) for i in range(len(tf.nest.flatten(self.template)))]
 
     def flatten(self, value: Any) -> list[Any]:
-        """Flatten ``value`` (of this structure) into a list of leaves."""
+        """Flatten ``value`` (of this structure) into a list of leaves.
+
+        Raises:
+            TraceInputError: ``value`` is nested differently.
+        """
         if self.kind == "tensor":
             return [value]
-        if self.kind == "dict":
-            if not isinstance(value, dict) or set(value) != set(self.keys):
-                raise TraceInputError(f"expected a dict with keys {list(self.keys)}", _PASS)
-            return [value[k] for k in self.keys]
-        if not isinstance(value, (list, tuple)) or len(value) != len(self.keys):
-            raise TraceInputError(f"expected a {self.kind} of {len(self.keys)} tensors", _PASS)
-        return list(value)
+        try:
+            tf.nest.assert_same_structure(self.template, value, check_types=False)
+        except (ValueError, TypeError) as e:
+            raise TraceInputError(
+                f"expected a {self.kind} nested like the example inputs "
+                f"({tf.nest.map_structure(lambda _: '.', self.template)}): {e}",
+                _PASS,
+            ) from e
+        return list(tf.nest.flatten(value))
 
     def pack(self, leaves: Sequence[Any]) -> Any:
         """Rebuild a value of this structure from its leaves."""
         if self.kind == "tensor":
             return leaves[0]
-        if self.kind == "dict":
-            return dict(zip(self.keys, leaves, strict=True))
-        return list(leaves) if self.kind == "list" else tuple(leaves)
+        return tf.nest.pack_sequence_as(self.template, list(leaves))
+
+
+def _collect_paths(node: Any, prefix: str, found: dict[int, str]) -> None:
+    """Map each leaf position of a template to its path (``a/1``)."""
+    if isinstance(node, int) and not isinstance(node, bool):
+        found[node] = prefix
+        return
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, (list, tuple)):
+        items = enumerate(node)
+    else:
+        return
+    for key, child in items:
+        _collect_paths(child, f"{prefix}/{key}" if prefix else str(key), found)
+
+
+def structure_of(value: Any) -> Structure:
+    """The :class:`Structure` of a (possibly nested) value."""
+    if isinstance(value, dict):
+        kind = "dict"
+    elif isinstance(value, (list, tuple)):
+        kind = "tuple" if isinstance(value, tuple) else "list"
+    else:
+        return Structure("tensor")
+    count = len(tf.nest.flatten(value))
+    return Structure(kind, tf.nest.pack_sequence_as(value, list(range(count))))
 
 
 @dataclass
 class TracedFunction:
-    """``func`` as one concrete function over flat tensors, with what is needed to undo it."""
+    """``func`` as one concrete function over flat tensors, with what is needed to undo it.
+
+    ``reference_source`` is ``tensorflow`` when the reference outputs come from running the
+    original with TensorFlow's own kernels, ``xla`` when those could not run it (then
+    ``reference_reason`` says why) and the original was run compiled whole by XLA instead.
+    """
 
     concrete: Any
     input_structure: Structure
@@ -60,6 +114,8 @@ class TracedFunction:
     reference_outputs: list[np.ndarray]
     batch_relaxed: bool
     input_names: list[str] = field(default_factory=list)
+    reference_source: str = "tensorflow"
+    reference_reason: str | None = None
 
 
 def _is_keras_model(func: Any) -> bool:
@@ -77,42 +133,74 @@ def _keras_takes_dict(model: Any) -> bool:
         return False
 
 
+def _composite_advice(value: Any) -> str | None:
+    """What to do with a composite tensor at the boundary (``None``: not a composite)."""
+    if isinstance(value, tf.RaggedTensor):
+        return (
+            "is a tf.RaggedTensor, which cannot cross the traced model's boundary: pass a dense "
+            "tensor (convert with .to_tensor()), or its components (.flat_values and "
+            ".row_splits) as separate tensors and rebuild it with tf.RaggedTensor.from_row_splits"
+        )
+    if isinstance(value, (tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
+        return (
+            "is a tf.SparseTensor, which cannot cross the traced model's boundary: pass a dense "
+            "tensor (convert with tf.sparse.to_dense()), or its components (.indices, .values, "
+            ".dense_shape) as separate tensors and rebuild it with tf.SparseTensor"
+        )
+    return None
+
+
 def _as_array(value: Any, where: str) -> np.ndarray:
+    name = f"example input {where}" if where else "example input"
+    advice = _composite_advice(value)
+    if advice:
+        raise TraceInputError(f"{name} {advice}", _PASS)
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return np.asarray(value.numpy())
     if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(value)
     raise TraceInputError(
-        f"example input {where} is a {type(value).__name__}; use a tf.Tensor or a numpy array "
-        "(example_inputs is a Tensor, or a tuple/list/dict of Tensors)",
+        f"{name} is a {type(value).__name__}; use a tf.Tensor or a numpy array "
+        "(example_inputs is a Tensor, or a tuple/list/dict of Tensors, nested as tf.nest allows)",
         _PASS,
     )
+
+
+def leaf_dtype(array: np.ndarray) -> tf.DType:
+    """The TensorFlow dtype of an example leaf (numpy bytes, str and object arrays: string)."""
+    if array.dtype.kind in "OSU":
+        return tf.string
+    return tf.as_dtype(array.dtype)
+
+
+def example_specs(examples: list[np.ndarray], relax_batch: bool) -> list[tf.TensorSpec]:
+    """One TensorSpec per example leaf: its dtype and shape, axis 0 ``None`` if ``relax_batch``."""
+    specs = []
+    for i, x in enumerate(examples):
+        shape = list(x.shape)
+        if relax_batch and shape:
+            shape[0] = None
+        specs.append(tf.TensorSpec(shape, leaf_dtype(x), name=f"input_{i}"))
+    return specs
 
 
 def split_example_inputs(example_inputs: Any) -> tuple[Structure, list[np.ndarray]]:
     """Split ``example_inputs`` into its structure and its leaves as numpy arrays.
 
     Raises:
-        TraceInputError: nested structures, non-string dict keys, mixed args or non-tensors.
+        TraceInputError: non-string dict keys, empty inputs, composite tensors or non-tensors.
     """
     if isinstance(example_inputs, dict):
         if not example_inputs or not all(isinstance(k, str) for k in example_inputs):
             raise TraceInputError("a dict of example inputs needs string keys, at least one", _PASS)
-        keys = tuple(example_inputs)
-        return Structure("dict", keys), [_as_array(example_inputs[k], f"'{k}'") for k in keys]
-    if isinstance(example_inputs, (list, tuple)):
-        if not example_inputs:
-            raise TraceInputError("example_inputs is empty", _PASS)
-        if isinstance(example_inputs, tuple) and isinstance(example_inputs[-1], dict):
-            raise TraceInputError(
-                "mixed positional and keyword arguments are not supported: pass a tuple "
-                "(func(*x)) or a dict (func(**x)), not both",
-                _PASS,
-            )
-        kind = "tuple" if isinstance(example_inputs, tuple) else "list"
-        keys = tuple(str(i) for i in range(len(example_inputs)))
-        return Structure(kind, keys), [_as_array(v, f"#{i}") for i, v in enumerate(example_inputs)]
-    return Structure("tensor"), [_as_array(example_inputs, "")]
+    elif isinstance(example_inputs, (list, tuple)) and not tf.nest.flatten(example_inputs):
+        raise TraceInputError("example_inputs is empty", _PASS)
+    structure = structure_of(example_inputs)
+    if structure.kind == "tensor":
+        return structure, [_as_array(example_inputs, "")]
+    leaves = tf.nest.flatten(example_inputs)
+    names = [f"'{p}'" if structure.kind == "dict" else f"#{p}" for p in structure.paths]
+    return structure, [_as_array(v, n) for v, n in zip(leaves, names, strict=True)]
 
 
 def _check_signature(func: Any, structure: Structure) -> None:
@@ -156,7 +244,7 @@ def _plain_caller(func: Any, structure: Structure) -> Callable[[list[Any]], Any]
     if structure.kind in ("tensor", "list"):
         return lambda leaves: func(structure.pack(leaves))
     if structure.kind == "tuple":
-        return lambda leaves: func(*leaves)
+        return lambda leaves: func(*structure.pack(leaves))
     return lambda leaves: func(**structure.pack(leaves))
 
 
@@ -181,49 +269,38 @@ def make_caller(func: Any, structure: Structure) -> Callable[[list[Any]], Any]:
 
 
 def split_outputs(outputs: Any) -> tuple[Structure, list[Any]]:
-    """Split a function's outputs into a structure and tensors.
+    """Split a function's outputs (any ``tf.nest`` nest of tensors) into a structure and tensors.
 
     Raises:
-        TraceInputError: outputs that are not tensors, or nested deeper than one level.
+        TraceInputError: an output that is not a dense tensor, naming it and what to do.
     """
-    if isinstance(outputs, dict):
-        keys = tuple(str(k) for k in outputs)
-        leaves = list(outputs.values())
-        structure = Structure("dict", keys)
-    elif isinstance(outputs, (list, tuple)):
-        leaves = list(outputs)
-        kind = "tuple" if isinstance(outputs, tuple) else "list"
-        structure = Structure(kind, tuple(str(i) for i in range(len(leaves))))
-    else:
-        leaves, structure = [outputs], Structure("tensor")
-    for leaf in leaves:
+    structure = structure_of(outputs)
+    leaves = tf.nest.flatten(outputs) if structure.kind != "tensor" else [outputs]
+    for path, leaf in zip(structure.paths, leaves, strict=True):
+        name = f"func's output {path!r}" if path else "func's output"
+        advice = _composite_advice(leaf)
+        if advice:
+            raise TraceInputError(f"{name} {advice}", _PASS)
         if not isinstance(leaf, tf.Tensor):
             raise TraceInputError(
-                f"func must return a Tensor or a list/tuple/dict of Tensors, got {type(leaf).__name__}",
+                f"{name} is a {type(leaf).__name__}; func must return a Tensor or a "
+                "list/tuple/dict of Tensors (nested as tf.nest allows)",
                 _PASS,
             )
     return structure, leaves
-
-
-def _specs(examples: list[np.ndarray], relax_batch: bool) -> list[tf.TensorSpec]:
-    specs = []
-    for i, x in enumerate(examples):
-        shape = list(x.shape)
-        if relax_batch and shape:
-            shape[0] = None
-        specs.append(tf.TensorSpec(shape, tf.as_dtype(x.dtype), name=f"input_{i}"))
-    return specs
 
 
 def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
     """Trace ``func`` on ``example_inputs`` into a concrete function over flat tensors.
 
     It is first traced with axis 0 relaxed to ``None`` (dynamic batch), then, if that fails,
-    with the exact example shapes.
+    with the exact example shapes. The reference outputs come from running it with TensorFlow,
+    or compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
 
     Args:
         func: a keras.Model (Keras 2 or 3), a tf.function, a ConcreteFunction or a callable.
-        example_inputs: a Tensor / ndarray, or a tuple, list or dict of them.
+        example_inputs: a Tensor / ndarray, or a tuple, list or dict of them (nested as tf.nest
+            allows, any dtype).
 
     Returns:
         The traced function, its input and output structures and the reference outputs.
@@ -244,7 +321,7 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
     all_ranked = all(x.ndim > 0 for x in examples)
     for relax in [True, False] if all_ranked else [False]:
         try:
-            concrete = tf.function(flat_fn).get_concrete_function(*_specs(examples, relax))
+            concrete = tf.function(flat_fn).get_concrete_function(*example_specs(examples, relax))
             relaxed = relax
             break
         except TraceInputError:
@@ -253,10 +330,19 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
             logger.debug("tracing with relax_batch=%s failed: %s", relax, e)
             first_error = first_error or e
     if concrete is None:
+        error = first_error or RuntimeError("func could not be traced")
         raise TraceInputError(
-            f"calling func with example_inputs failed: {model_error_text(first_error)}",
-            _PASS,
-        ) from first_error
-    reference = [np.asarray(t.numpy()) for t in concrete(*[tf.constant(x) for x in examples])]
+            f"calling func with example_inputs failed: {model_error_text(error)}", _PASS
+        ) from error
+    reference = run_reference(concrete, [tf.constant(x) for x in examples])
     logger.debug("inputs: %s in, %s out, batch relaxed=%s", in_structure, out_holder[0], relaxed)
-    return TracedFunction(concrete, in_structure, out_holder[0], examples, reference, relaxed)
+    return TracedFunction(
+        concrete,
+        in_structure,
+        out_holder[0],
+        examples,
+        reference.outputs,
+        relaxed,
+        reference_source=reference.source,
+        reference_reason=reference.reason,
+    )

@@ -14,13 +14,11 @@ from kiln_worker.tracer.compile import SubgraphResult
 from kiln_worker.tracer.graphs import NodeGraph
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.placement import Placement
+from kiln_worker.tracer.tolerance import compare_arrays, summarise
 
 logger = logging.getLogger(__name__)
 #: Node types that are not counted as ops (graph plumbing and weights).
 UNCOUNTED = frozenset({"Placeholder", "NoOp", "Const"})
-#: Numerical tolerance, relative to the largest output magnitude (oneDNN fusions on frozen
-#: graphs were measured to move a BERT-like encoder by about 7e-4).
-RELATIVE_TOLERANCE = 1e-3
 
 
 def counted_ops(graph: NodeGraph) -> list[str]:
@@ -64,29 +62,17 @@ def cpu_ops(graph: NodeGraph, placed: set[str], reasons: Mapping[str, str]) -> l
     ]
 
 
-def numerical_check(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, Any]:
-    """Max abs difference between original and traced outputs, relative to the largest output."""
-    diff = max(
-        (
-            float(np.max(np.abs(a.astype(np.float64) - b)))
-            for a, b in zip(reference, outputs, strict=True)
-            if a.size and np.issubdtype(a.dtype, np.number)
-        ),
-        default=0.0,
+def numerical_check(
+    reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str] | None = None
+) -> dict[str, Any]:
+    """Original vs. traced outputs, each within its dtype's tolerance (see ``tolerance``)."""
+    keys = names or [str(i) for i in range(len(reference))]
+    return summarise(
+        {
+            key or "output": compare_arrays(a, b)
+            for key, a, b in zip(keys, reference, outputs, strict=True)
+        }
     )
-    scale = max(
-        (
-            float(np.max(np.abs(a)))
-            for a in reference
-            if a.size and np.issubdtype(a.dtype, np.number)
-        ),
-        default=0.0,
-    )
-    return {
-        "max_abs_diff": diff,
-        "max_abs_output": scale,
-        "within_tolerance": bool(diff <= RELATIVE_TOLERANCE * max(scale, 1.0)),
-    }
 
 
 def build_report(

@@ -71,7 +71,7 @@ def rewrite_graph(
         copy.CopyFrom(node)
         remapped = [_remap(i, tensors, owners, node.name) for i in node.input]
         del copy.input[:]
-        copy.input.extend(dict.fromkeys(i for i in remapped if i is not None))
+        copy.input.extend(_dedup_controls([i for i in remapped if i is not None]))
     for result in kept:
         p = result.partition
         inputs = [tensors.get(t, t) for t in p.inputs]
@@ -82,6 +82,19 @@ def rewrite_graph(
     pruned = prune(new, new_outputs + keep)
     logger.debug("rewrite: %d call nodes, %d nodes", len(kept), len(pruned.node))
     return pruned, new_outputs
+
+
+def _dedup_controls(inputs: list[str]) -> list[str]:
+    """Drop repeated control inputs; a repeated data input (``MatMul(x, x)``) is meant."""
+    seen: set[str] = set()
+    kept = []
+    for name in inputs:
+        if name.startswith("^"):
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(name)
+    return kept
 
 
 def _merge_library(graph_def: Any, kept: list[SubgraphResult]) -> None:

@@ -52,6 +52,23 @@ def warn_low_ratio(report: dict[str, Any]) -> None:
         warnings.warn(message, stacklevel=5)
 
 
+def nothing_compiled_reason(report: dict[str, Any]) -> str | None:
+    """Why no subgraph was compiled (``None`` when one was): the model still runs, on CPU."""
+    statuses = [s["status"] for s in report["subgraphs"]]
+    if "compiled" in statuses:
+        return None
+    if not report["ops_total"]:
+        return "the function has no ops to compile (its outputs are its inputs or constants)"
+    if not statuses:
+        return (
+            "no subgraph worth compiling: no op is supported by the backend, or the supported "
+            "ones form only trivial subgraphs; each op's reason is in cpu_ops"
+        )
+    return "every subgraph went back to CPU: " + "; ".join(
+        f"{s['name']} {s['status']}: {s['reason']}" for s in report["subgraphs"]
+    )
+
+
 def verify(
     traced: TracedFunction,
     frozen: FrozenGraph,
@@ -85,7 +102,9 @@ def verify(
     outputs = traced.output_structure.flatten(
         wrapped.model(traced.input_structure.pack(traced.examples))
     )
-    check = numerical_check(traced.reference_outputs, [np.asarray(o) for o in outputs])
+    check = numerical_check(
+        traced.reference_outputs, [np.asarray(o) for o in outputs], traced.output_structure.paths
+    )
     names = list(
         dict.fromkeys(t for r in results for t in r.partition.inputs + r.partition.outputs)
     )
@@ -102,7 +121,9 @@ def verify(
         dynamic_batch=wrapped.batch_mode != "fixed",
         batch_mode=wrapped.batch_mode,
         placement=placement,
+        verify={"reference": traced.reference_source, "reason": traced.reference_reason},
     )
+    report["nothing_compiled"] = nothing_compiled_reason(report)
     report["warnings"].extend(wrapped.warnings)
     for flag, why in xla_unsupported_options(flags).items():
         report["warnings"].append(f"{flag} is not honoured by the xla backend: {why}")

@@ -1,7 +1,7 @@
 """Worker advertisement says how the worker isolates compiles: ``workers.sandbox``.
 
 Revision ID: 0006_worker_sandbox
-Revises: 0004_shared_limits
+Revises: 0005_webhooks
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_worker_sandbox"
-down_revision = "0004_shared_limits"
+down_revision = "0005_webhooks"
 branch_labels = None
 depends_on = None
 

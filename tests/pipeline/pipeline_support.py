@@ -1,0 +1,152 @@
+"""Helpers of the pipeline tests: a real webhook receiver on loopback and a real API process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Received:
+    """One request the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def event(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on loopback recording every POST; answers from ``script`` then 200."""
+
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    script: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_for(self, check: Callable[[list[Received]], bool], timeout: float = 60.0) -> list[Received]:
+        """Wait until ``check(requests)`` holds; fail with what arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                got = list(self.requests)
+            if check(got):
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"receiver never saw what was expected; got "
+                             f"{[(r.path, r.event.get('type')) for r in got]}")
+
+
+@contextlib.contextmanager
+def receiver() -> Iterator[Receiver]:
+    """Run a :class:`Receiver` in a thread for the block."""
+    rec = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with rec.lock:
+                rec.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                             body, time.monotonic()))
+                code = rec.script.pop(0) if rec.script else 200
+            self.send_response(code)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield rec
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Api:
+    """A ``kiln-service serve`` process this test started."""
+
+    url: str
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the process and wait for ``/readyz``."""
+        port = self.url.rsplit(":", 1)[1]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([str(BIN / "kiln-service"), "serve", "--port", port],
+                                         env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_ready(self.url, self.proc, self.log)
+
+    def kill(self) -> None:
+        """SIGKILL the process (a crash: nothing is flushed or finished)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Wait for ``/readyz`` to answer 200; fail with the log if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service never became ready:\n{log.read_text()[-3000:]}")
+
+
+def api_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    """This environment without KILN_* settings, plus an embedded data dir and ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=str(data_dir), KILN_AUTH="off", KILN_WEBHOOK_POLL_SECONDS="0.1")
+    env.update(overrides)
+    return env
