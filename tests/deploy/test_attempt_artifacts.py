@@ -73,13 +73,13 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path,
     services.job_store.dispose()
 
 
-def outputs(folder: Path, tag: str) -> dict[str, bytes]:
-    """Write what a compile child leaves in its output folder; bytes unique to ``tag``."""
+def outputs(attempt: CompileAttempt, tag: str) -> dict[str, bytes]:
+    """Write what a compile child leaves in the attempt's output folder; bytes unique to ``tag``."""
     files = {"compiled_model.tar.gz": f"model of {tag} ".encode() + os.urandom(2048),
              "report.json": json.dumps({"attempt": tag}).encode()}
-    (folder / "out").mkdir(parents=True)
+    attempt.out_dir.mkdir(parents=True)
     for name, data in files.items():
-        (folder / "out" / name).write_bytes(data)
+        (attempt.out_dir / name).write_bytes(data)
     return files
 
 
@@ -116,7 +116,7 @@ async def test_stale_attempt_cannot_change_what_the_job_serves(
     first, second = two_claims(rig)
     stale = CompileAttempt(rig.worker, first, tmp_path / "a")
     winner = CompileAttempt(rig.worker, second, tmp_path / "b")
-    stale_files, winner_files = outputs(tmp_path / "a", "a"), outputs(tmp_path / "b", "b")
+    stale_files, winner_files = outputs(stale, "a"), outputs(winner, "b")
 
     if stale_writes == "before the winner publishes":
         assert stale._store_and_finish() == "lost"
@@ -138,8 +138,9 @@ async def test_stale_attempt_cannot_change_what_the_job_serves(
 
 async def test_reconciler_sweeps_what_a_killed_stale_attempt_left(rig: Rig, tmp_path: Path) -> None:
     first, second = two_claims(rig)
-    winner_files = outputs(tmp_path / "b", "b")
-    assert CompileAttempt(rig.worker, second, tmp_path / "b")._store_and_finish() == "succeeded"
+    winner = CompileAttempt(rig.worker, second, tmp_path / "b")
+    winner_files = outputs(winner, "b")
+    assert winner._store_and_finish() == "succeeded"
     # The stale attempt was killed half-way through storing: its files stay behind.
     late = b"late bytes of the stale attempt"
     rig.artifacts.put_stream(artifact_key(first.id, "compiled_model.tar.gz", attempt=1), [late])
@@ -165,8 +166,9 @@ async def test_reconciler_keeps_the_running_attempt_and_sweeps_older_ones(rig: R
 
 async def test_deleting_a_job_removes_every_attempts_keys(rig: Rig, tmp_path: Path) -> None:
     first, second = two_claims(rig)
-    outputs(tmp_path / "b", "b")
-    assert CompileAttempt(rig.worker, second, tmp_path / "b")._store_and_finish() == "succeeded"
+    winner = CompileAttempt(rig.worker, second, tmp_path / "b")
+    outputs(winner, "b")
+    assert winner._store_and_finish() == "succeeded"
     rig.artifacts.put_stream(artifact_key(first.id, "report.json", attempt=1), [b"stale"])
     assert len(rig.artifacts.list_prefix(job_prefix(first.id))) >= 5  # upload + 2 attempts
 
