@@ -19,4 +19,4 @@ export KILN_TEST_POSTGRES_URL="${KILN_TEST_POSTGRES_URL:-postgresql+psycopg://po
 echo "== ruff"
 .venv/bin/ruff check client service worker tests bench scripts
 echo "== pytest"
-exec .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -ra --durations=25 "$@"
