@@ -16,7 +16,7 @@ Phases:
    ``autojit`` (started with ``TF_XLA_FLAGS=--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit``,
    which TensorFlow reads once per process) serves the original signature under auto-clustering.
    Repetitions are interleaved round-robin: per repetition, per model and batch, every variant
-   runs one timed block (rotating the order), so all variants see the same machine speed.
+   runs one timed block (rotating the order, reversed every other repetition), so all variants see the same machine speed.
    The figure per cell is the median over repetitions of the block's mean latency; a verdict
    compares paired repetitions (see ``_paired``).
 """
@@ -239,14 +239,21 @@ def measure(root: Path, models: list[str], batches: list[int], reps: int,
     plain = Worker(root, models, batches, autojit=False)
     auto = Worker(root, models, batches, autojit=True)
     results: Results = {}
+    last = plain
     try:
         for rep in range(reps):
             for name in models:
                 for batch in batches:
+                    # Rotate, and reverse every other repetition: no variant always follows
+                    # another (a process that just ran keeps its threads spinning for a while).
                     shift = rep % len(VARIANTS)
                     order = VARIANTS[shift:] + VARIANTS[:shift]
+                    order = order[::-1] if rep % 2 else order
                     for variant in order:
                         worker = auto if variant == "autoclust" else plain
+                        if worker is not last:
+                            time.sleep(0.05)  # let the other process's threads go idle
+                            last = worker
                         answer = worker.ask_raw({"model": name, "variant": variant,
                                                  "batch": batch, "seconds": seconds})
                         key = (name, variant, batch)
@@ -383,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
     parser.add_argument("--batches", default="1,8", help="batch sizes (default 1,8)")
     parser.add_argument("--keep", type=Path, help="keep the SavedModels under this directory")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: time the models prepared there by an earlier run")
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -405,8 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep or Path(scratch)
         prepared = {}
         for name in models:
+            summary = root / name / "summary.json"
+            if args.reuse and summary.is_file():
+                prepared[name] = json.loads(summary.read_text())
+                continue
             print(f"preparing {name} ...", file=sys.stderr, flush=True)
             prepared[name] = run_prepare(name, root / name, batches)
+            summary.write_text(json.dumps(prepared[name]))
         ready = [m for m in models if "error" not in prepared[m]]
         print(f"timing {ready}: {reps} interleaved repetitions", file=sys.stderr, flush=True)
         results = measure(root, ready, batches, reps, seconds) if ready else {}

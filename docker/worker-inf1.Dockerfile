@@ -36,6 +36,9 @@ RUN pip install ./client ./service "numpy<1.24" \
     && pip install --no-deps ./worker \
     && python -c "import tensorflow as tf, tensorflow.neuron, kiln_worker.tasks; print('TF', tf.__version__)"
 
+# bubblewrap isolates each compile (KILN_WORKER_SANDBOX); the worker refuses to start without it.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/kiln --create-home kiln \
     && mkdir -p /var/lib/kiln/work && chown kiln /var/lib/kiln/work
 USER kiln

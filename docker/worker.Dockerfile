@@ -23,6 +23,9 @@ COPY service service
 COPY worker worker
 RUN uv sync --package kiln-worker --frozen --no-dev --no-editable
 
+# bubblewrap isolates each compile (KILN_WORKER_SANDBOX); the worker refuses to start without it.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/kiln --create-home kiln \
     && mkdir -p /var/lib/kiln/work && chown kiln /var/lib/kiln/work
 USER kiln

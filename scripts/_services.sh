@@ -66,6 +66,13 @@ ensure_services() {
   ensure_postgres
 }
 
+ensure_sandbox() {
+  # bubblewrap isolates each compile (KILN_WORKER_SANDBOX=bubblewrap, the default); setpriv
+  # (util-linux) drops a root worker's compile to an unprivileged user.
+  command -v bwrap >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && return 0
+  apt_install bubblewrap util-linux || log "could not install bubblewrap: kiln-worker will refuse to start until it is installed (or KILN_WORKER_SANDBOX=none is set)"
+}
+
 ensure_python_env() {
   if ! command -v uv >/dev/null 2>&1; then
     log "installing uv"

@@ -50,6 +50,7 @@ if [ "$STOP" = 1 ]; then stop_service; exit 0; fi
 
 # -- 1. install -------------------------------------------------------------------------------
 command -v curl >/dev/null || apt_install curl ca-certificates
+ensure_sandbox
 ensure_python_env
 PY=$ROOT/.venv/bin/python
 

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/_services.sh
 
 ensure_services
+ensure_sandbox
 ensure_chromium
 ensure_python_env
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from client_service import TF_ENV, RunningService
 
 import kiln_client._client
+from _support.processes import free_port, stop_group
 
 
 @pytest.fixture
@@ -48,28 +46,7 @@ def _no_kiln_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 
 
-TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 _START_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RunningService:
-    """A ``kiln-service up`` started by the test session."""
-
-    url: str
-    data_dir: Path
-    log: Path
-
-    @property
-    def api_key(self) -> str:
-        """The first API key ``up`` wrote to ``{data_dir}/api-key`` (tenant ``default``)."""
-        return (self.data_dir / "api-key").read_text().strip()
 
 
 def _service_command() -> list[str] | None:
@@ -82,15 +59,7 @@ def _service_command() -> list[str] | None:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the process group we started (API + worker + compile children), by its id."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of our own group only
-    proc.wait(timeout=10)
+    stop_group(proc, grace=30, term_group=True)
 
 
 @pytest.fixture(scope="session")

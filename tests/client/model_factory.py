@@ -45,17 +45,19 @@ def run_saved_model(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def save_lookup_model(path: Path) -> Path:
-    """A SavedModel the tracer rejects: a stateful hash-table lookup (ids int64 [None] -> v)."""
+    """A SavedModel the tracer rejects: it writes to a lookup table (ids int64 [None] -> v).
+
+    (A model that only reads its tables compiles: the tables are carried along.)
+    """
     import tensorflow as tf
 
     class Lookup(tf.Module):
         def __init__(self) -> None:
-            init = tf.lookup.KeyValueTensorInitializer(
-                tf.constant([1, 2, 3], tf.int64), tf.constant([10.0, 20.0, 30.0]))
-            self.table = tf.lookup.StaticHashTable(init, default_value=-1.0)
+            self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
         def serve(self, ids: Any) -> Any:
+            self.table.insert(ids, tf.cast(ids, tf.float32) * 10.0)
             return {"v": self.table.lookup(ids) * 2.0}
 
     module = Lookup()

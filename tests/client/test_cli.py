@@ -106,6 +106,7 @@ def test_compile_failed_job_exits_1_with_reason(serve: Any, archive: Path,
     out, err = capsys.readouterr()
     assert code == cli.EXIT_FAILED
     assert "op Foo is not supported" in err and "boom: op Foo unsupported" in err
+    assert "what to do: Remove or rewrite the part the message names" in err  # the catalogue's
     assert "Traceback" not in err
     assert out == ""
 

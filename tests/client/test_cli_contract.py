@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TF_ENV, RunningService, free_port
+from client_service import TF_ENV, RunningService
 from model_factory import example_input, run_saved_model, save_lookup_model, save_model
 
 import kiln_client
+from _support.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunningService
+from client_service import RunningService
 from dropping_proxy import DroppingProxy
 from model_factory import example_input, keras_model, run_saved_model, save_lookup_model, save_model
 
@@ -102,7 +102,7 @@ def test_cancel(client: kiln_client.Client, saved_model: Path) -> None:
 
 
 def test_failing_job_raises_job_failed_with_reason(client: kiln_client.Client, tmp_path: Path) -> None:
-    # Accepted by the API (a valid SavedModel and inputs), rejected by the tracer: stateful lookup.
+    # Accepted by the API (a valid SavedModel and inputs), rejected by the tracer: a table write.
     model = save_lookup_model(tmp_path / "lookup")
     with pytest.raises(kiln_client.JobFailed) as info:
         client.compile(model, example_inputs=np.array([1, 2], "int64"), labels=_label(), progress=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TF_ENV, RunningService
+from client_service import TF_ENV, RunningService
 from model_factory import example_input, run_saved_model, save_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TF_ENV, RunningService
+from client_service import TF_ENV, RunningService
 from model_factory import run_saved_model, save_model
 
 pytestmark = pytest.mark.integration

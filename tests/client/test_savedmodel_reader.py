@@ -10,7 +10,6 @@ reader plus the op scan) is fuzzed the same way.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _support.processes import quiet_env, run_script
 from kiln_client._savedmodel import MetaGraph, ProtoDecodeError, parse_saved_model, signature_inputs
 from kiln_service._savedmodel_proto import parse_saved_model as service_parse
 
@@ -35,10 +35,7 @@ HANG_SECONDS = 20
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reader_models")
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(HERE / "_build_reader_models.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(HERE / "_build_reader_models.py", str(out))
     return out
 
 
@@ -81,9 +78,8 @@ print(json.dumps({p: view(p) for p in sys.argv[1:]}))
 def _tensorflow_views(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
     """What TensorFlow's own protobuf classes read, in the reader's terms (in a subprocess, so
     the test process does not load TensorFlow)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-c", _TF_VIEW, *map(str, paths)], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+                          text=True, env=quiet_env(), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     views: dict[str, list[dict[str, Any]]] = json.loads(proc.stdout)
     return views

@@ -5,9 +5,6 @@ Imported as ``deploy_support`` (pytest puts this folder on ``sys.path``; the nam
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+from _support.processes import free_port, stop_group
+
+__all__ = ["REPO", "S3_ENV", "TESTED_COMMANDS", "free_port", "stop_process", "wait_http"]
 
 REPO = Path(__file__).resolve().parents[2]
 S3_ENV = {
@@ -25,26 +26,9 @@ S3_ENV = {
 }
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     """Stop a process this suite started (its own process group), by pid."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+    stop_group(proc, term_group=True)
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], what: str, attempts: int = 240) -> None:

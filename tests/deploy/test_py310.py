@@ -14,12 +14,13 @@ import os
 import shutil
 import subprocess
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from deploy_support import REPO, S3_ENV
+
+from _support.postgres import fresh_database
 
 PY310_CANDIDATES = (
     os.environ.get("KILN_TEST_PYTHON310", ""),
@@ -99,17 +100,8 @@ def test_imports_without_tensorflow_under_python310(venv310: Path) -> None:
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    admin = os.environ.get("KILN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    admin = admin.replace("postgresql+psycopg://", "postgresql://")
-    name = f"kiln_deploy_py310_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_deploy_py310") as url:
+        yield url
 
 
 TASK_SCRIPT = textwrap.dedent("""

@@ -27,6 +27,8 @@ import pytest
 import yaml
 from deploy_support import REPO, S3_ENV, TESTED_COMMANDS, free_port, stop_process, wait_http
 
+from _support.postgres import fresh_database
+
 try:
     import kiln_worker.tasks  # noqa: F401  (the worker runtime this test drives)
 
@@ -91,17 +93,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    admin = os.environ.get("KILN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    admin = admin.replace("postgresql+psycopg://", "postgresql://")
-    name = f"kiln_deploy_scale_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_deploy_scale") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

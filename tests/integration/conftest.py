@@ -12,20 +12,17 @@ Every process is started in its own session and stopped by its pid (then its gro
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 from integration_support import BIN, ZOO_SCRIPT, Stack, base_env, free_port, start, wait_ready
-from sqlalchemy.engine import make_url
 
-PG_ADMIN_URL = os.environ.get(
-    "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from _support.postgres import fresh_database
+
 REDIS_URL = os.environ.get("KILN_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/3"
 
 pytestmark = pytest.mark.integration
@@ -41,21 +38,11 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _admin_conninfo() -> str:
-    return make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this session, dropped afterwards."""
-    name = f"kiln_test_int_{secrets.token_hex(4)}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_test_int") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

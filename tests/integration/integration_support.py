@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from _support.processes import BIN, Proc, free_port, quiet_env, runner_pids, start, wait_ready
+
+__all__ = ["BIN", "TERMINAL", "ZOO_SCRIPT", "Proc", "Stack", "base_env", "check_compiled",
+           "free_port", "runner_pids", "start", "tar_names", "wait_ready"]
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 ZOO_SCRIPT = ROOT / "tests" / "worker" / "model_zoo.py"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -40,71 +39,11 @@ print(json.dumps({"shapes_equal": [a.shape for a in want] == [b.shape for b in g
 """
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def base_env(**overrides: str) -> dict[str, str]:
     """This environment without KILN_* settings, with TensorFlow quiet, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     # These tests are about compiling, not tenants: auth is turned off explicitly (it is tested
     # in tests/reliability/test_tenants.py and, with `up`'s first key, in tests/client).
-    env.update(KILN_AUTH="off")
-    env.update(overrides)
-    return env
-
-
-@dataclass
-class Proc:
-    """A process this test session started (in its own session), with its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL of its whole process group after ``grace`` seconds."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
-
-    def tail(self, lines: int = 40) -> str:
-        """The end of its log, for failure messages."""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def start(name: str, argv: list[str], env: Mapping[str, str], logs: Path) -> Proc:
-    """Start ``argv`` in a new session with output to ``logs/<name>.log``."""
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{name}.log"
-    with open(log, "ab") as out:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, env=dict(env), start_new_session=True)
-    return Proc(name, popen, log)
-
-
-def wait_ready(url: str, procs: list[Proc], timeout: float = 120.0) -> None:
-    """Wait for ``/readyz`` to answer 200; fail with the logs if a process dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the API never became ready:\n" + "\n".join(p.tail() for p in procs))
+    return quiet_env(**{"KILN_AUTH": "off", **overrides})
 
 
 @dataclass
@@ -182,19 +121,3 @@ def tar_names(path: Path) -> list[str]:
     """Member names of a tar archive."""
     with tarfile.open(path) as tar:
         return tar.getnames()
-
-
-def runner_pids(job_id: str) -> list[int]:
-    """Live compile children of ``job_id`` on this machine (their spec path holds the id)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "kiln_worker.runner" in cmdline and job_id in cmdline and state != "Z":
-            pids.append(int(proc.name))
-    return pids

@@ -89,7 +89,7 @@ def test_placement_spec_is_honoured(prod_stack: Stack, zoo: Path, tmp_path: Path
 
 
 def test_model_the_tracer_rejects_fails_with_its_reason(prod_stack: Stack, zoo: Path) -> None:
-    job = prod_stack.submit(zoo / "hash_table" / "model.tar.gz")
+    job = prod_stack.submit(zoo / "table_writer" / "model.tar.gz")
     done = prod_stack.wait(job["id"])
     assert done["status"] == "failed"
     failure = done["failure"]

@@ -76,6 +76,21 @@ class NestedWrite(tf.Module):
         return {"y": tf.cond(tf.reduce_sum(x) > 0, write, lambda: x)}
 
 
+class DatasetFromString(tf.Module):
+    """Rebuilds a tf.data pipeline from a serialised graph (here harmless: it counts to three)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graph = tf.data.Dataset.range(3)._as_serialized_graph().numpy()
+
+    @tf.function(input_signature=SPEC)
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        variant = tf.raw_ops.DatasetFromGraph(graph_def=tf.constant(self.graph))
+        ds = tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.int64))
+        return {"y": x + tf.cast(ds.reduce(tf.constant(0, tf.int64), lambda a, b: a + b),
+                                 tf.float32)}
+
+
 class Lookup(tf.Module):
     """A vocabulary lookup table: its load-time init reads the SavedModel's own asset file."""
 
@@ -120,7 +135,8 @@ def keras_model() -> tf_keras.Model:
 def main(out: str) -> None:
     for name, cls in (("write_file", WriteFile), ("read_file", ReadFile),
                       ("print_to_file", PrintToFile), ("print_to_stderr", PrintToStderr),
-                      ("dataset_reader", DatasetReader), ("nested_write", NestedWrite)):
+                      ("dataset_reader", DatasetReader), ("nested_write", NestedWrite),
+                      ("dataset_from_string", DatasetFromString)):
         module = cls()
         tf.saved_model.save(module, os.path.join(out, name), signatures={"serving_default": module.serve})
     keras_model().save(os.path.join(out, "keras_ok"))

@@ -266,7 +266,7 @@ def build_models(out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def faults() -> Iterator[FaultStack]:
-    """A FaultStack for the module: fast leases and reconciler passes, a 4 GiB memory cap."""
+    """A FaultStack for the module: fast leases and reconciler passes, a 2 GiB memory cgroup."""
     if os.geteuid() != 0:
         pytest.skip("the fault tests mount a tmpfs and run initdb as postgres: they need root")
     root = Path(tempfile.mkdtemp(prefix="kiln-faults-"))
@@ -285,7 +285,7 @@ def faults() -> Iterator[FaultStack]:
             KILN_WORKER_LOG_FLUSH_SECONDS="0.3", KILN_WORKER_LEASE_SECONDS="6",
             KILN_RECONCILE_INTERVAL_SECONDS="2", KILN_REQUEUE_AFTER_SECONDS="8",
             KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS="5",
-            KILN_WORKER_CHILD_MAX_MEMORY_BYTES=str(4 * 2**30),
+            KILN_WORKER_CHILD_MAX_MEMORY_BYTES=str(2 * 2**30),
             KILN_WORKER_ADVERTISE_SECONDS="2",
         )
         migrate = subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env,

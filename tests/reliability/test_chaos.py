@@ -35,7 +35,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,6 +52,7 @@ from fault_support import (
     wait_ready,
 )
 
+from _support.postgres import conninfo, fresh_database
 from kiln_service.stores.artifacts import LocalArtifactStore, list_attempts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -60,8 +60,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
 INPUTS = ROOT / "examples" / "mlp" / "example_inputs.npz"
-PG_ADMIN_URL = os.environ.get(
-    "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 JOBS = 6
 #: how long the chaos goes on (it also stops once every job has ended)
 CHAOS_SECONDS = 70.0
@@ -71,21 +69,10 @@ ACTIONS = ("kill_child", "kill_worker", "restart_broker")
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[tuple[str, str]]:
+def chaos_database() -> Iterator[tuple[str, str]]:
     """A new, empty database on the PostgreSQL server: ``(SQLAlchemy url, conninfo)``."""
-    admin = make_url(PG_ADMIN_URL)
-    name = f"kiln_chaos_{secrets.token_hex(4)}"
-    base = f"host={admin.host} port={admin.port or 5432} user={admin.username}"
-    if admin.password:
-        base += f" password={admin.password}"
-    with psycopg.connect(f"{base} dbname={admin.database}", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield (admin.set(database=name).render_as_string(hide_password=False),
-               f"{base} dbname={name}")
-    finally:
-        with psycopg.connect(f"{base} dbname={admin.database}", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_chaos") as url:
+        yield url, conninfo(url)
 
 
 @dataclass
@@ -185,7 +172,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
     for sub in ("work", "tmp", "data"):
         (root / sub).mkdir()
     redis = RedisServer(root)
-    with fresh_database() as (db_url, conninfo):
+    with chaos_database() as (db_url, db_conninfo):
         env = base_env(
             KILN_DATA_DIR=str(root / "data"), KILN_DATABASE_URL=db_url,
             KILN_BROKER_URL=redis.url, KILN_STORAGE_URL=f"file://{root / 'artifacts'}",
@@ -195,9 +182,9 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
             KILN_RECONCILE_INTERVAL_SECONDS="2", KILN_REQUEUE_AFTER_SECONDS="6",
             KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS="2", KILN_WORKER_ADVERTISE_SECONDS="2",
             # Every kill costs the job an attempt; the chaos, not the model, is at fault.
-            KILN_WORKER_MAX_ATTEMPTS="15", KILN_MAX_ATTEMPTS="15",
+            KILN_MAX_ATTEMPTS="15",
         )
-        state = Chaos(root, redis, conninfo, env, random.Random(seed))
+        state = Chaos(root, redis, db_conninfo, env, random.Random(seed))
         try:
             migrate = subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env,
                                      capture_output=True, text=True, timeout=120)

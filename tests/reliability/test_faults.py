@@ -108,10 +108,11 @@ def test_memory_bomb_is_a_client_error_and_the_worker_serves_on(
     worker_pid = faults.worker.popen.pid  # type: ignore[union-attr]
     bomb = stack.submit(models / "bomb" / "model.tar.gz", models / "bomb" / "example_inputs.npz")
     done = terminal(stack, bomb["id"])
-    print(f"\nmemory bomb (8 GiB under a 4 GiB RLIMIT_AS): {done['status']} {done['failure']}")
+    print(f"\nmemory bomb (8 GiB under a 2 GiB memory cgroup): {done['status']} {done['failure']}")
     assert done["status"] == "failed" and done["attempts"] == 1
     assert done["failure"]["kind"] == "client_error"
     assert done["failure"]["code"] == "MemoryLimit"
+    assert "limit of 2.0 GiB (peak " in done["failure"]["message"], done["failure"]
     assert faults.worker.popen.poll() is None and faults.worker.popen.pid == worker_pid  # type: ignore[union-attr]
     after = stack.submit(*mlp)
     assert terminal(stack, after["id"])["status"] == "succeeded"

@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-BIN = Path(sys.executable).parent
+from _support.processes import BIN, free_port, start, wait_ready
+
 CHECKS = (
     "not_a_server_error,response_schema_conformance,status_code_conformance,"
     "content_type_conformance"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _env(data_dir: Path, auth: str) -> dict[str, str]:
@@ -55,35 +46,15 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
                              env=env, check=True, capture_output=True, text=True, timeout=120).stdout
         key = out.strip().splitlines()[-1].split()[-1]
         headers = ["--header", f"Authorization: Bearer {key}"]
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([str(BIN / "kiln-service"), "serve", "--port", str(port),
-                                 "--log-level", "warning"], env=env, stdout=sink, stderr=sink)
+    port = free_port()
+    proc = start("serve", [str(BIN / "kiln-service"), "serve", "--port", str(port),
+                           "--log-level", "warning"], env, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_live(url, proc)
-        yield url, headers, log
+        wait_ready(url, [proc], path="/livez")
+        yield url, headers, proc.log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-
-
-def _wait_live(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(f"kiln-service serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("kiln-service serve did not become live")
+        proc.stop(grace=20)
 
 
 def test_fuzz_openapi_finds_no_server_error(service: tuple[str, list[str], Path],

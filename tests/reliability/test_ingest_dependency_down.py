@@ -7,14 +7,11 @@ broker at another closed Redis port; the "database up" case uses a fresh Postgre
 
 from __future__ import annotations
 
-import os
-import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from ingest_support import (
     file_entry,
@@ -26,13 +23,10 @@ from ingest_support import (
     stored_files,
     tar_bytes,
 )
-from sqlalchemy.engine import make_url
 
+from _support.postgres import fresh_database
 from kiln_service import migrations
 from kiln_service.stores.jobs import JobStore
-
-PG_ADMIN_URL = os.environ.get(
-    "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 def _closed_port() -> int:
@@ -45,18 +39,9 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def fresh_pg() -> Iterator[str]:
-    admin = make_url(PG_ADMIN_URL)
-    name = f"kiln_test_ingest_{secrets.token_hex(4)}"
-    conninfo = f"host={admin.host} port={admin.port or 5432} user={admin.username} dbname={admin.database}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_database("kiln_test_ingest") as url:
         migrations.upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _requests(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -37,6 +37,7 @@ REFUSED = {
     "dataset_reader": ("TFRecordDataset", "/TFRecordDataset", None),
     "nested_write": ("WriteFile", "cond_true", "/tmp/kiln_nested.txt"),
     "init_write": ("WriteFile", "(runs when the model is loaded)", "/tmp/kiln_written_on_load.txt"),
+    "dataset_from_string": ("DatasetFromGraph", "__inference_serve", None),
 }
 
 

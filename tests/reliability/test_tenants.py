@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
 import subprocess
 import sys
@@ -21,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 import kiln_client
+from _support.postgres import fresh_database
 from kiln_client.models import Artifact
 from kiln_service import migrations
 from kiln_service._shared_state import US, gcra
@@ -42,28 +41,15 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
 INPUTS = ROOT / "examples" / "mlp" / "example_inputs.npz"
-PG_ADMIN_URL = os.environ.get(
-    "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MISSING_ID = "0" * 32
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this module, migrated; dropped afterwards."""
-    admin = make_url(PG_ADMIN_URL)
-    name = f"kiln_test_tenants_{secrets.token_hex(4)}"
-    conninfo = f"host={admin.host} port={admin.port or 5432} user={admin.username} dbname={admin.database}"
-    if admin.password:
-        conninfo += f" password={admin.password}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.set(database=name).render_as_string(hide_password=False)
-    migrations.upgrade(url)
-    try:
+    with fresh_database("kiln_test_tenants") as url:
+        migrations.upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,39 +10,29 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from service_helpers import make_tar
-from sqlalchemy.engine import make_url
 
+from _support.postgres import fresh_database
+from _support.processes import run_script
 from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.main import create_app
 from kiln_service.stores.jobs import JobStore
 
 HERE = Path(__file__).resolve().parent
-PG_ADMIN_URL = os.environ.get(
-    "KILN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the test SavedModels with real TensorFlow (see ``_build_models.py``)."""
     out = tmp_path_factory.mktemp("models")
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(HERE / "_build_models.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(HERE / "_build_models.py", str(out))
     return out
 
 
@@ -99,19 +89,8 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the session, migrated; dropped afterwards."""
-    admin = make_url(PG_ADMIN_URL)
-    name = f"kiln_test_service_{secrets.token_hex(4)}"
-    conninfo = f"host={admin.host} port={admin.port or 5432} user={admin.username} dbname={admin.database}"
-    if admin.password:
-        conninfo += f" password={admin.password}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin.set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_database("kiln_test_service") as url:
         yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: ``reject("x", ...)`` (the archive and ingest checks' helper)
 _PROBLEM_LITERAL = re.compile(r'\bcode\s*[:=]\s*(?:str\s*=\s*)?"([a-z_]+)"|\breject\(\s*"([a-z_]+)"')
 #: a failure code given as a string where a job failure is built
-_FAILURE_LITERAL = re.compile(r'(?:JobError|Failure(?:\.of)?)\(\s*(?:code=)?"([A-Za-z]+)"')
+_FAILURE_LITERAL = re.compile(
+    r'(?:JobError|Failure(?:\.of)?)\(\s*"([A-Za-z]+)"|\bcode\s*=\s*"([A-Z][A-Za-z]+)"')
 
 
 def test_kinds_come_from_the_codes_and_partition_them() -> None:

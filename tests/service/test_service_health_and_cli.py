@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import assert_problem, good_inputs, upload_files
 
+from _support.postgres import fresh_database
 from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.main import DatabaseNotMigratedError, create_app, prepare_database
@@ -77,42 +79,20 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
 
 
 def test_sqlite_is_auto_migrated_but_postgres_is_refused_until_migrated(
-        tmp_path: Path, pg_url: str) -> None:
+        tmp_path: Path, fresh_pg: str) -> None:
     sqlite = Settings(data_dir=tmp_path / "kiln")
     prepare_database(sqlite)
     assert migrations.is_up_to_date(sqlite.resolved_database_url)
-    fresh = _fresh_pg(pg_url)
+    fresh = fresh_pg
     with pytest.raises(DatabaseNotMigratedError, match="kiln-service migrate"):
         prepare_database(Settings(data_dir=tmp_path / "k2", database_url=fresh))
 
 
-def _fresh_pg(pg_url: str) -> str:
-    """Create another empty database next to the session one (dropped with a finalizer-less name)."""
-    import secrets
-
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(pg_url)
-    name = f"{url.database}_{secrets.token_hex(3)}"
-    info = f"host={url.host} port={url.port or 5432} user={url.username} dbname=postgres"
-    with psycopg.connect(info, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    _CREATED.append((info, name))
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-_CREATED: list[tuple[str, str]] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _drop_created_databases() -> Any:
-    yield
-    import psycopg
-
-    for info, name in _CREATED:
-        with psycopg.connect(info, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture
+def fresh_pg() -> Iterator[str]:
+    """An empty, unmigrated PostgreSQL database, dropped afterwards."""
+    with fresh_database("kiln_test_service_cli") as url:
+        yield url
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -120,8 +100,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd="/")
 
 
-def test_cli_migrate_then_serve_check_on_postgres(tmp_path: Path, pg_url: str) -> None:
-    fresh = _fresh_pg(pg_url)
+def test_cli_migrate_then_serve_check_on_postgres(tmp_path: Path, fresh_pg: str) -> None:
+    fresh = fresh_pg
     env = {"KILN_DATABASE_URL": fresh, "KILN_DATA_DIR": str(tmp_path / "kiln")}
     refused = _cli("serve", "--port", "1", env=env)
     assert refused.returncode == 2 and "kiln-service migrate" in refused.stderr

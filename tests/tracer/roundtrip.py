@@ -8,9 +8,10 @@
    loaded with ``tf.saved_model.load``, its serving signature traced with the example inputs as
    keyword arguments, the traced model saved, reloaded (``tf.saved_model.load`` and
    ``tf.keras.models.load_model``) and served at another batch size; each output matches the
-   loaded original's on the same inputs. With ``fresh_process=True`` the load → trace → save →
-   reload → serve leg runs in a new Python process, exactly like the service's compile child
-   (no function or object of the original left in memory).
+   loaded original's on the same inputs. The traced model is reloaded from another directory,
+   after the original SavedModel (with its assets) is deleted. With ``fresh_process=True`` the
+   load → trace → save → reload → serve leg runs in a new Python process, exactly like the
+   service's compile child (no function or object of the original left in memory).
 
 Tolerances are relative to the largest output magnitude: ``|got - want| <= atol + rtol * max|want|``.
 """
@@ -21,6 +22,7 @@ import dataclasses
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -142,6 +144,9 @@ def serve_saved(saved_dir: Path, traced_dir: Path, batch_inputs: Mapping[str, An
                 other_inputs: Mapping[str, Any], trace_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The service's leg: load → trace the serving signature → save → reload → serve.
 
+    ``saved_dir`` is deleted once the traced model is saved, and the traced model is moved
+    before it is reloaded: it must not depend on the original's files (e.g. vocabulary assets).
+
     Returns ``{"report", "served", "served_other", "keras_other"}`` (outputs as numpy dicts).
     """
     import tensorflow as tf
@@ -155,14 +160,19 @@ def serve_saved(saved_dir: Path, traced_dir: Path, batch_inputs: Mapping[str, An
     traced.save(str(traced_dir))
     del traced, signature, loaded
     gc.collect()
-    reloaded = tf.saved_model.load(str(traced_dir))
+    # The compiled model must carry everything it needs (weights, tables, assets): it is reloaded
+    # from another directory, with the original SavedModel and its assets gone.
+    shutil.rmtree(saved_dir)
+    moved_dir = traced_dir.with_name(traced_dir.name + "_moved")
+    shutil.move(str(traced_dir), str(moved_dir))
+    reloaded = tf.saved_model.load(str(moved_dir))
     serving = reloaded.signatures["serving_default"]
     result = {
         "report": report,
         "served": {k: _numpy(v) for k, v in serving(**batch_inputs).items()},
         "served_other": {k: _numpy(v) for k, v in serving(**other_inputs).items()},
     }
-    keras_model = tf.keras.models.load_model(str(traced_dir))
+    keras_model = tf.keras.models.load_model(str(moved_dir))
     keras_out = keras_model(dict(other_inputs))  # traced with a dict, the model takes a dict
     result["keras_other"] = dict(_flat(keras_out))
     return result

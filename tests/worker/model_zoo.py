@@ -11,7 +11,8 @@ import TensorFlow themselves. Kinds:
 - ``mixed``: x float32[None, 6] → {"y"}: MatMul, Relu, Tanh, Sigmoid, Reshape, Mul.
 - ``two_inputs``: a float32[None, 4], b int32[None, 4] → {"y"}; for generated inputs.
 - ``dynamic``: x float32[None, None, 3] → {"y"}; needs ``input_shapes`` for generated inputs.
-- ``hash_table``: a StaticHashTable lookup; the tracer rejects it (UnsupportedModel).
+- ``table_writer``: inserts into a lookup table while serving; the tracer rejects it
+  (UnsupportedModel: tables are kept only when the model just reads them).
 - ``slow``: x float32[None, 4], n int32[] → a while loop of n steps; with the .npz written here
   (n = 2e9) it runs for many minutes, for cancel and timeout tests.
 - ``asserting``: x float32[None, 4] → {"y"}, with ``tf.debugging.assert_greater(x, 100)`` and
@@ -66,14 +67,13 @@ class _Dynamic(tf.Module):
         return {"y": tf.reduce_sum(tf.nn.relu(x), axis=1)}
 
 
-class _HashTable(tf.Module):
+class _TableWriter(tf.Module):
     def __init__(self) -> None:
-        init = tf.lookup.KeyValueTensorInitializer(
-            tf.constant([0, 1, 2], tf.int64), tf.constant([10.0, 20.0, 30.0]))
-        self.table = tf.lookup.StaticHashTable(init, default_value=-1.0)
+        self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="ids")])
     def serve(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        self.table.insert(ids, tf.cast(ids, tf.float32) * 10.0)  # state an inference graph cannot keep
         return {"y": self.table.lookup(ids) * 2.0}
 
 
@@ -149,7 +149,7 @@ def build(kind: str, out: Path) -> None:
     """Write ``out/model.tar.gz`` (and ``out/example_inputs.npz`` where the kind has one)."""
     out.mkdir(parents=True, exist_ok=True)
     module = {"mlp": _mlp, "mixed": _Mixed, "two_inputs": _TwoInputs, "dynamic": _Dynamic,
-              "hash_table": _HashTable, "slow": _Slow, "asserting": _Asserting,
+              "table_writer": _TableWriter, "slow": _Slow, "asserting": _Asserting,
               "bad_reshape": _BadReshape, "float16": lambda: _Half(tf.float16),
               "bfloat16": lambda: _Half(tf.bfloat16), "nchw_float16": _NchwHalf,
               "strings": _Strings}[kind]()
@@ -180,7 +180,7 @@ def build(kind: str, out: Path) -> None:
         np.savez(out / "example_inputs.npz", x=rng.random((1, 6)).astype(np.float32))
 
 
-KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "hash_table", "slow", "asserting",
+KINDS = ("mlp", "mixed", "two_inputs", "dynamic", "table_writer", "slow", "asserting",
          "bad_reshape", "float16", "bfloat16", "nchw_float16", "strings")
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_a_broken_upload_fails_as_a_client_error(ctx: WorkerContext, tmp_path: P
 
 
 def test_the_tracers_rejection_reaches_the_job(ctx: WorkerContext, zoo: Path) -> None:
-    job_id = submit(ctx, zoo / "hash_table" / "model.tar.gz")
+    job_id = submit(ctx, zoo / "table_writer" / "model.tar.gz")
     assert run_compile_job(ctx, job_id)["status"] == "failed"
     job = ctx.jobs.get_job(job_id=job_id)
     assert job.failure is not None

@@ -56,6 +56,18 @@ def test_dtypes_that_cannot_be_generated_need_uploaded_inputs() -> None:
         prepare_inputs(_specs(c=([None], tf.complex64)), None, None, seed=0)
 
 
+def test_npz_strings_as_text_or_bytes(tmp_path: Path) -> None:
+    specs = _specs(s=([None], tf.string))
+    np.savez(tmp_path / "text.npz", s=np.array(["café", "b"]))
+    np.savez(tmp_path / "bytes.npz", s=np.array([b"caf\xc3\xa9", b"b"]))
+    text = prepare_inputs(specs, str(tmp_path / "text.npz"), None, 0)["s"]
+    raw = prepare_inputs(specs, str(tmp_path / "bytes.npz"), None, 0)["s"]
+    assert text.dtype == tf.string and text.numpy().tolist() == raw.numpy().tolist()
+    np.savez(tmp_path / "numbers.npz", s=np.ones((2,), np.float32))
+    with pytest.raises(JobError, match="wants string"):
+        prepare_inputs(specs, str(tmp_path / "numbers.npz"), None, 0)
+
+
 def test_npz_inputs_are_checked_against_the_signature(tmp_path: Path) -> None:
     specs = _specs(x=([None, 3], tf.float32))
     np.savez(tmp_path / "ok.npz", x=np.ones((5, 3), np.float32))
@@ -80,9 +92,10 @@ def _node(name: str, op: str) -> tf.compat.v1.NodeDef:
     ("placement", "accepted"),
     [
         (None, None),
-        ({}, None),  # no rule: no callback, the placement mode alone decides
-        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),
-        ({"exclude_names": ["nothing*"]}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({}, {"dense/MatMul", "dense/Relu", "head/MatMul", "head/Softmax"}),
+        ({"mode": "all", "include_ops": [], "exclude_names": []}, None),  # the mode alone decides
+        ({"mode": "measured"}, None),
+        ({"mode": "measured", "include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"include_ops": ["MatMul"]}, {"dense/MatMul", "head/MatMul"}),
         ({"exclude_ops": ["Softmax"]}, {"dense/MatMul", "dense/Relu", "head/MatMul"}),
         ({"include_names": ["dense/*"]}, {"dense/MatMul", "dense/Relu"}),

@@ -86,7 +86,7 @@ def test_placement_spec_limits_the_accelerator_ops(zoo: Path, tmp_path: Path) ->
 
 
 def test_rejected_model_is_a_client_error(zoo: Path, tmp_path: Path) -> None:
-    result = run_child(tmp_path, zoo / "hash_table" / "model")
+    result = run_child(tmp_path, zoo / "table_writer" / "model")
     assert result.returncode == 3, result.stderr[-3000:]
     assert result.error is not None
     assert result.error["kind"] == "client_error"

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _support.processes import quiet_env
+from _support.processes import runner_pids as runner_processes
 from kiln_worker._protocol import JobSpec, parse_event
+
+__all__ = ["ZOO_SCRIPT", "RunResult", "child_env", "run_child", "runner_processes"]
 
 ZOO_SCRIPT = Path(__file__).with_name("model_zoo.py")
 
 
 def child_env() -> dict[str, str]:
     """The environment the worker gives a compile child (TensorFlow quiet, no GPU probing)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return env
+    return quiet_env()
 
 
 @dataclass
@@ -62,19 +63,3 @@ def run_child(tmp: Path, model_dir: Path, **spec_fields: Any) -> RunResult:
     error_file = tmp / "error.json"
     error = json.loads(error_file.read_text()) if error_file.exists() else None
     return RunResult(proc.returncode, events, stray, proc.stderr, out, error)
-
-
-def runner_processes(job_id: str) -> list[int]:
-    """Pids of live compile children of ``job_id`` (their spec path holds the job id)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "kiln_worker.runner" in cmdline and job_id in cmdline and state != "Z":
-            pids.append(int(proc.name))
-    return pids

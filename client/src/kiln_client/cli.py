@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln_client._client import Client
 from kiln_client._jobs import Job
+from kiln_client.codes import FailureCode
 from kiln_client.errors import (
     APIError,
     ChecksumError,
@@ -314,6 +315,9 @@ def _cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 def _report_failure(exc: JobFailed) -> None:
     print(f"kiln: {exc}", file=sys.stderr)
+    if isinstance(exc.code, FailureCode):
+        print(f"what to do: {exc.code.action} (all codes: GET /docs/errors#{exc.code.value})",
+              file=sys.stderr)
     if exc.log_tail:
         print("--- end of the compile log ---", file=sys.stderr)
         for line in exc.log_tail:

@@ -56,14 +56,29 @@ class FailureCode(str, Enum):
         return member
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
     @classmethod
     def _missing_(cls, value: object) -> FailureCode | None:
         # Codes recorded by older Kiln versions, still readable from a job store.
         renamed = {"OutOfMemory": "MemoryLimit", "Trace": "TracerError",
                    "SubgraphCompile": "TracerError"}
-        return cls(renamed[value]) if isinstance(value, str) and value in renamed else None
+        new = renamed.get(value) if isinstance(value, str) else None
+        return next((c for c in cls if c.value == new), None)
+
+    @classmethod
+    def parse(cls, value: FailureCode | str) -> FailureCode:
+        """The member whose code is ``value`` (``FailureCode(value)``, typed).
+
+        Raises:
+            ValueError: not a code of the catalogue.
+        """
+        return value if isinstance(value, FailureCode) else cls._parse(value)
+
+    @classmethod
+    def _parse(cls, value: str) -> FailureCode:
+        member: FailureCode = cls(value)  # type: ignore[call-arg]  # by-value lookup
+        return member
 
     # -- client_error: the model, its inputs or the request must change -----------------------
 

@@ -89,9 +89,7 @@ class Failure(BaseModel):
     @classmethod
     def _kind_from_code(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("kind") is None and "code" in data:
-            code = data["code"]
-            data = {**data, "kind": (code if isinstance(code, FailureCode)
-                                     else FailureCode(code)).kind}
+            data = {**data, "kind": FailureCode.parse(data["code"]).kind}
         return data
 
     @model_validator(mode="after")
@@ -138,8 +136,9 @@ class PlacementSpec(BaseModel):
     mode: PlacementMode | None = None
     """``measured``: keep each compiled subgraph (and the whole compiled model) unless it is
     measured clearly slower than plain TensorFlow, beyond the measurement's noise; ``all``: every
-    supported op compiled, nothing timed (tensorflow-neuron's behaviour). When omitted: the
-    worker's ``KILN_PLACEMENT``, else ``measured``, or ``all`` when op or name rules are given."""
+    supported op compiled, nothing timed (tensorflow-neuron's behaviour). A spec without a mode
+    acts as a ``subgraph_builder_function`` (placement ``all`` within its rules); no spec at all is
+    the worker's ``KILN_PLACEMENT``, else ``measured``."""
 
     include_ops: list[str] = Field(default_factory=list)
     """Op types allowed on the accelerator, such as ``["MatMul", "Conv2D"]``; empty means all."""

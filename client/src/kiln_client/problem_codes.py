@@ -32,8 +32,9 @@ class ProblemCode(str, Enum):
     #: the request is malformed
     BAD_REQUEST = "bad_request", 400, "The request is malformed; the detail says how."
     #: a multipart body is broken
-    INVALID_MULTIPART = ("invalid_multipart", 400, "The multipart body is malformed (no boundary, "
-                         "a part without a name, cut short). Let your HTTP library build it.")
+    INVALID_MULTIPART = ("invalid_multipart", 400, "The multipart body is malformed (no boundary "
+                         "or one over 70 characters, a part without a name, cut short). Let "
+                         "your HTTP library build it.")
     #: a list cursor was not one the server gave
     INVALID_CURSOR = ("invalid_cursor", 400, "`cursor` is not a value from a previous page's "
                       "`next_cursor`; start again without it.")
@@ -142,7 +143,8 @@ class ProblemCode(str, Enum):
                        ".zip archive; archive the SavedModel folder again.")
     #: an archive member is unsafe
     UNSAFE_ARCHIVE = ("unsafe_archive", 422, "An archive member is a link, a device, has an "
-                      "absolute or `..` path, a duplicate or unsafe name, or an absurd "
+                      "absolute or `..` path, a duplicate name (also when case is ignored), a "
+                      "name that is not UTF-8 or holds control characters, or an absurd "
                       "compression ratio; archive a plain SavedModel folder.")
     #: the archive is over its member or size caps
     ARCHIVE_TOO_LARGE = ("archive_too_large", 422, "The archive has too many entries or unpacks "
@@ -211,8 +213,9 @@ class ProblemCode(str, Enum):
     STORE_UNAVAILABLE = ("store_unavailable", 503, "The job store or artifact store is "
                          "unavailable; retry after `Retry-After`.")
     #: the queue's broker is unreachable
-    BROKER_UNAVAILABLE = ("broker_unavailable", 503, "The queue's broker is unreachable; nothing "
-                          "was queued. Retry after `Retry-After`.")
+    BROKER_UNAVAILABLE = ("broker_unavailable", 503, "The queue's broker (or, on Redis, the "
+                          "shared rate-limit store) is unreachable; nothing was queued. Retry "
+                          "after `Retry-After`.")
     #: no live worker serves the target
     NO_WORKER_FOR_TARGET = ("no_worker_for_target", 503, "No live worker serves the job's target "
                             "and the server refuses such jobs; retry later or pick another target.")

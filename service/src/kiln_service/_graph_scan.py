@@ -9,8 +9,10 @@ judged: the SavedModel's own saver functions (``SaveV2``/``RestoreV2``) hang off
 nodes and are not reached from a serving signature. The load-time init op
 (``__saved_model_init_op``, run by ``tf.saved_model.load`` before any signature) is judged too.
 
-This is a first check that gives an early, clear refusal; the compile sandbox (scrubbed
-environment, own working directory, resource limits) is the defence that does not depend on it.
+This is a first check that gives an early, clear refusal; the compile sandbox (bubblewrap: own
+mount, PID and network namespaces, only the job folder writable; see ``kiln_worker._sandbox``)
+is the defence that does not depend on it. Ops that rebuild a pipeline from a serialised string
+(``DatasetFromGraph``) are refused because their contents cannot be judged.
 
 Wire layout used (``tensorflow/core/framework``)::
 
@@ -73,6 +75,9 @@ FORBIDDEN_OPS: dict[str, str] = {
     **dict.fromkeys(("PyFunc", "PyFuncStateless", "EagerPyFunc"),
                     "runs arbitrary Python in the host process"),
     "FileSystemSetConfiguration": "reconfigures the host's file systems",
+    **dict.fromkeys(("DatasetFromGraph",),
+                    "rebuilds a tf.data pipeline from a serialised graph string, whose ops no scan "
+                    "can see (they may read files or open connections)"),
     **dict.fromkeys(("DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3",
                      "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
                      "Rpc", "TryRpc", "RpcClient", "RpcServer", "RpcServerStart",
@@ -86,6 +91,8 @@ FORBIDDEN_OPS: dict[str, str] = {
                      "CollectiveAssignGroupV2"), "a collective that exchanges tensors with other hosts"),
 }
 _PRINT_TO_FILE = "PrintV2 with output_stream file://… writes a file on the compile host"
+_DESCRIPTOR_FILE = ("DecodeProtoV2/EncodeProto with a descriptor_source other than local:// reads "
+                    "a descriptor file of the compile host")
 #: Allowed in the load-time init op (``__saved_model_init_op``) only: lookup tables built from
 #: vocabulary files read the SavedModel's own ``assets/`` there. (Any file they could name instead
 #: is the compile sandbox's to guard.)
@@ -111,6 +118,7 @@ class _Node:
     inputs: list[str] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
     print_to_file: bool = False
+    descriptor_file: bool = False
 
 
 @dataclass
@@ -162,6 +170,8 @@ def _judge(node: _Node, where: str, found: list[Finding]) -> None:
     reason = FORBIDDEN_OPS.get(node.op)
     if reason is None and node.print_to_file:
         reason = _PRINT_TO_FILE
+    if reason is None and node.descriptor_file:
+        reason = _DESCRIPTOR_FILE
     if reason is not None:
         found.append(Finding(op=node.op, node=where, reason=reason))
 
@@ -217,6 +227,8 @@ def _node(buf: memoryview) -> _Node:
             s = _attr_functions(attr, node.functions)
             if key == "output_stream" and s is not None and s.lower().startswith(b"file://"):
                 node.print_to_file = True
+            if key == "descriptor_source" and s is not None and s not in (b"", b"local://"):
+                node.descriptor_file = True
     return node
 
 

@@ -43,10 +43,13 @@ class Advertiser:
         worker_id: The Celery node name.
         targets: The targets the worker serves.
         interval: Seconds between refreshes.
+        sandbox: How the worker isolates compiles (shown by ``GET /readyz``).
     """
 
-    def __init__(self, store: JobStore, *, worker_id: str, targets: list[str], interval: float) -> None:
+    def __init__(self, store: JobStore, *, worker_id: str, targets: list[str], interval: float,
+                 sandbox: str | None = None) -> None:
         self.store = store
+        self.sandbox = sandbox
         self.worker_id = worker_id
         self.targets = targets
         self.interval = interval
@@ -61,7 +64,7 @@ class Advertiser:
         """
         self.store.register_worker(worker_id=self.worker_id, targets=self.targets,
                                    host=socket.gethostname(), pid=os.getpid(),
-                                   version=_kiln_worker_version())
+                                   version=_kiln_worker_version(), sandbox=self.sandbox)
 
     def beat(self) -> None:
         """Refresh ``last_seen_at``, registering again if the row is missing; log failures."""
@@ -107,10 +110,13 @@ def install_advertiser(app: Celery, settings: Settings, options: WorkerSettings)
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app or "advertiser" in state:
             return
+        from kiln_worker._sandbox import isolation
+
         advertiser = Advertiser(
             JobStore(settings.resolved_database_url, pooled=False),
             worker_id=str(getattr(sender, "hostname", None) or socket.gethostname()),
             targets=parse_targets(options.targets), interval=options.advertise_seconds,
+            sandbox=isolation(settings, options).sandbox.mode,
         )
         advertiser.start()
         state["advertiser"] = advertiser

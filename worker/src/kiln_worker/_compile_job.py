@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln_client.codes import FailureCode
+from kiln_client.codes import FailureCode, FailureKind
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
@@ -36,16 +33,23 @@ from kiln_service.stores.artifacts import (
     upload_key,
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
-from kiln_worker._job_io import LogBuffer, ProgressBuffer, child_failure, summarize_report
-from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, parse_event, rewrite_workdir
-from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker._compile_run import SupervisedRun
+from kiln_worker._job_dirs import UnsafeOutputError, compiled_file, job_dir
+from kiln_worker._job_io import (
+    LogBuffer,
+    ProgressBuffer,
+    child_failure,
+    summarize_report,
+)
+from kiln_worker._limits import CRASH_MARK, crash_failure
+from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, rewrite_workdir
+from kiln_worker._sandbox import isolation
 from kiln_worker._upload import UploadError, pack_dir, unpack_model
 from kiln_worker.config import WorkerSettings, get_worker_settings, worker_id
 
 __all__ = ["CompileAttempt", "WorkerContext", "run_compile_job"]
 
 logger = logging.getLogger(__name__)
-_STAGES = frozenset(stage.value for stage in Stage)
 
 
 @dataclass
@@ -96,9 +100,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
     bind(tenant=job.tenant, attempt=job.attempts)
-    if ctx.options.work_dir is not None:
-        ctx.options.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"kiln-job-{job_id}-", dir=ctx.options.work_dir) as tmp:
+    with job_dir(job_id, ctx.options.work_dir) as tmp:
         try:
             status = CompileAttempt(ctx, job, Path(tmp)).run()
         except Exception as exc:
@@ -147,7 +149,7 @@ class _FlagsRewriteError(Exception):
     """The flags string cannot be parsed to move ``--workdir`` (a ``client_error``)."""
 
 
-class CompileAttempt:
+class CompileAttempt(SupervisedRun):
     """One run of a claimed job in the temporary directory ``tmp``.
 
     Every write to the job store carries the claim's ``fence``, so a stale attempt (its lease
@@ -157,12 +159,19 @@ class CompileAttempt:
     def __init__(self, ctx: WorkerContext, job: JobRecord, tmp: Path) -> None:
         self.ctx, self.job, self.tmp = ctx, job, tmp
         self.fence = job.fence
-        self.out_dir, self.home = tmp / "out", tmp / "home"
-        self.error_file = tmp / "error.json"
+        # What the compile sees (and may write): ``compile/``. The worker's own files (the log
+        # and the workdir archive it uploads) stay beside it, out of the compile's reach.
+        self.box = tmp / "compile"
+        self.out_dir, self.home = self.box / "out", self.box / "home"
+        self.error_file = self.box / "error.json"
         # Where the attempt's time goes, reported on the job (Job.report["worker_timings"]).
         self.timings: dict[str, float] = {}
         self._started = time.monotonic()
         self.workdir: Path | None = None
+        self.isolation = isolation(ctx.settings, ctx.options)
+        self.limit_failure: Failure | None = None
+        self.memory_group = False
+        self.peaks: dict[str, int | None] = {}
         self.logs = LogBuffer(
             lambda lines: ctx.jobs.append_logs(job_id=job.id, lines=lines),
             ctx.options.log_flush_seconds,
@@ -188,17 +197,27 @@ class CompileAttempt:
             return self._fail(Failure.of(FailureCode.STORAGE_ERROR,
                                          f"the worker could not fetch the upload: {exc}"),
                               retry=True)
+        self.isolation.sandbox.prepare(self.box)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
             return self._stopped(ended)
         if ended == EXIT_OK:
             return self._succeed()
-        if ended == -signal.SIGXCPU:  # RLIMIT_CPU, the backstop of the time limit
-            return self._stopped("timeout")
-        # A compile killed by a signal we did not send (the OOM killer, an operator, a crash)
-        # is Kiln's problem, not the model's: another attempt may well succeed.
-        return self._fail(child_failure(ended, self.error_file, self.logs.tail(),
-                                        exit_failed=EXIT_FAILED), retry=ended < 0)
+        crash = None if self.limit_failure else crash_failure(
+            ended, self.logs.tail(), crashed_before=self._crashed_before(),
+            memory_group=self.memory_group)
+        if crash is not None and crash.code is FailureCode.WORKER_ERROR:
+            self.logs.add(f"{CRASH_MARK} {-ended}")
+        failure = self.limit_failure or crash or child_failure(
+            ended, self._error_file(), self.logs.tail(), exit_failed=EXIT_FAILED)
+        return self._fail(failure, retry=failure.kind is FailureKind.SYSTEM_ERROR and ended < 0)
+
+    def _error_file(self) -> Path:
+        """The compile's error file, unless it is a link the compile planted (then: none)."""
+        try:
+            return compiled_file(self.box, self.error_file)
+        except (UnsafeOutputError, OSError):
+            return self.box / "no-error-file"
 
     def _stopped(self, reason: str) -> str:
         """Finish a job whose compile was stopped: ``cancelled``, ``timeout`` or ``lost``."""
@@ -219,23 +238,23 @@ class CompileAttempt:
 
     def _prepare(self) -> Path:
         self.progress.set(Stage.PREPARING.value, 0.01, "fetching the upload", force=True)
-        for path in (self.out_dir, self.home, self.tmp / "upload"):
+        for path in (self.out_dir, self.home, self.box / "upload"):
             path.mkdir(parents=True)
-        archive = self.tmp / "upload" / "model"
+        archive = self.box / "upload" / "model"
         self.ctx.artifacts.get_to_file(upload_key(self.job.id, "model"), archive)
-        model_dir = unpack_model(archive, self.tmp / "model")
+        model_dir = unpack_model(archive, self.box / "model")
         archive.unlink()
         npz: str | None = None
         npz_key = upload_key(self.job.id, "example_inputs.npz")
         if self.ctx.artifacts.exists(npz_key):
-            npz = str(self.tmp / "upload" / "example_inputs.npz")
+            npz = str(self.box / "upload" / "example_inputs.npz")
             self.ctx.artifacts.get_to_file(npz_key, npz)
         try:
-            flags, wants_workdir = rewrite_workdir(self.job.flags, str(self.tmp / "workdir"))
+            flags, wants_workdir = rewrite_workdir(self.job.flags, str(self.box / "workdir"))
         except ValueError as exc:
             raise _FlagsRewriteError(str(exc)) from exc
         if wants_workdir:
-            self.workdir = self.tmp / "workdir"
+            self.workdir = self.box / "workdir"
             self.logs.add("[kiln] --workdir is kept on the worker and returned as workdir.tar.gz")
         spec = JobSpec(
             job_id=self.job.id, model_dir=str(model_dir), output_dir=str(self.out_dir),
@@ -245,99 +264,9 @@ class CompileAttempt:
             placement=self.job.placement.model_dump() if self.job.placement else None,
             upload_digests=dict(self.job.input_digests),
         )
-        spec_path = self.tmp / "spec.json"
+        spec_path = self.box / "spec.json"
         spec.write(spec_path)
         return spec_path
-
-    # -- running -----------------------------------------------------------------------------
-
-    def _supervise(self, spec_path: Path) -> int | str:
-        """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
-        opts = self.ctx.options
-        env = child_environment(self.home)
-        # The compile process logs like the worker (KILN_LOG_FORMAT), tagged with this attempt.
-        env.update(KILN_LOG_FORMAT=self.ctx.settings.log_format, KILN_JOB_ATTEMPT=str(self.job.attempts))
-        if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
-            env["KILN_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
-        child = ChildProcess([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
-                             env=env, cwd=self.tmp,
-                             rlimits=opts.child_rlimits(self.job.timeout_seconds))
-        self.logs.add(f"[kiln] compile process {child.pid} started; time limit "
-                      f"{self.job.timeout_seconds} s")
-        start = time.monotonic()
-        deadline = start + self.job.timeout_seconds
-        next_poll, next_beat = start + opts.poll_seconds, start + opts.lease_seconds / 3
-        stop: str | None = None
-        try:
-            while stop is None:
-                item = child.next_line(timeout=0.1)
-                if item is not None:
-                    self._take(*item)
-                now = time.monotonic()
-                self._flush_quietly(now)
-                if child.poll() is not None:
-                    break
-                if now >= deadline:
-                    stop = "timeout"
-                    break
-                if now >= next_poll or now >= next_beat:
-                    stop = self._check_in(now >= next_beat)
-                    next_poll = now + opts.poll_seconds
-                    if now >= next_beat:
-                        next_beat = now + opts.lease_seconds / 3
-            if stop is not None:
-                child.kill_group(opts.kill_grace_seconds)
-        except BaseException:
-            child.kill_group(0)  # never leave a compile running behind a crashed supervisor
-            raise
-        finally:
-            for stream, line in child.finish():
-                self._take(stream, line)
-            self.progress.flush()
-            self.logs.close()
-        self.timings["prepare_seconds"] = start - self._started
-        self.timings["child_seconds"] = time.monotonic() - start
-        self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or child.proc.returncode})"
-                      f" after {self.timings['child_seconds']:.2f} s")
-        return stop if stop is not None else int(child.proc.returncode)
-
-    def _check_in(self, beat: bool) -> str | None:
-        """Flush, look for cancellation and renew the lease; tolerate a job store outage.
-
-        While the database is down the compile goes on: the lease is still ours until it
-        lapses, and if it does the reconciler hands the job on and this attempt's fence loses.
-        """
-        try:
-            if self.ctx.jobs.is_cancel_requested(job_id=self.job.id):
-                return "cancelled"
-            if beat and not self.ctx.jobs.heartbeat(job_id=self.job.id, fence=self.fence,
-                                                    lease_seconds=self.ctx.options.lease_seconds):
-                return "lost"
-        except StoreError as exc:
-            logger.warning("job %s: job store unavailable, compile goes on: %s", self.job.id,
-                           exc.detail)
-        return None
-
-    def _flush_quietly(self, now: float) -> None:
-        try:
-            self.logs.flush_if_due(now)
-            self.progress.flush_if_due(now)
-        except StoreError as exc:
-            logger.warning("job %s: could not write progress: %s", self.job.id, exc.detail)
-
-    def _take(self, stream: str, line: str) -> None:
-        event = parse_event(line) if stream == "stdout" else None
-        if event is None:
-            self.logs.add(line)
-        elif event["event"] == "progress":
-            stage, message = str(event.get("stage")), str(event.get("message", ""))
-            if stage in _STAGES:
-                self.progress.set(stage, float(event.get("progress", 0.0)), message)
-            self.logs.add(f"[{stage}] {message}")
-        elif event["event"] == "log":
-            self.logs.add(str(event.get("line", "")))
-        else:
-            self.logs.add(line)
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -351,6 +280,8 @@ class CompileAttempt:
         self.progress.set(Stage.STORING.value, 0.97, "storing artifacts", force=True)
         try:
             return self._store_and_finish()
+        except UnsafeOutputError as exc:
+            return self._fail(Failure.of(FailureCode.MODEL_ERROR, str(exc)))
         except (OSError, StoreError) as exc:
             self._discard_outputs()  # what the failed store left of this attempt
             detail = getattr(exc, "detail", None) or str(exc)
@@ -362,9 +293,10 @@ class CompileAttempt:
 
     def _store_and_finish(self) -> str:
         report_path = self.out_dir / "report.json"
-        report = json.loads(report_path.read_text())
+        report = json.loads(compiled_file(self.box, report_path).read_text())
         artifacts = [
-            self._put("compiled_model.tar.gz", self.out_dir / "compiled_model.tar.gz",
+            self._put("compiled_model.tar.gz",
+                      compiled_file(self.box, self.out_dir / "compiled_model.tar.gz"),
                       "application/gzip"),
             self._put("report.json", report_path, "application/json"),
         ]
@@ -376,6 +308,7 @@ class CompileAttempt:
             self.timings["queue_wait_seconds"] = (self.job.started_at - self.job.created_at
                                                   ).total_seconds()
         summary["worker_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        summary["compile_peaks"] = self.peaks
         return self._finish(JobStatus.SUCCEEDED, None, artifacts, summary)
 
     def _fail(self, failure: Failure, *, retry: bool = False, store_artifacts: bool = True) -> str:
@@ -415,7 +348,7 @@ class CompileAttempt:
                            self.job.id, self.fence, exc)
 
     def _put_workdir(self) -> list[Artifact]:
-        if self.workdir is None or not self.workdir.is_dir():
+        if self.workdir is None or self.workdir.is_symlink() or not self.workdir.is_dir():
             return []
         archive = self.tmp / "workdir.tar.gz"
         files = pack_dir(self.workdir, archive, "workdir")

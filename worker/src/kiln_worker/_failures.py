@@ -36,7 +36,7 @@ class JobError(Exception):
 
     def __init__(self, code: FailureCode | str, message: str) -> None:
         super().__init__(code, message)
-        self.code = FailureCode(code)
+        self.code = FailureCode.parse(code)
         self.message = message
 
     @property

@@ -194,11 +194,12 @@ def placement_callback(placement: Mapping[str, Any] | None) -> Callable[[Any], b
         placement: the spec, or ``None`` for automatic placement.
 
     Returns:
-        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or has no
-        op or name rules (only a ``mode``).
+        The callback (``NodeDef → bool``), or ``None`` when ``placement`` is ``None`` or names a
+        ``mode`` and no op or name rule (the mode alone decides). A spec with neither accepts
+        every node, as before modes existed (placement ``all``).
     """
     rules = ("include_ops", "exclude_ops", "include_names", "exclude_names")
-    if placement is None or not any(placement.get(key) for key in rules):
+    if placement is None or (placement.get("mode") and not any(placement.get(k) for k in rules)):
         return None
     include_ops = frozenset(placement.get("include_ops") or ())
     exclude_ops = frozenset(placement.get("exclude_ops") or ())

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln_client.codes import FailureCode
-from kiln_client.models import Failure
+from kiln_client.models import Failure, Stage
+from kiln_worker._protocol import parse_event
 
-__all__ = ["LogBuffer", "ProgressBuffer", "child_failure", "summarize_report"]
+__all__ = [
+    "LogBuffer", "ProgressBuffer", "child_failure", "summarize_report", "take_line",
+]
 
+_STAGES = frozenset(stage.value for stage in Stage)
 #: lines of the log kept for failure messages
 _TAIL_LINES = 12
 #: most lines sent to the job store in one write
@@ -175,3 +179,19 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
         "inputs_generated": report.get("inputs_generated"),
         "speed": report.get("speed"),
     }
+
+
+def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer) -> None:
+    """Route one line of the compile child: protocol events on stdout, the rest to the log."""
+    event = parse_event(line) if stream == "stdout" else None
+    if event is None:
+        logs.add(line)
+    elif event["event"] == "progress":
+        stage, message = str(event.get("stage")), str(event.get("message", ""))
+        if stage in _STAGES:
+            progress.set(stage, float(event.get("progress", 0.0)), message)
+        logs.add(f"[{stage}] {message}")
+    elif event["event"] == "log":
+        logs.add(str(event.get("line", "")))
+    else:
+        logs.add(line)

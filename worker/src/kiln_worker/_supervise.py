@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from kiln_worker._cgroups import join
+
 __all__ = ["ChildProcess", "child_environment"]
 
 logger = logging.getLogger(__name__)
@@ -60,10 +62,16 @@ def child_environment(home: Path, base: Mapping[str, str] | None = None) -> dict
 
 
 _PR_SET_PDEATHSIG = 1
+#: longest line of a compile's output kept (the rest of a longer line is dropped)
+MAX_LINE_BYTES = 64 * 1024
 
 
-def _child_preexec(rlimits: Mapping[int, int]) -> Callable[[], None]:
-    """A ``preexec_fn``: resource limits, and SIGKILL when the parent dies (Linux).
+def _child_preexec(rlimits: Mapping[int, int], cgroups: Sequence[str] = ()
+                   ) -> Callable[[], None]:
+    """A ``preexec_fn``: control groups, resource limits, SIGKILL when the parent dies (Linux).
+
+    The child joins its control groups (``cgroup.procs`` files) before it executes anything,
+    so every process and thread it starts is counted against their limits.
 
     The child has its own session, so a worker killed outright would otherwise leave the
     compile running with nobody to report it; with PR_SET_PDEATHSIG it dies with the worker.
@@ -76,6 +84,7 @@ def _child_preexec(rlimits: Mapping[int, int]) -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
+        join(list(cgroups))
         for which, value in limits.items():
             # An unprivileged worker cannot raise a hard limit: never ask above the current one.
             hard = resource.getrlimit(which)[1]
@@ -98,15 +107,16 @@ class ChildProcess:
         env: its environment.
         cwd: its working directory.
         rlimits: resource limits (``resource.RLIMIT_*`` → value) set in the child.
+        cgroups: ``cgroup.procs`` files of the control groups the child joins.
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-                 rlimits: Mapping[int, int] | None = None) -> None:
+                 rlimits: Mapping[int, int] | None = None, cgroups: Sequence[str] = ()) -> None:
         self._lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.proc = subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=dict(env), cwd=str(cwd), start_new_session=True,
-            preexec_fn=_child_preexec(rlimits or {}),
+            preexec_fn=_child_preexec(rlimits or {}, cgroups),
         )
         self.pid = self.proc.pid
         self._readers = [
@@ -118,9 +128,17 @@ class ChildProcess:
             reader.start()
 
     def _pump(self, name: str, pipe: IO[bytes]) -> None:
+        # A line is cut at MAX_LINE_BYTES and the rest of it dropped: a model printing one
+        # endless line must not fill the worker's memory nor the job log.
+        skipping = False
         with pipe:
-            for raw in iter(pipe.readline, b""):
-                self._lines.put((name, raw.decode("utf-8", "replace").rstrip("\r\n")))
+            for raw in iter(lambda: pipe.readline(MAX_LINE_BYTES), b""):
+                complete = raw.endswith(b"\n")
+                if not skipping:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    cut = "" if complete else f" [… line cut at {MAX_LINE_BYTES} bytes]"
+                    self._lines.put((name, line + cut))
+                skipping = not complete
 
     def next_line(self, timeout: float) -> tuple[str, str] | None:
         """The next ``(stream, line)`` read, or ``None`` if none came within ``timeout`` seconds."""

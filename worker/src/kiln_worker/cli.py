@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the worker until it is stopped (SIGTERM: finish the running job, then exit).
 
     Returns:
-        The process exit code.
+        The process exit code: 2 for bad arguments or settings, 3 when the compile sandbox
+        (``KILN_WORKER_SANDBOX``) cannot work on this machine.
     """
     args = build_parser().parse_args(argv)
     overrides: dict[str, object] = {}
@@ -78,12 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         from celery.signals import worker_ready
 
         worker_ready.connect(_silent_shutdown, weak=False)
+    from kiln_worker._sandbox import SandboxUnavailableError, isolation
+
+    try:  # before any job: a worker that cannot isolate compiles must not take one
+        found = isolation(settings, options)
+    except SandboxUnavailableError as exc:
+        print(f"kiln-worker: error: cannot start: {exc}", file=sys.stderr)
+        return 3
+    log = logging.getLogger(__name__)
+    (log.warning if found.sandbox.mode == "none" else log.info)("%s", found.describe())
     from kiln_worker.celery_app import create_worker_app
 
     hostname = args.hostname or f"kiln-{options.targets.replace(',', '-')}@%h"
     app = create_worker_app(settings, options)
     queues = ",".join(queue_name(t) for t in parse_targets(options.targets))
-    logging.getLogger(__name__).info(
+    log.info(
         "kiln-worker serving %s on %s (job store %s)", queues,
         settings.broker_url.split("@")[-1], settings.resolved_database_url.split("@")[-1],
     )

@@ -222,36 +222,24 @@ def _load_signature(tf: Any, spec: JobSpec) -> tuple[Any, Any]:
 
 
 def _test_hook_sleep() -> None:
-    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set): makes
-    # a compile last long enough for fault-injection tests to act mid-job.
-    seconds = float(os.environ.get("KILN_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
+    # TEST HOOK (off unless the worker's KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS is set, which
+    # the worker passes on under the same name): makes a compile last long enough for
+    # fault-injection tests to act mid-job.
+    seconds = float(os.environ.get("KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS", "0") or 0)
     if seconds > 0:
         logger.info("test hook: sleeping %.1f s before tracing", seconds)
         time.sleep(seconds)
 
 
-def _call_original(tf: Any, fn: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
-    """``fn(**inputs)``; compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
-
-    Returns:
-        The outputs, and why XLA ran it (``None`` when TensorFlow did).
-    """
-    from kiln_worker.tracer.reference import call_with_xla_fallback, lacks_cpu_kernel
-
-    try:
-        return fn(**inputs), None
-    except tf.errors.OpError as exc:
-        if not lacks_cpu_kernel(exc):
-            raise
-    return call_with_xla_fallback(lambda: fn(**inputs), [], "loading")
-
-
 def _run_model(
     tf: Any, fn: Any, inputs: dict[str, Any], what: str
 ) -> tuple[dict[str, Any], str | None]:
-    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``)."""
+    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``:
+    TensorFlow ran it; XLA compiles it whole when TensorFlow's CPU kernels cannot run it)."""
+    from kiln_worker.tracer.reference import call_with_xla_fallback
+
     try:
-        outputs, reason = _call_original(tf, fn, inputs)
+        outputs, reason = call_with_xla_fallback(lambda: fn(**inputs), [], "loading", in_graph=False)
     except Exception as exc:
         failure = classify_model_exception(exc, what)
         if failure is None:

@@ -25,9 +25,19 @@ def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: job store, artifact store and broker reachable")
+#: compile isolation modes, weakest first (``GET /readyz`` reports the weakest live one)
+_SANDBOX_ORDER = ("none", "unknown", "bubblewrap")
+
+
+@router.get("/readyz", summary="Readiness: job store, artifact store and broker reachable; "
+            "how live workers isolate compiles")
 async def readyz(request: Request) -> Response:
-    """Check each dependency; 503 problem naming those that are down."""
+    """Check each dependency; 503 problem naming those that are down.
+
+    The answer also says how compiles are isolated: ``sandbox`` is the weakest mode among the
+    live workers (``bubblewrap``; ``none`` if any runs compiles without isolation; ``null`` when
+    no worker is live) and ``sandbox_workers`` gives each live worker's.
+    """
     services = get_services(request)
     checks = await anyio.to_thread.run_sync(_run_checks, services)
     down = {name: error for name, error in checks.items() if error is not None}
@@ -40,7 +50,20 @@ async def readyz(request: Request) -> Response:
         )
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"status": "ok", "checks": {name: "ok" for name in checks}})
+    workers = await anyio.to_thread.run_sync(_worker_sandboxes, services)
+    modes = sorted(set(workers.values()), key=_SANDBOX_ORDER.index)
+    return JSONResponse({"status": "ok", "checks": {name: "ok" for name in checks},
+                         "sandbox": modes[0] if modes else None, "sandbox_workers": workers})
+
+
+def _worker_sandboxes(services: Services) -> dict[str, str]:
+    """``worker id → sandbox mode`` of the live workers (``unknown`` for older workers)."""
+    try:
+        live = services.job_store.list_workers(
+            live_within_seconds=services.settings.worker_liveness_seconds)
+    except KilnServiceError:
+        return {}
+    return {w.id: w.sandbox if w.sandbox in _SANDBOX_ORDER else "unknown" for w in live}
 
 
 def _run_checks(services: Services) -> dict[str, Any]:

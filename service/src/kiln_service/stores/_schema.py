@@ -129,5 +129,6 @@ workers = Table(
     Column("version", String(64), nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("sandbox", String(32)),
     Index("ix_workers_last_seen_at", "last_seen_at"),
 )

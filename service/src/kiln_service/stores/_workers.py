@@ -37,6 +37,9 @@ class WorkerInfo(BaseModel):
     """``kiln-worker`` package version."""
     started_at: datetime
     last_seen_at: datetime
+    sandbox: str | None = None
+    """How it isolates compiles: ``bubblewrap``, or ``none`` when its operator allowed running
+    them without isolation (``KILN_WORKER_SANDBOX``); empty for workers of older versions."""
 
 
 class WorkerList(BaseModel):
@@ -67,7 +70,8 @@ class WorkerRegistryMixin:
         raise NotImplementedError
 
     def register_worker(
-        self, *, worker_id: str, targets: Sequence[str], host: str, pid: int, version: str
+        self, *, worker_id: str, targets: Sequence[str], host: str, pid: int, version: str,
+        sandbox: str | None = None,
     ) -> WorkerInfo:
         """Insert or replace this worker's row, seen now.
 
@@ -77,6 +81,7 @@ class WorkerRegistryMixin:
             host: Host name.
             pid: Process id of the worker's main process.
             version: ``kiln-worker`` version.
+            sandbox: Its compile isolation (``bubblewrap`` or ``none``).
 
         Returns:
             The stored row.
@@ -86,7 +91,7 @@ class WorkerRegistryMixin:
         """
         now = utcnow()
         row = {"id": worker_id, "targets": list(targets), "host": host, "pid": pid,
-               "version": version, "started_at": now, "last_seen_at": now}
+               "version": version, "started_at": now, "last_seen_at": now, "sandbox": sandbox}
         with self._tx() as conn:
             # Delete-then-insert is an upsert both SQLite and PostgreSQL run the same way.
             conn.execute(delete(workers).where(

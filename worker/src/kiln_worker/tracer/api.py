@@ -141,7 +141,7 @@ def trace(
 
     Raises:
         TraceInputError: bad func, example_inputs or flags.
-        UnsupportedModelError: state that cannot be frozen (e.g. lookup tables).
+        UnsupportedModelError: state that cannot be kept (tables the function writes, iterators).
         BackendUnavailableError: the backend is not available here.
         TraceError: any other failure, naming the pass.
     """
@@ -161,10 +161,12 @@ def trace(
         # TensorFlow's CPU kernels cannot run the original (XLA gave the reference outputs):
         # plain TensorFlow is no alternative, so every op XLA takes is compiled, untimed.
         mode = "all"
-    measured = mode == "measured"
+    # A subgraph_builder_function decides placement itself: nothing is timed or second-guessed.
+    measured = mode == "measured" and subgraph_builder_function is None
     frozen = run("freeze", passes.freeze_graph, traced, parsed, dump)
     placed = run("place", passes.place_nodes, frozen, xla, subgraph_builder_function, mode)
-    partitioning = run("partition", passes.partition, placed, frozen, mode)
+    partitioning = run("partition", passes.partition, placed, frozen,
+                       "measured" if measured else "all")
     results = run(
         "compile",
         passes.compile_subgraphs,

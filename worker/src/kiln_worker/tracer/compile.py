@@ -46,8 +46,8 @@ def run_graph(
     frozen: FrozenGraph, graph_def: Any, fetches: list[str], examples: list[Any]
 ) -> list[Any]:
     """Run ``graph_def`` (inside a tf.function, never eagerly) and fetch tensors by name."""
-    feeds = list(frozen.input_names) + list(frozen.weights)
-    values = [tf.constant(x) for x in examples] + [v.value() for v in frozen.weights.values()]
+    feeds = list(frozen.input_names) + frozen.state_names
+    values = [tf.constant(x) for x in examples] + frozen.state_values()
     fed = dict(zip(feeds, values, strict=True))
     computed = [f for f in fetches if f not in fed]
     importer = GraphImporter(without_feeds(graph_def, feeds))

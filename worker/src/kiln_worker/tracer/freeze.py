@@ -4,7 +4,9 @@ then a grappler clean-up that deliberately leaves fusions (remapper) and layout 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,7 @@ from tensorflow.python.framework import convert_to_constants
 from tensorflow.python.grappler import tf_optimizer
 from tensorflow.python.training import saver
 
+from kiln_worker.tracer import tables
 from kiln_worker.tracer.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +25,7 @@ _PASS = "freeze"
 # Grappler passes that only simplify; "remapper" (fuses MatMul+BiasAdd+Relu into _FusedMatMul,
 # which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
 _CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
-_STATEFUL_TABLE_HINTS = ("HashTable", "LookupTable", "MutableHashTable", "Iterator")
+_FUNCTIONAL_CASE_OPS = frozenset({"Case", "StatelessCase"})
 
 
 @dataclass
@@ -30,13 +33,25 @@ class FrozenGraph:
     """A self-contained GraphDef with named input and output tensors.
 
     ``weights`` (only with ``--extract-weights``) maps placeholder names to the variables whose
-    values they take at run time.
+    values they take at run time; ``tables`` maps placeholder names to the lookup tables whose
+    handles they take (see :mod:`kiln_worker.tracer.tables`).
     """
 
     graph_def: Any
     input_names: list[str]
     output_names: list[str]
     weights: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_names(self) -> list[str]:
+        """The placeholders fed from state at run time: weights, then tables."""
+        return list(self.weights) + list(self.tables)
+
+    def state_values(self) -> list[Any]:
+        """The tensors those placeholders take (call inside the function that runs the graph)."""
+        weights = [tf.convert_to_tensor(v) for v in self.weights.values()]
+        return weights + [t.resource_handle for t in self.tables.values()]
 
 
 def cleanup(graph_def: Any, fetches: list[str]) -> Any:
@@ -75,16 +90,22 @@ def drop_placeholder_control_edges(graph_def: Any) -> Any:
 
 
 def _unfreezable(graph_def: Any, inputs: list[str]) -> list[str]:
-    """Nodes that still hold state after freezing (resource tensors, tables)."""
+    """Nodes that still hold state after freezing: resources other than fed tables, in-graph
+    tables, iterators."""
     input_nodes = {n.split(":")[0] for n in inputs}
+    # A captured resource that only orders other ops (a control input) holds nothing the graph
+    # reads: those edges are dropped below, so only resources read as data count.
+    read = {i.split(":")[0] for n in graph_def.node for i in n.input if not i.startswith("^")}
     bad = []
     for node in graph_def.node:
         is_resource_input = node.op == "Placeholder" and node.attr["dtype"].type in (
             types_pb2.DT_RESOURCE,
             types_pb2.DT_VARIANT,
         )
-        if (is_resource_input and node.name not in input_nodes) or any(
-            h in node.op for h in _STATEFUL_TABLE_HINTS
+        if (
+            (is_resource_input and node.name not in input_nodes and node.name in read)
+            or node.op in tables.TABLE_STATE_OPS
+            or "Iterator" in node.op
         ):
             bad.append(f"{node.name} ({node.op})")
     return bad
@@ -95,11 +116,47 @@ def _check_no_state(graph_def: Any, inputs: list[str]) -> None:
     if bad:
         raise UnsupportedModelError(
             "the function keeps resource tensors that cannot be frozen into constants: "
-            f"{', '.join(bad[:5])}. Stateful lookups (tf.lookup tables, StringLookup/"
-            "TextVectorization layers, iterators) are not supported: do the lookup before the "
-            "model (in your input pipeline) and trace the numeric part only",
+            f"{', '.join(bad[:5])}. Lookup tables are supported when the function only reads "
+            "them and they are created outside it (as Keras layers and tf.lookup tables "
+            "built before tracing are); iterators and other resources are not: read your data "
+            "before the model and trace the computation only",
             _PASS,
         )
+
+
+def _finish(
+    graph_def: Any, inputs: list[str], outputs: list[str], captures: Any, weights: dict[str, Any]
+) -> FrozenGraph:
+    """Snapshot the tables, refuse other state, clean up; the tables that survive are fed."""
+    snapshots = tables.snapshot_tables(captures, graph_def)
+    _check_no_state(graph_def, inputs + list(weights) + list(snapshots))
+    fetches = inputs + list(weights) + outputs
+    optimized = drop_placeholder_control_edges(cleanup(graph_def, fetches))
+    present = {n.name for n in optimized.node}
+    kept = {k: v for k, v in snapshots.items() if k.split(":")[0] in present}
+    logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
+    return FrozenGraph(optimized, inputs, outputs, weights, kept)
+
+
+@contextlib.contextmanager
+def _case_kept_functional() -> Iterator[None]:
+    """Make ``lower_control_flow=False`` cover ``Case`` too, as it does ``If`` and ``While``.
+
+    TensorFlow's freezer lists only If/While as control flow: the function inliner then lowers
+    every ``Case`` (``tf.switch_case``, ``tf.case``) into Switch/Merge, which no backend compiles
+    and which splits the graph into many pieces. The list is read at call time, so widening it
+    for the duration of one call is enough.
+    """
+    ops = "_CONTROL_FLOW_OPS"
+    original = getattr(convert_to_constants, ops, None)
+    if not isinstance(original, (set, frozenset)):  # another TensorFlow version: leave it
+        yield
+        return
+    setattr(convert_to_constants, ops, set(original) | _FUNCTIONAL_CASE_OPS)
+    try:
+        yield
+    finally:
+        setattr(convert_to_constants, ops, original)
 
 
 def freeze(concrete: Any) -> FrozenGraph:
@@ -109,18 +166,16 @@ def freeze(concrete: Any) -> FrozenGraph:
         UnsupportedModelError: state that cannot be frozen (lookup tables, other resources).
     """
     try:
-        frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
-            concrete,
-            lower_control_flow=False,  # keep While/If functional: one node each
-        )
+        with _case_kept_functional():
+            frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
+                concrete,
+                lower_control_flow=False,  # keep While/If/Case functional: one node each
+            )
     except Exception as e:  # TF raises several types here
         raise UnsupportedModelError(f"freezing variables failed: {e}", _PASS) from e
     inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen_func.outputs]
-    _check_no_state(graph_def, inputs)
-    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + outputs))
-    logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
-    return FrozenGraph(optimized, inputs, outputs)
+    return _finish(graph_def, inputs, outputs, concrete.graph.captures, {})
 
 
 def extract_weights(concrete: Any) -> FrozenGraph:
@@ -138,7 +193,9 @@ def extract_weights(concrete: Any) -> FrozenGraph:
         variable = _variable_of(concrete, external)
         if variable is not None:
             handles[internal.op.name] = variable
-    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    _captured_tensors_as_constants(graph_def, concrete.graph.captures)
+    arguments = concrete.inputs[: len(concrete.inputs) - len(concrete.captured_inputs)]
+    inputs = [t.name for t in arguments if t.dtype != tf.resource]
     outputs = [t.name for t in concrete.outputs]
     weights: dict[str, Any] = {}
     keep = []
@@ -161,9 +218,23 @@ def extract_weights(concrete: Any) -> FrozenGraph:
             "uses variables inside functions or loops: trace it without --extract-weights",
             _PASS,
         )
-    _check_no_state(graph_def, inputs + list(weights))
-    optimized = drop_placeholder_control_edges(cleanup(graph_def, inputs + list(weights) + outputs))
-    return FrozenGraph(optimized, inputs, outputs, weights)
+    return _finish(graph_def, inputs, outputs, concrete.graph.captures, weights)
+
+
+def _captured_tensors_as_constants(graph_def: Any, captures: Any) -> None:
+    """Captured tensors that are not resources (e.g. a table's default value) become Consts."""
+    values = {
+        internal.op.name: external
+        for external, internal in captures
+        if external.dtype != tf.resource and hasattr(external, "numpy")
+    }
+    for node in graph_def.node:
+        if node.op == "Placeholder" and node.name in values:
+            name = node.name
+            node.Clear()
+            node.name, node.op = name, "Const"
+            node.attr["dtype"].type = values[name].dtype.as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values[name].numpy()))
 
 
 def _variable_of(concrete: Any, handle: Any) -> Any:

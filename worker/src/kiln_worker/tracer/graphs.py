@@ -10,7 +10,7 @@ from collections import deque
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import function_pb2, graph_pb2
 
 #: Attribute that marks a call node (and its function) for XLA compilation.
 XLA_MUST_COMPILE = "_XlaMustCompile"
@@ -101,10 +101,13 @@ class GraphImporter:
         from tensorflow.python.saved_model import function_deserialization
         from tensorflow.python.util import compat
 
+        # load_function_def_library renames the FunctionDefs it is given *in place*: give it a
+        # copy, or the caller's graph keeps nodes that name functions its library lost (which
+        # then resolve only while the original model's functions happen to be registered).
+        library = function_pb2.FunctionDefLibrary()
+        library.CopyFrom(graph_def.library)
         self.functions = (
-            function_deserialization.load_function_def_library(graph_def.library)
-            if graph_def.library.function
-            else {}
+            function_deserialization.load_function_def_library(library) if library.function else {}
         )
         names = {old: compat.as_str(fn.name) for old, fn in self.functions.items()}
         self.graph_def = graph_pb2.GraphDef()

@@ -15,6 +15,7 @@ from typing import Any
 from tensorflow.core.framework import types_pb2
 
 from kiln_worker.tracer.graphs import NodeGraph
+from kiln_worker.tracer.tables import TABLE_REASON, is_table_op
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +137,20 @@ def node_dtypes(node: Any) -> list[int]:
     return found
 
 
+def table_policy() -> Policy:
+    """Keep lookup-table ops on CPU (a table is state the accelerator does not hold)."""
+    return Policy(TABLE_REASON, lambda node: not is_table_op(node.op))
+
+
 def plumbing_policy() -> Policy:
-    """Exclude placeholders, no-ops, fused (``_``-prefixed) ops and non-numeric dtypes."""
+    """Exclude table ops, placeholders, no-ops, fused (``_``-prefixed) ops and non-numeric dtypes."""
 
     def check(node: Any) -> bool:
         if node.op in NEVER_PLACED or node.op.startswith("_"):
             return False
         return not any(t in UNPLACEABLE_DTYPES for t in node_dtypes(node))
 
-    return Policy("graph plumbing, fused op or string/resource dtype", check)
+    return all_of(table_policy(), Policy("graph plumbing, fused op or string/resource dtype", check))
 
 
 def builder_policy(subgraph_builder_function: Callable[[Any], Any]) -> Policy:

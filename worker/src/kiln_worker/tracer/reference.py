@@ -22,7 +22,7 @@ __all__ = ["Reference", "call_with_xla_fallback", "lacks_cpu_kernel", "run_refer
 
 logger = logging.getLogger(__name__)
 #: Words of TensorFlow's messages for an op it has no (usable) CPU kernel for.
-_KERNEL_HINTS = ("OpKernel", "kernel", "only supports", "on the CPU", "on CPU")
+_KERNEL_HINTS = ("OpKernel", "only supports", "on the CPU", "on CPU", "kernel for")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,11 @@ def lacks_cpu_kernel(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     """The line of an error that says what failed (the kernel's complaint when there is one)."""
     lines = [line.strip() for line in (str(exc).strip() or type(exc).__name__).splitlines()]
-    lines = [line for line in lines if line and not line.endswith("execution error:")]
+    lines = [
+        line
+        for line in lines
+        if line and not line.endswith("execution error:") and not line.startswith('File "')
+    ]
     hinted = [line for line in lines if any(h in line for h in _KERNEL_HINTS)]
     line = (hinted or lines or [type(exc).__name__])[0]
     if line.startswith("{{function_node") and "}}" in line:
@@ -56,9 +60,16 @@ def first_line(exc: BaseException) -> str:
 
 
 def call_with_xla_fallback(
-    fn: Callable[..., Any], args: list[Any], pass_name: str = "inputs"
+    fn: Callable[..., Any], args: list[Any], pass_name: str = "inputs", *, in_graph: bool = True
 ) -> tuple[Any, str | None]:
-    """``fn(*args)`` in a tf.function; compiled by XLA if TensorFlow's kernels cannot run it.
+    """``fn(*args)``; compiled by XLA if TensorFlow's kernels cannot run it.
+
+    Args:
+        fn: the function; ``in_graph`` runs it inside a tf.function (needed for Python functions
+            that build a graph), else it is called as it is (a ConcreteFunction: its own errors
+            then keep the user's frames and are raised when it runs, not while re-tracing).
+        args: its arguments.
+        pass_name: the pass named by an error.
 
     Returns:
         The outputs, and ``None`` (TensorFlow ran it) or why XLA had to.
@@ -68,14 +79,20 @@ def call_with_xla_fallback(
         tf.errors.OpError: the function's own error (a failed assertion, a bad shape).
     """
     try:
-        return tf.function(fn, autograph=False)(*args), None
+        return (tf.function(fn, autograph=False) if in_graph else fn)(*args), None
     except tf.errors.OpError as e:
         if not lacks_cpu_kernel(e):
             raise
-        reason = f"TensorFlow's CPU kernels cannot run the original: {first_line(e)}"
+        return _with_xla(fn, args, e, pass_name)
+
+
+def _with_xla(fn: Callable[..., Any], args: list[Any], error: tf.errors.OpError,
+              pass_name: str) -> tuple[Any, str]:
+    """``fn(*args)`` compiled whole by XLA, after TensorFlow's kernels failed with ``error``."""
+    reason = f"TensorFlow's CPU kernels cannot run the original: {first_line(error)}"
     logger.info("%s; running it compiled by XLA", reason)
     try:
-        return tf.function(fn, autograph=False, jit_compile=True)(*args), reason
+        return tf.function(lambda *a: fn(*a), autograph=False, jit_compile=True)(*args), reason
     except Exception as e:  # XLA raises several types
         raise UnsupportedModelError(
             f"{reason}; and XLA cannot compile it whole either ({first_line(e)}). Run the ops "
@@ -87,6 +104,8 @@ def call_with_xla_fallback(
 
 def run_reference(concrete: Any, args: list[tf.Tensor]) -> Reference:
     """The original's outputs on the example inputs (a flat list), and their source."""
-    outputs, reason = call_with_xla_fallback(lambda *a: concrete(*a), args)
+    # Called as it is, so a model's own error keeps TensorFlow's whole message (the node, where
+    # the user's code defined it, the text the model raised).
+    outputs, reason = call_with_xla_fallback(concrete, args, in_graph=False)
     arrays = [np.asarray(t.numpy()) for t in outputs]
     return Reference(arrays, "xla" if reason else "tensorflow", reason)

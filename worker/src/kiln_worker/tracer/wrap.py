@@ -43,6 +43,12 @@ class ServingGraph:
     batch_mode: str  # "dynamic" | "fixed" | "pad"
     traced_batch: int | None
     weights: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fed_names(self) -> list[str]:
+        """Placeholders fed at run time: the inputs, then the weights, then the tables."""
+        return self.input_names + list(self.weights) + list(self.tables)
 
 
 def _only_calls(graph_def: Any) -> bool:
@@ -61,9 +67,11 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         self._in_structure = serving.input_structure
         self._out_structure = serving.output_structure
         self._kiln_weights = list(serving.weights.values())
-        graph_def = without_feeds(serving.graph_def, serving.input_names + list(serving.weights))
+        # Tracked, so that saving the model saves the tables (and their contents) too.
+        self._kiln_tables = list(serving.tables.values())
+        graph_def = without_feeds(serving.graph_def, serving.fed_names)
         self._serve = tf.function(
-            _make_runner(serving, graph_def, self._kiln_weights),
+            _make_runner(serving, graph_def),
             input_signature=serving.input_specs,
             autograph=False,
             # A graph that is nothing but one compiled call runs faster compiled whole: it skips
@@ -109,16 +117,19 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         return {}
 
 
-def _make_runner(serving: ServingGraph, graph_def: Any, weights: list[Any]) -> Any:
-    feeds = serving.input_names + list(serving.weights)
+def _make_runner(serving: ServingGraph, graph_def: Any) -> Any:
+    feeds = serving.fed_names
     importer = GraphImporter(graph_def)
 
     def run_graph(args: list[tf.Tensor]) -> list[tf.Tensor]:
-        values = dict(zip(feeds, list(args) + [tf.convert_to_tensor(w) for w in weights], strict=True))
+        values = list(args) + [tf.convert_to_tensor(w) for w in serving.weights.values()]
+        # tf.identity captures the (eager) handle into the function being built.
+        values += [tf.identity(table.resource_handle) for table in serving.tables.values()]
+        fed = dict(zip(feeds, values, strict=True))
         # An output that is an input (passed straight through) is not in the imported graph.
-        fetched = [o for o in serving.output_names if o not in values]
-        imported = iter(importer(values, fetched, name="kiln") if fetched else [])
-        return [values[o] if o in values else next(imported) for o in serving.output_names]
+        fetched = [o for o in serving.output_names if o not in fed]
+        imported = iter(importer(fed, fetched, name="kiln") if fetched else [])
+        return [fed[o] if o in fed else next(imported) for o in serving.output_names]
 
     def run(*args: tf.Tensor) -> list[tf.Tensor]:
         if serving.batch_mode == "pad" and serving.traced_batch:
@@ -203,6 +214,7 @@ def build_model(
             mode,
             traced_batch,
             dict(frozen.weights),
+            dict(frozen.tables),
         )
         return TracedModel(serving, {"on_neuron_ratio": 0.0})
 
