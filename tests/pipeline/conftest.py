@@ -10,15 +10,11 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
-from pipeline_support import Api, api_env, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+from pipeline_support import ROOT, TF_ENV, Api, api_env, free_port
 
 
 @pytest.fixture(scope="session")

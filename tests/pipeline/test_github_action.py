@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, TF_ENV
-from pipeline_support import BIN, free_port, wait_ready
+from pipeline_support import BIN, ROOT, TF_ENV, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TF_ENV
-from pipeline_support import BIN, free_port, wait_ready
+from pipeline_support import BIN, ROOT, TF_ENV, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 SECTION = "## Use Kiln from a pipeline"
