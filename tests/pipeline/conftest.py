@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
 
 import numpy as np
-import psycopg
 import pytest
 from pipeline_support import ROOT, TF_ENV, Api, api_env, free_port
+
+from _support.postgres import fresh_database
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +57,5 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database ``kiln_test_pipe_<random>`` (dropped afterwards)."""
-    admin = os.environ.get("KILN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    admin = admin.replace("postgresql+psycopg://", "postgresql://")
-    name = f"kiln_test_pipe_{secrets.token_hex(4)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_test_pipe") as url:
+        yield url

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
+
+from _support.postgres import fresh_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -44,7 +44,6 @@ from integration_support import (
 from test_sandbox import TOKEN, build, plant_secrets, read_paths
 
 HERE = Path(__file__).resolve().parent
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = os.environ.get("KILN_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/7"
 
 pytestmark = [pytest.mark.integration,
@@ -60,12 +59,8 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def pg_database() -> Iterator[str]:
-    name = f"kiln_test_sandbox_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kiln_test_sandbox") as url:
+        yield url
 
 
 def stack_env(root: Path, kind: str, pg_url: str) -> dict[str, str]:
