@@ -9,53 +9,26 @@ Screenshots go to ``$KILN_UI_SCREENSHOTS`` (default ``.artifacts/ui-screenshots`
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.client.conftest import TF_ENV, _service_command, _stop, _wait_ready, free_port
+from ui_support import BIN, CHROMIUM, CHROMIUM_ARGS, ROOT, SLOW_SECONDS, Dashboard
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-#: flags for a root, offline, headless Chromium (no background calls to hosts we cannot reach)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
-#: the worker sleeps this long before tracing, so a job can be cancelled while it runs
-SLOW_SECONDS = 4
-
-
-@dataclass
-class Dashboard:
-    """The running service and two tenants' keys."""
-
-    url: str
-    data_dir: Path
-    key: str
-    other_key: str
+from _support.processes import free_port, quiet_env, start, wait_ready
 
 
 @pytest.fixture(scope="session")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
-    command = _service_command()
-    if command is None:
-        pytest.skip("the `kiln-service` command is not installed (uv sync --all-packages)")
     data_dir = tmp_path_factory.mktemp("kiln-ui")
-    log = data_dir.parent / "kiln-ui-service.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_ENV, KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS=str(SLOW_SECONDS))
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*command, "up", "--port", str(port), "--data-dir", str(data_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+    env = quiet_env(KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS=str(SLOW_SECONDS))
+    service = start("kiln-ui-service", [str(BIN / "kiln-service"), "up", "--port", str(port),
+                                        "--data-dir", str(data_dir)], env, data_dir.parent)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, url, log)
+        wait_ready(url, [service], timeout=240)
         from kiln_service.stores.jobs import JobStore
 
         store = JobStore(f"sqlite:///{data_dir / 'kiln.db'}")
@@ -63,7 +36,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         store.dispose()
         yield Dashboard(url, data_dir, (data_dir / "api-key").read_text().strip(), other)
     finally:
-        _stop(proc)
+        service.stop(grace=30)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.ui.conftest import ROOT, Dashboard
+from ui_support import ROOT, Dashboard
 
 pytestmark = pytest.mark.integration
 
