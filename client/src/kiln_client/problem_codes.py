@@ -26,7 +26,7 @@ class ProblemCode(str, Enum):
         return member
 
     def __str__(self) -> str:
-        return self.value
+        return str(self._value_)
 
     # -- 400 ----------------------------------------------------------------------------------
     #: the request is malformed

@@ -23,7 +23,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -161,7 +161,9 @@ def read_signatures(path: Path, info: ArchiveInfo, *, scratch: Path) -> dict[str
 
 def _pick_signatures(metas: list[MetaGraph]) -> dict[str, Signature]:
     serving = [m for m in metas if "serve" in m.tags] or metas
-    return {k: v for k, v in serving[0].signatures.items() if not k.startswith("__")}
+    # parse_saved_model gives the scanning Signature subclass for every signature
+    return {k: cast(Signature, v) for k, v in serving[0].signatures.items()
+            if not k.startswith("__")}
 
 
 def _extract_member(path: Path, kind: str, member: str, target: Path) -> None:
