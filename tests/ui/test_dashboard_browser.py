@@ -166,6 +166,7 @@ def test_other_tenants_job_looks_exactly_like_a_missing_one(
         answers.append((response.status, page.locator("main").inner_text()))
     assert answers[0] == answers[1] and answers[0][0] == 404
     assert theirs not in page.content()
+    assert _axe_serious(page) == []  # the not-found page
     page.goto(f"{dashboard.url}/ui/")
     assert page.locator(f'tr[data-job-id="{theirs}"]').count() == 0
     assert _axe_serious(page) == []
