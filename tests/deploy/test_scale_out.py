@@ -255,7 +255,8 @@ def test_jobs_spread_over_two_xla_workers_artifacts_in_object_store(cluster: Clu
             assert f"{cluster.prefix}/default/jobs/{job_id}/upload/model" in keys
             assert jobs[job_id]["artifacts"], f"job {job_id} stored no artifact"
             for artifact in jobs[job_id]["artifacts"]:
-                key = f"{cluster.prefix}/default/jobs/{job_id}/{artifact['name']}"
+                attempt = jobs[job_id]["attempts"]  # the published attempt's own keys
+                key = f"{cluster.prefix}/default/jobs/{job_id}/attempt-{attempt}/{artifact['name']}"
                 assert key in keys, f"{key} missing from the bucket"
                 head = s3_client.head_object(Bucket=cluster.bucket, Key=key)
                 assert head["Metadata"]["sha256"] == artifact["sha256"]

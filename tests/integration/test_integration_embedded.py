@@ -23,7 +23,9 @@ def test_embedded_defaults_compile_and_serve_the_model(
     data = embedded_stack.data_dir
     assert (data / "kiln.db").is_file()  # SQLite job store
     assert (data / "broker").is_dir()  # filesystem transport
-    stored = data / "artifacts" / "jobs" / job["id"] / "compiled_model.tar.gz"
+    # each attempt stores under its own keys; the published one is the last (attempts = fence)
+    stored = (data / "artifacts" / "jobs" / job["id"] / f"attempt-{done['attempts']}"
+              / "compiled_model.tar.gz")
     archive = embedded_stack.download(job["id"], "compiled_model.tar.gz", tmp_path / "c.tgz")
     assert archive.read_bytes() == stored.read_bytes()
     sha = {a["name"]: a["sha256"] for a in done["artifacts"]}["compiled_model.tar.gz"]
