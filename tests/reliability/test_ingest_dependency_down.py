@@ -53,6 +53,8 @@ def _requests(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
             kwargs: dict[str, Any] = {}
             if path == "/v1/compile":
                 kwargs["files"] = {"model": ("m.tgz", model_tar())}
+            elif path == "/v1/webhooks" and method == "post":  # a valid body: the store is next
+                kwargs["json"] = {"url": "http://127.0.0.1:9/kiln"}  # allowed below; never sent
             out.append((method.upper(), concrete, kwargs))
     return out
 
@@ -61,7 +63,7 @@ async def test_ingest_database_and_broker_down_every_route_503(tmp_path: Path) -
     settings = settings_for(
         tmp_path / "kiln",
         database_url=f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/kiln",
-        broker_url=f"redis://127.0.0.1:{_closed_port()}/0")
+        broker_url=f"redis://127.0.0.1:{_closed_port()}/0", webhook_allow_private_urls=True)
     async with running_api(settings) as (_, client):
         spec = (await client.get("/openapi.json")).json()
         requests = _requests(spec)

@@ -261,7 +261,7 @@ def test_a_compile_dying_of_a_signal_twice_is_the_models_failure(area: dict[str,
         runner = threading.Thread(target=run_compile_job, args=(ctx, job_id))
         runner.start()
         pid = wait_for(lambda: _compile_process(job_id), "the compile process", timeout=120)
-        wait_for(lambda n=attempt: sum(e.line.startswith("INFO") and "test hook: sleep" in e.line
+        wait_for(lambda n=attempt: sum("kiln_worker.runner: test hook: sleep" in e.line
                                        for e in ctx.jobs.read_logs(job_id=job_id)) == n,
                  "this attempt's compile to load", 300)
         os.kill(pid, signal.SIGSEGV)
