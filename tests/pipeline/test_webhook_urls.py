@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.main import create_app
 from kiln_service.webhooks.sender import backoff_seconds
-from kiln_service.webhooks.urls import WebhookURLError, check_webhook_url
+from kiln_service.webhooks.urls import WebhookURLError, check_webhook_url, pin_webhook_url
 
 
 @pytest.mark.parametrize("url", [
@@ -33,6 +34,33 @@ def test_internal_addresses_are_refused_with_the_way_to_allow_them(url: str) -> 
 def test_other_schemes_and_credentials_are_refused(url: str) -> None:
     with pytest.raises(WebhookURLError):
         check_webhook_url(url, allow_private=True)
+
+
+def _resolver(answers: list[list[str]]) -> Any:
+    """A stand-in for the DNS resolver (no DNS server can be controlled here): each lookup of
+    the name gets the next answer, so a rebinding name can be played."""
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port)) for a in answers.pop(0)]
+    return getaddrinfo
+
+
+def test_each_attempt_connects_to_the_checked_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first lookup says public, a second would say loopback (DNS rebinding): the pinned
+    # request goes to the checked public address, carrying the receiver's name.
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver([["93.184.216.34"], ["127.0.0.1"]]))
+    pinned = pin_webhook_url("https://hooks.example.com:8443/in?x=1", allow_private=False)
+    assert pinned.url == "https://93.184.216.34:8443/in?x=1"
+    assert pinned.headers == {"host": "hooks.example.com:8443"}
+    assert pinned.extensions == {"sni_hostname": "hooks.example.com"}
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver([["2606:2800:220:1::1"]]))
+    assert pin_webhook_url("http://hooks.example.com/in", allow_private=False).url == \
+        "http://[2606:2800:220:1::1]/in"
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver([["93.184.216.34", "10.0.0.5"]]))
+    with pytest.raises(WebhookURLError, match=r"10\.0\.0\.5"):
+        pin_webhook_url("http://hooks.example.com/in", allow_private=False)
+    assert pin_webhook_url("http://hooks.example.com/in", allow_private=True).url == \
+        "http://hooks.example.com/in"
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

@@ -24,7 +24,7 @@ from kiln_client.webhooks import sign
 from kiln_service.config import Settings
 from kiln_service.errors import StoreError
 from kiln_service.webhooks.store import SUCCEEDED, DueDelivery, WebhookStore
-from kiln_service.webhooks.urls import WebhookURLError, check_webhook_url
+from kiln_service.webhooks.urls import WebhookURLError, pin_webhook_url
 
 __all__ = ["WebhookSender", "backoff_seconds", "run_sender"]
 
@@ -95,8 +95,8 @@ class WebhookSender:
     async def _post(self, client: httpx.AsyncClient, delivery: DueDelivery) -> tuple[int | None, str | None]:
         allow = self.settings.webhook_allow_private_urls
         try:
-            url = await anyio.to_thread.run_sync(partial(check_webhook_url, delivery.url,
-                                                         allow_private=allow))
+            target = await anyio.to_thread.run_sync(partial(pin_webhook_url, delivery.url,
+                                                            allow_private=allow))
         except WebhookURLError as exc:
             return None, exc.detail
         timestamp = int(time.time())
@@ -104,9 +104,11 @@ class WebhookSender:
             "content-type": "application/json", "user-agent": "kiln-webhooks/1",
             "webhook-id": delivery.id, "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(delivery.secret, delivery.id, timestamp, delivery.payload),
+            **target.headers,
         }
         try:
-            response = await client.post(url, content=delivery.payload.encode(), headers=headers,
+            response = await client.post(target.url, content=delivery.payload.encode(),
+                                         headers=headers, extensions=target.extensions,
                                          timeout=self.settings.webhook_timeout_seconds)
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
