@@ -168,8 +168,39 @@ def test_receiver_down_for_good_is_marked_failed(tmp_path: Any, model_tgz: bytes
         assert deliveries[0]["status"] == "failed", deliveries
         assert deliveries[0]["attempts"] >= 2 and deliveries[0]["last_response_code"] is None
         assert "Connect" in deliveries[0]["last_error"]
+        second = submit(api, model_tgz, inputs_npz, webhook_url=dead)
     finally:
         api.stop()
+    run_job(api, second["id"])  # its events stay undispatched: the sender is stopped
+    assert_pruning_keeps_what_is_owed(api, done=job["id"], owed=second["id"])
+
+
+def assert_pruning_keeps_what_is_owed(api: Api, *, done: str, owed: str) -> None:
+    """Retention: the finished job's events and failed delivery go; undispatched events stay."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, func, select
+
+    from kiln_service.stores._event_schema import job_events, webhook_deliveries
+    from kiln_service.stores._schema import utcnow
+    from kiln_service.webhooks.store import WebhookStore
+
+    engine = create_engine(f"sqlite:///{api.env['KILN_DATA_DIR']}/kiln.db")
+    try:
+        def count(table: Any, job_id: str) -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(table)
+                                        .where(table.c.job_id == job_id)).scalar_one())
+
+        store = WebhookStore(engine)
+        assert store.prune(older_than=utcnow() - timedelta(days=1)) == 0  # nothing old enough
+        before = count(job_events, owed)
+        assert count(job_events, done) > 0 and count(webhook_deliveries, done) == 1 and before > 0
+        assert store.prune(older_than=utcnow() + timedelta(seconds=1)) > 0
+        assert count(job_events, done) == 0 and count(webhook_deliveries, done) == 0
+        assert count(job_events, owed) == before
+    finally:
+        engine.dispose()
 
 
 def test_api_restart_between_job_end_and_delivery_loses_no_event(

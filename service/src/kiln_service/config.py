@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     """How often the API's webhook sender looks for new events and due deliveries."""
     webhook_sender: bool = True
     """Run the webhook sender in this API process (several replicas share the work safely)."""
+    event_retention_days: float = Field(default=14.0, gt=0)
+    """Job events (the live stream's history, ``Last-Event-ID``) and finished webhook deliveries
+    older than this are deleted by the webhook sender; pending deliveries are always kept."""
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object per log line (``job_id``, ``request_id``, ``tenant``,
     ``attempt`` where they apply) from the API, the worker and the compile process; ``text``:

@@ -23,6 +23,7 @@ import httpx
 from kiln_client.webhooks import sign
 from kiln_service.config import Settings
 from kiln_service.errors import StoreError
+from kiln_service.stores._schema import utcnow
 from kiln_service.webhooks.store import SUCCEEDED, DueDelivery, WebhookStore
 from kiln_service.webhooks.urls import WebhookURLError, pin_webhook_url
 
@@ -52,6 +53,18 @@ class WebhookSender:
         self.store = store
         self.settings = settings
         self.on_outcome = on_outcome
+        self._next_prune = 0.0
+
+    async def _prune_now_and_then(self) -> None:
+        """Delete old events and finished deliveries, at most once an hour per process."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + 3600
+        cutoff = utcnow() - timedelta(days=self.settings.event_retention_days)
+        deleted = await anyio.to_thread.run_sync(partial(self.store.prune, older_than=cutoff))
+        if deleted:
+            logger.info("pruned %d job events and webhook deliveries older than %s",
+                        deleted, cutoff.isoformat())
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Fan out new events, then attempt every due delivery once.
@@ -60,6 +73,7 @@ class WebhookSender:
             How many attempts were made.
         """
         await anyio.to_thread.run_sync(partial(self.store.dispatch_events))
+        await self._prune_now_and_then()
         lease = self.settings.webhook_timeout_seconds * 3 + 30
         due = await anyio.to_thread.run_sync(partial(self.store.claim_due, lease_seconds=lease))
         # One endpoint's deliveries go in event order, one at a time; endpoints in parallel.

@@ -207,6 +207,25 @@ class WebhookStore:
                                  claimed_until=None, updated_at=now))
         return status
 
+    def prune(self, *, older_than: datetime) -> int:
+        """Delete dispatched job events and finished deliveries last changed before ``older_than``.
+
+        Pending deliveries are kept whatever their age (the sender still owes them), and so is
+        the event each one was made from.
+
+        Returns:
+            How many rows were deleted.
+        """
+        finished = (webhook_deliveries.c.status != PENDING,
+                    webhook_deliveries.c.updated_at < older_than)
+        owed = select(webhook_deliveries.c.event_id).where(webhook_deliveries.c.status == PENDING)
+        with self._tx() as conn:
+            deliveries = conn.execute(delete(webhook_deliveries).where(*finished)).rowcount
+            events = conn.execute(delete(job_events).where(
+                job_events.c.dispatched.is_(True), job_events.c.created_at < older_than,
+                job_events.c.id.not_in(owed))).rowcount
+        return int(deliveries or 0) + int(events or 0)
+
     def list_deliveries(self, *, tenant: str, endpoint_id: str, limit: int = 100) -> list[WebhookDelivery]:
         """The endpoint's deliveries, newest first."""
         self.get_endpoint(tenant=tenant, endpoint_id=endpoint_id)
