@@ -28,25 +28,41 @@
     setTimeout(tick, 1000);
   }
 
-  // Job page: status, stage and progress by polling; the log by server-sent events.
-  function liveJob(section) {
+  // Job page: one typed event stream (/v1/jobs/{id}/events) carries status, stage and log.
+  // EventSource resumes by itself after a dropped connection (it sends Last-Event-ID).
+  function liveJob(section, pre) {
     const id = section.dataset.liveJob;
     const status = section.querySelector('[data-field="status"]');
     if (TERMINAL.has(status.textContent)) return;
     const stage = section.querySelector('[data-field="stage"]');
     const bar = section.querySelector('[data-field="progress"]');
-    const tick = async () => {
-      const job = await getJob(id);
-      if (job) {
-        setStatus(status, job.status);
-        stage.textContent = job.stage + (job.stage_message ? `: ${job.stage_message}` : "");
-        bar.value = Math.round(job.progress * 100);
-        bar.textContent = `${bar.value}%`;
-        if (TERMINAL.has(job.status)) return finished(job);
-      }
-      setTimeout(tick, 1000);
+    if (pre) pre.textContent = "";
+    const source = new EventSource(`/v1/jobs/${id}/events`);
+    const data = (e) => JSON.parse(e.data);
+    const showStage = (name, progress, message) => {
+      stage.textContent = name + (message ? `: ${message}` : "");
+      bar.value = Math.round(progress * 100);
+      bar.textContent = `${bar.value}%`;
     };
-    setTimeout(tick, 500);
+    source.addEventListener("status", (e) => {
+      const job = data(e).job;
+      setStatus(status, job.status);
+      showStage(job.stage, job.progress, job.stage_message);
+    });
+    source.addEventListener("stage", (e) => {
+      const s = data(e);
+      showStage(s.stage, s.progress, s.message);
+    });
+    source.addEventListener("log", (e) => {
+      if (!pre) return;
+      pre.textContent += data(e).line + "\n";
+      pre.scrollTop = pre.scrollHeight;
+    });
+    source.addEventListener("end", async () => {
+      source.close();
+      const job = await getJob(id);
+      if (job) { setStatus(status, job.status); finished(job); }
+    });
   }
 
   async function finished(job) {
@@ -59,17 +75,6 @@
       `<input type="hidden" name="csrf" value="${csrf()}">` +
       `<button type="submit" class="danger">Delete job</button></form>`;
     if (job.failure) location.reload();  // the failure box is rendered by the server
-  }
-
-  function liveLog(pre) {
-    if (pre.dataset.terminal === "true") return;
-    pre.textContent = "";
-    const source = new EventSource(`${pre.dataset.logUrl}?follow=true`);
-    source.onmessage = (e) => {
-      pre.textContent += e.data + "\n";
-      pre.scrollTop = pre.scrollHeight;
-    };
-    source.addEventListener("end", () => source.close());
   }
 
   // Placement picture: the reason of an op as a tooltip on hover and on keyboard focus.
@@ -136,9 +141,8 @@
     const list = document.querySelector("[data-live-jobs]");
     if (list) liveList(list);
     const job = document.querySelector("[data-live-job]");
-    if (job) liveJob(job);
     const log = document.getElementById("log");
-    if (log) liveLog(log);
+    if (job) liveJob(job, log && log.dataset.terminal !== "true" ? log : null);
     const form = document.querySelector("[data-submit]");
     if (form) submitForm(form);
     wireGraph();
