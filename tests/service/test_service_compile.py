@@ -137,6 +137,7 @@ BAD_UPLOADS = {
     "unknown_signature": (lambda m: (None, good_inputs(), {"signature": "nope"}), 422, "unknown_signature"),
     "inputs_wrong_name": (lambda m: (None, npz_bytes(x=np.ones((2, 3), np.float32), idz=np.ones((2, 5, 4), np.int32)), {}), 422, "example_inputs_mismatch"),
     "inputs_wrong_dtype": (lambda m: (None, good_inputs(x=np.ones((2, 3), np.float64)), {}), 422, "example_inputs_mismatch"),
+    "inputs_unnamed": (lambda m: (None, npz_bytes(arr_0=np.ones((2, 3), np.float32), arr_1=np.ones((2, 5, 4), np.int32)), {}), 422, "example_inputs_mismatch"),
     "inputs_wrong_rank": (lambda m: (None, good_inputs(ids=np.ones((2, 4), np.int32)), {}), 422, "example_inputs_mismatch"),
     "inputs_wrong_fixed_dim": (lambda m: (None, good_inputs(x=np.ones((2, 5), np.float32)), {}), 422, "example_inputs_mismatch"),
     "inputs_pickled_objects": (lambda m: (None, good_inputs(x=np.array([{"a": 1}, None], dtype=object)), {}), 422, "pickled_example_inputs"),
@@ -184,6 +185,8 @@ async def test_bad_upload_is_a_problem_and_nothing_is_stored(
         assert "other" in body["detail"] and "serving_default" in body["detail"]
     if case == "unknown_dim_without_shapes":
         assert "'ids'" in body["detail"] and "'x'" not in body["detail"]
+    if case == "inputs_unnamed":  # np.savez(path, a, b): the detail says how to name them
+        assert "np.savez(path, ids=..., x=...)" in body["detail"]
     if case == "inputs_wrong_dtype":
         assert "'x'" in body["detail"] and "float64" in body["detail"]
     if case == "unknown_target":

@@ -250,8 +250,13 @@ def check_example_inputs(path: Path, signature: Signature, *, max_array_bytes: i
     missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
         parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else ""]
+        hint = ""
+        if any(name.startswith("arr_") for name in extra):
+            keywords = ", ".join(f"{name}=..." for name in sorted(expected))
+            hint = (f". np.savez(path, array) names arrays arr_0, arr_1, ...; name each after "
+                    f"its input instead: np.savez(path, {keywords})")
         raise reject("example_inputs_mismatch", "example_inputs does not match the signature's "
-                      f"inputs {sorted(expected)}: " + "; ".join(p for p in parts if p))
+                      f"inputs {sorted(expected)}: " + "; ".join(p for p in parts if p) + hint)
     for name, (shape, dtype) in sorted(arrays.items()):
         spec = expected[name]
         if not _dtype_fits(spec.dtype, dtype):
