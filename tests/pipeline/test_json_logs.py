@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pipeline_support import BIN, Api, api_env, free_port
+from pipeline_support import BIN, Api, api_env, free_port, wait_finished
 
 REDIS_URL = os.environ.get("KILN_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/6"
 pytestmark = pytest.mark.integration
@@ -59,12 +58,7 @@ def test_one_jobs_life_is_json_with_its_id_and_no_key(
                        files={"model": ("m.tgz", model_tgz), "example_inputs": ("x.npz", inputs_npz)})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            job = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=auth).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
+        job = wait_finished(api.url, job_id, auth)
         assert job["status"] == "succeeded", job
         job_log = httpx.get(f"{api.url}/v1/jobs/{job_id}/logs", headers=auth).text
     finally:

@@ -14,13 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pipeline_support import BIN, Api, api_env, free_port
+from pipeline_support import BIN, Api, api_env, free_port, loopback_server, wait_finished
 
 REDIS_URL = os.environ.get("KILN_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/7"
 WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LW9mLXRoZS10cmFjZS10ZXN0LTEyMzQ="
@@ -100,15 +100,8 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(Handler) as rec.url:
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _run_one_job(tmp_path: Path, rec: OtlpReceiver, model_tgz: bytes, inputs_npz: bytes
@@ -138,12 +131,7 @@ def _run_one_job(tmp_path: Path, rec: OtlpReceiver, model_tgz: bytes, inputs_npz
             "webhook_url": f"{rec.url}/hook", "webhook_secret": WEBHOOK_SECRET})
         assert r.status_code == 202, r.text
         job_id = str(r.json()["id"])
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            job = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=auth).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
+        job = wait_finished(api.url, job_id, auth)
         assert job["status"] == "succeeded", job
         _wait_for(rec, lambda names: "kiln.compile" in names and "POST /v1/compile" in names)
     finally:
