@@ -163,3 +163,21 @@ def api_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env.update(KILN_DATA_DIR=str(data_dir), KILN_AUTH="off", KILN_WEBHOOK_POLL_SECONDS="0.1")
     env.update(overrides)
     return env
+
+
+#: the trace context the test's request arrives with (the API continues it)
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LW9mLXRoZS10cmFjZS10ZXN0LTEyMzQ="
+
+
+@dataclass
+class JobRun:
+    """What one real job's life left: its id, the key used, the three processes' logs, the spans."""
+
+    job_id: str
+    key: str
+    api_log: Path
+    worker_log: Path
+    job_log: str
+    traces: Any
+    """The :class:`otlp_support.OtlpReceiver` the processes exported to."""
