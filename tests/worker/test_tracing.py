@@ -27,7 +27,7 @@ WITHOUT_EXTRA = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, NoOtelSdk())
-    from starlette.testclient import TestClient
+    import asyncio, httpx
     from kiln_service import tracing
     from kiln_service.config import Settings
     from kiln_service.main import create_app
@@ -39,8 +39,10 @@ WITHOUT_EXTRA = textwrap.dedent("""
     assert tracing.configure_tracing("off", "kiln-api") is False
     with _tracing.runner_trace(print, {}, {"TRACEPARENT": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) as (root, on_stage):
         assert on_stage is None
-    with TestClient(create_app(Settings(data_dir=sys.argv[1], auth="off"))) as client:
-        assert client.get("/livez").status_code == 200
+    async def livez(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return (await c.get("/livez")).status_code
+    assert asyncio.run(livez(create_app(Settings(data_dir=sys.argv[1], auth="off")))) == 200
     try:
         create_app(Settings(data_dir=sys.argv[1], auth="off", tracing="otlp"))
     except tracing.TracingUnavailableError as exc:
