@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kiln_client.codes import FailureCode
 from kiln_service import tracing
+from kiln_worker._failures import JobError
 from kiln_worker._tracing import MAX_CHILD_SPANS, ChildSpans, runner_trace
 
 WITHOUT_EXTRA = textwrap.dedent("""
@@ -37,7 +40,7 @@ WITHOUT_EXTRA = textwrap.dedent("""
         ref.set({"b": 2}); ref.fail("no")
     assert tracing.inject({}) == {} and tracing.message_headers() is None
     assert tracing.configure_tracing("off", "kiln-api") is False
-    with _tracing.runner_trace(print, {}, {"TRACEPARENT": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) as (root, on_stage):
+    with _tracing.runner_trace(print, {}, {"TRACEPARENT": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) as on_stage:
         assert on_stage is None
     async def livez(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -81,12 +84,13 @@ def _child_events(traceparent: str) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     saved = dict(vars(tracing._state))
     try:
-        with runner_trace(lambda event, **fields: sent.append(fields), {"kiln.job_id": "j"},
-                          {"TRACEPARENT": traceparent}) as (root, on_stage):
+        with contextlib.suppress(JobError), runner_trace(
+                lambda event, **fields: sent.append(fields), {"kiln.job_id": "j"},
+                {"TRACEPARENT": traceparent}) as on_stage:
             assert on_stage is not None
             on_stage("loading")
             on_stage("tracing")
-            root.fail("TimeOut")
+            raise JobError(FailureCode.TIME_OUT, "too slow")
     finally:
         vars(tracing._state).clear()
         vars(tracing._state).update(saved)
@@ -114,7 +118,7 @@ def test_the_worker_exports_only_sound_spans_of_its_own_trace(
     assert (relay.accepted, relay.refused) == (3, 4)
     runner = got["kiln.runner"]
     assert runner.parent is not None and runner.parent.span_id == own.span_id
-    assert runner.status.description == "TimeOut" and runner.attributes == {"kiln.job_id": "j"}
+    assert runner.status.description == FailureCode.TIME_OUT.value and runner.attributes == {"kiln.job_id": "j"}
     assert runner.resource.attributes["kiln.process"] == "compile"
     assert got["kiln.stage.tracing"].parent.span_id == runner.context.span_id  # type: ignore[union-attr]
     for _ in range(MAX_CHILD_SPANS):

@@ -230,7 +230,8 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKi
          context: Any = None, start_time: int | None = None) -> Iterator[SpanRef]:
     """Run a block inside a new current span (a child of the current one, or of ``context``).
 
-    An exception leaving the block marks the span as an error and is re-raised.
+    An exception leaving the block marks the span as an error (described by the failure code it
+    carries as ``code``, else its type) and is re-raised.
 
     Args:
         name: The span's name.
@@ -256,7 +257,8 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKi
         try:
             yield ref
         except BaseException as exc:
-            ref.fail(type(exc).__name__)
+            code = getattr(exc, "code", None)
+            ref.fail(str(getattr(code, "value", code) or type(exc).__name__))
             raise
 
 

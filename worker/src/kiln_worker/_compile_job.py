@@ -335,6 +335,8 @@ class CompileAttempt(SupervisedRun):
                 report: dict[str, Any] | None = None) -> str:
         if artifacts is None:
             artifacts = [self._put_log()]
+        if failure is not None:
+            annotate({"kiln.failure_code": getattr(failure.code, "value", failure.code)})
         done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
                                         artifacts=artifacts, report=report, fence=self.fence)
         if done is None:

@@ -114,7 +114,7 @@ class _Stages:
 @contextlib.contextmanager
 def runner_trace(send: Callable[..., None], attributes: Mapping[str, Any],
                  environ: Mapping[str, str] | None = None,
-                 ) -> Iterator[tuple[SpanRef, Callable[[str], None] | None]]:
+                 ) -> Iterator[Callable[[str], None] | None]:
     """The compile process's spans, under the worker's ``TRACEPARENT``, sent through ``send``.
 
     Args:
@@ -123,21 +123,22 @@ def runner_trace(send: Callable[..., None], attributes: Mapping[str, Any],
         attributes: Attributes of the ``kiln.runner`` span.
 
     Yields:
-        The ``kiln.runner`` span and the stage callback to call on each progress event
-        (``None`` when the process is not traced).
+        The stage callback to call on each progress event (``None`` when the process is not
+        traced). An exception leaving the block marks ``kiln.runner`` as failed with the
+        failure code it carries (``JobError.code``) or its type.
     """
     env = os.environ if environ is None else environ
     provider = _child_provider(send) if env.get("TRACEPARENT") else None
     if provider is None:
-        yield SpanRef(), None
+        yield None
         return
     parent = tracing.extract({"traceparent": env["TRACEPARENT"],
                               "tracestate": env.get("TRACESTATE", "")})
     stages = _Stages()
     try:
-        with span("kiln.runner", attributes, context=parent) as root:
+        with span("kiln.runner", attributes, context=parent):
             try:
-                yield root, stages.enter
+                yield stages.enter
             finally:
                 stages.close()
     finally:

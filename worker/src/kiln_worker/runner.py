@@ -93,21 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = JobSpec.read(Path(args[0]))
     _configure_logging(spec.job_id)
     logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
-    with runner_trace(events.send, {"kiln.job_id": spec.job_id, "kiln.target": spec.target,
-                                    "process.pid": os.getpid()}) as (root, on_stage):
-        events.on_stage = on_stage
-        try:
+    try:
+        with runner_trace(events.send, {"kiln.job_id": spec.job_id, "kiln.target": spec.target,
+                                        "process.pid": os.getpid()}) as events.on_stage:
             _compile(spec, events)
-        except BaseException as exc:
-            failure = classify_exception(exc)
-            root.fail(str(getattr(failure.code, "value", failure.code)) if failure
-                      else type(exc).__name__)
-            if failure is None:
-                traceback.print_exc(file=sys.stderr)
-                return 1
-            Path(spec.error_file).write_text(failure.model_dump_json())
-            logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
-            return EXIT_FAILED
+    except BaseException as exc:
+        failure = classify_exception(exc)
+        if failure is None:
+            traceback.print_exc(file=sys.stderr)
+            return 1
+        Path(spec.error_file).write_text(failure.model_dump_json())
+        logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
+        return EXIT_FAILED
     return EXIT_OK
 
 
