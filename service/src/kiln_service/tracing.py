@@ -125,6 +125,11 @@ def configure_tracing(mode: str, service_name: str) -> bool:
         trace.set_tracer_provider(provider)
     install_provider(provider, processor)
     logger.info("tracing on: OTLP spans of %s", resource.attributes.get(SERVICE_NAME))
+    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    if protocol != "http/protobuf":
+        logger.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported: Kiln exports OTLP over "
+                       "HTTP (protobuf), to port 4318 by default", protocol)
     return True
 
 
