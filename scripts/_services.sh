@@ -79,5 +79,6 @@ ensure_python_env() {
     python3 -m pip install -q uv
   fi
   log "installing the Python workspace (uv sync)"
-  uv sync --all-packages --frozen --quiet
+  # --all-extras: the tests exercise the optional pieces too (OpenTelemetry traces).
+  uv sync --all-packages --all-extras --frozen --quiet
 }

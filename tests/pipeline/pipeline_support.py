@@ -82,15 +82,32 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
+    with loopback_server(Handler) as rec.url:
+        yield rec
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free loopback port in a thread for the block; yield its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield rec
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def wait_finished(url: str, job_id: str, headers: dict[str, str], timeout: float = 300
+                  ) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` until the job ends; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
 
 
 @dataclass
@@ -146,3 +163,21 @@ def api_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     env.update(KILN_DATA_DIR=str(data_dir), KILN_AUTH="off", KILN_WEBHOOK_POLL_SECONDS="0.1")
     env.update(overrides)
     return env
+
+
+#: the trace context the test's request arrives with (the API continues it)
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LW9mLXRoZS10cmFjZS10ZXN0LTEyMzQ="
+
+
+@dataclass
+class JobRun:
+    """What one real job's life left: its id, the key used, the three processes' logs, the spans."""
+
+    job_id: str
+    key: str
+    api_log: Path
+    worker_log: Path
+    job_log: str
+    traces: Any
+    """The :class:`otlp_support.OtlpReceiver` the processes exported to."""

@@ -1,23 +1,18 @@
 """JSON logs across the API, the worker and the compile process of one real job; no API key in any.
 
-A real ``kiln-service serve`` and ``kiln-worker`` (Redis broker, SQLite job store, auth on) compile
-a small SavedModel with ``KILN_LOG_FORMAT=json``.
+The shared ``job_run`` (``conftest.py``): a real ``kiln-service serve`` and ``kiln-worker`` (Redis
+broker, SQLite job store, auth on) compile a small SavedModel with ``KILN_LOG_FORMAT=json``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from pipeline_support import BIN, Api, api_env, free_port
+from pipeline_support import WEBHOOK_SECRET, JobRun
 
-REDIS_URL = os.environ.get("KILN_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + "/6"
 pytestmark = pytest.mark.integration
 
 
@@ -32,47 +27,9 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return parsed
 
 
-def test_one_jobs_life_is_json_with_its_id_and_no_key(
-    tmp_path: Path, model_tgz: bytes, inputs_npz: bytes
-) -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = api_env(tmp_path / "kiln", KILN_AUTH="on", KILN_LOG_FORMAT="json",
-                  KILN_BROKER_URL=REDIS_URL, KILN_WORKER_LOG_FLUSH_SECONDS="0.2",
-                  TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    made = subprocess.run([str(BIN / "kiln-service"), "keys", "create", "--tenant", "acme"],
-                          env=env, capture_output=True, text=True, timeout=120, check=True)
-    key = made.stdout.split()[-1]
-    assert key.startswith("kiln_")
-    api = Api(f"http://127.0.0.1:{free_port()}", env, tmp_path / "api.log")
-    worker_log = tmp_path / "worker.log"
-    with open(worker_log, "ab") as out:
-        worker = subprocess.Popen([str(BIN / "kiln-worker"), "--targets", "xla"], env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        api.start()
-        auth = {"Authorization": f"Bearer {key}"}
-        refused = httpx.get(f"{api.url}/v1/jobs", headers={"Authorization": f"Bearer {key}x"})
-        assert refused.status_code == 401
-        r = httpx.post(f"{api.url}/v1/compile", headers=auth, timeout=60,
-                       files={"model": ("m.tgz", model_tgz), "example_inputs": ("x.npz", inputs_npz)})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            job = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers=auth).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
-        assert job["status"] == "succeeded", job
-        job_log = httpx.get(f"{api.url}/v1/jobs/{job_id}/logs", headers=auth).text
-    finally:
-        api.stop()
-        worker.terminate()
-        worker.wait(timeout=30)
-
-    records = {"api": _json_lines(api.log), "worker": _json_lines(worker_log)}
+def test_one_jobs_life_is_json_with_its_id_and_no_key(job_run: JobRun) -> None:
+    job_id, key, job_log = job_run.job_id, job_run.key, job_run.job_log
+    records = {"api": _json_lines(job_run.api_log), "worker": _json_lines(job_run.worker_log)}
     compile_lines = [json.loads(line) for line in job_log.splitlines() if line.startswith("{")]
     records["compile"] = compile_lines
     for service, lines in records.items():
@@ -85,5 +42,6 @@ def test_one_jobs_life_is_json_with_its_id_and_no_key(
     assert any(rec.get("tenant") == "acme" and rec.get("request_id") for rec in records["api"]
                if rec.get("job_id") == job_id)
     assert any(rec.get("attempt") == 1 for rec in records["worker"] if rec.get("job_id") == job_id)
-    everything = api.log.read_text() + worker_log.read_text() + job_log
+    everything = job_run.api_log.read_text() + job_run.worker_log.read_text() + job_log
     assert key not in everything and key[12:30] not in everything
+    assert WEBHOOK_SECRET[6:] not in everything

@@ -48,6 +48,6 @@ class ObserveMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = str(scope.get("method", ""))
             self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.http_duration.labels(method=method, route=route).observe(
+            self.metrics.http_duration.labels(method=method, route=route, status=str(status)).observe(
                 time.perf_counter() - started)
             reset_context(token)

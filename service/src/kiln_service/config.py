@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     """``json``: one JSON object per log line (``job_id``, ``request_id``, ``tenant``,
     ``attempt`` where they apply) from the API, the worker and the compile process; ``text``:
     readable lines for a terminal."""
+    tracing: Literal["off", "otlp"] = "off"
+    """``otlp``: OpenTelemetry traces from the API, the workers and the compile processes (needs
+    the ``otel`` extra, ``kiln-service[otel]`` / ``kiln-worker[otel]``), sent by the OTLP/HTTP
+    exporter as the standard ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_SERVICE_NAME`` variables say."""
     events_fallback_poll_seconds: float = Field(default=5.0, gt=0)
     """Live event streams are woken by Redis pub/sub (a ``redis://`` broker) or PostgreSQL
     ``LISTEN/NOTIFY``; as a safety net each followed job is re-read this often (once per job

@@ -31,6 +31,7 @@ from kiln_service.queue import create_celery_app
 from kiln_service.routes import artifacts, compile, events, health, jobs, webhooks, workers
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
+from kiln_service.tracing import TracingMiddleware, configure_tracing, fastapi_telemetry_off
 from kiln_service.ui import install_ui
 from kiln_service.ui.session import session_secret
 from kiln_service.webhooks.sender import WebhookSender, run_sender
@@ -199,14 +200,18 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         event_bus.stop()
         services.job_store.dispose()
 
+    traced = configure_tracing(settings.tracing, service_name="kiln-api")
     app = FastAPI(
         title="Kiln", version=_version(), lifespan=lifespan,
         description="Compile TensorFlow SavedModels for accelerators (tensorflow.neuron.trace as a service).",
+        **(fastapi_telemetry_off() if traced else {}),
     )
     app.state.services = services
     app.state.event_bus = event_bus
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
+    if traced:
+        app.add_middleware(TracingMiddleware)
     app.add_middleware(ObserveMiddleware, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     # Every /v1 route authenticates (once per request: FastAPI caches the dependency, so the

@@ -58,8 +58,9 @@ class Metrics:
                                      "and status.", ["method", "route", "status"],
                                      registry=self.registry)
         self.http_duration = Histogram("kiln_http_request_duration_seconds", "HTTP request "
-                                       "duration by route template (to the end of the body).",
-                                       ["method", "route"], buckets=_HTTP_BUCKETS,
+                                       "duration by route template and status (to the end of "
+                                       "the body).", ["method", "route", "status"],
+                                       buckets=_HTTP_BUCKETS,
                                        registry=self.registry)
         self.webhook_deliveries = Counter("kiln_webhook_deliveries", "Webhook delivery attempts "
                                           "by outcome (succeeded, retrying, failed).",

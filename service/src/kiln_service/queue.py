@@ -19,6 +19,7 @@ from kombu.entity import Exchange, Queue
 from kiln_service._fs_broker import TRANSPORT as FOLDER_TRANSPORT
 from kiln_service.config import TARGETS, Settings
 from kiln_service.errors import DependencyUnavailableError
+from kiln_service.tracing import message_headers, span
 
 __all__ = [
     "COMPILE_TASK",
@@ -132,11 +133,13 @@ def enqueue_compile(app: Celery, *, job_id: str, target: str) -> str:
     """
     queue = queue_name(target)
     try:
-        result = app.send_task(
-            COMPILE_TASK, args=[job_id], queue=queue, routing_key=queue, exchange="kiln",
-            task_id=job_id, retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
+        with span("kiln.enqueue", {"kiln.job_id": job_id, "messaging.system": "celery",
+                                   "messaging.destination.name": queue}, kind="producer"):
+            result = app.send_task(
+                COMPILE_TASK, args=[job_id], queue=queue, routing_key=queue, exchange="kiln",
+                task_id=job_id, retry=True, headers=message_headers(),
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
     except Exception as exc:  # kombu raises many types (OperationalError, OSError, …)
         logger.warning("could not enqueue job %s on %s: %s", job_id, queue, exc)
         raise DependencyUnavailableError(

@@ -33,6 +33,7 @@ from kiln_service.stores.artifacts import (
     upload_key,
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
+from kiln_service.tracing import annotate, traced
 from kiln_worker._compile_run import SupervisedRun
 from kiln_worker._job_dirs import UnsafeOutputError, compiled_file, job_dir
 from kiln_worker._job_io import (
@@ -100,6 +101,7 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
     if job is None:
         return {"job_id": job_id, "status": "skipped"}
     bind(tenant=job.tenant, attempt=job.attempts)
+    annotate({"kiln.tenant": job.tenant, "kiln.attempt": job.attempts, "kiln.target": job.target})
     with job_dir(job_id, ctx.options.work_dir) as tmp:
         try:
             status = CompileAttempt(ctx, job, Path(tmp)).run()
@@ -236,6 +238,7 @@ class CompileAttempt(SupervisedRun):
 
     # -- preparing ---------------------------------------------------------------------------
 
+    @traced("kiln.fetch_upload")
     def _prepare(self) -> Path:
         self.progress.set(Stage.PREPARING.value, 0.01, "fetching the upload", force=True)
         for path in (self.out_dir, self.home, self.box / "upload"):
@@ -332,6 +335,8 @@ class CompileAttempt(SupervisedRun):
                 report: dict[str, Any] | None = None) -> str:
         if artifacts is None:
             artifacts = [self._put_log()]
+        if failure is not None:
+            annotate({"kiln.failure_code": getattr(failure.code, "value", failure.code)})
         done = self.ctx.jobs.finish_job(job_id=self.job.id, status=status, failure=failure,
                                         artifacts=artifacts, report=report, fence=self.fence)
         if done is None:
@@ -362,7 +367,9 @@ class CompileAttempt(SupervisedRun):
         path.write_text("".join(f"{entry.line}\n" for entry in lines))
         return self._put("compile.log", path, "text/plain; charset=utf-8")
 
+    @traced("kiln.upload_artifact")
     def _put(self, name: str, path: Path, content_type: str) -> Artifact:
+        annotate({"kiln.artifact": name})
         key = artifact_key(self.job.id, name, attempt=self.fence)
         size, sha256 = self.ctx.artifacts.put_file(key, path)
         return Artifact(name=name, size=size, sha256=sha256, content_type=content_type)

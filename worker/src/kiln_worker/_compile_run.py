@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 from kiln_client.models import Failure
 from kiln_service.errors import StoreError
 from kiln_service.stores.jobs import JobRecord
+from kiln_service.tracing import inject, traced
 from kiln_worker._job_dirs import PREFIX, owner_tag
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, take_line
 from kiln_worker._limits import CRASH_MARK, CompileLimits
 from kiln_worker._sandbox import Isolation
 from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker._tracing import ChildSpans
 
 if TYPE_CHECKING:
     from kiln_worker._compile_job import WorkerContext
@@ -49,13 +51,16 @@ class SupervisedRun:
     memory_group: bool
     peaks: dict[str, int | None]
     _started: float
+    child_spans: ChildSpans | None = None
 
     # -- running -----------------------------------------------------------------------------
 
+    @traced("kiln.compile_process")
     def _supervise(self, spec_path: Path) -> int | str:
         """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
         opts, sandbox = self.ctx.options, self.isolation.sandbox
-        env = child_environment(self.home)
+        env = inject(child_environment(self.home), upper=True)  # TRACEPARENT: this span
+        self.child_spans = ChildSpans()
         # The compile process logs like the worker (KILN_LOG_FORMAT), tagged with this attempt.
         env.update(KILN_LOG_FORMAT=self.ctx.settings.log_format,
                    KILN_JOB_ATTEMPT=str(self.job.attempts))
@@ -148,7 +153,7 @@ class SupervisedRun:
             logger.warning("job %s: could not write progress: %s", self.job.id, exc.detail)
 
     def _take(self, stream: str, line: str) -> None:
-        take_line(stream, line, self.logs, self.progress)
+        take_line(stream, line, self.logs, self.progress, self.child_spans)
 
     def _crashed_before(self) -> bool:
         """Did an earlier attempt of this job die of a signal (see :data:`CRASH_MARK`)?"""

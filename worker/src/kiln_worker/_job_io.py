@@ -12,11 +12,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln_client.codes import FailureCode
 from kiln_client.models import Failure, Stage
 from kiln_worker._protocol import parse_event
+
+if TYPE_CHECKING:
+    from kiln_worker._tracing import ChildSpans
 
 __all__ = [
     "LogBuffer", "ProgressBuffer", "child_failure", "summarize_report", "take_line",
@@ -181,8 +184,12 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer) -> None:
-    """Route one line of the compile child: protocol events on stdout, the rest to the log."""
+def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer,
+              spans: ChildSpans | None = None) -> None:
+    """Route one line of the compile child: protocol events on stdout, the rest to the log.
+
+    ``span`` events (the compile process's trace) go to ``spans``, never to the log.
+    """
     event = parse_event(line) if stream == "stdout" else None
     if event is None:
         logs.add(line)
@@ -193,5 +200,8 @@ def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer)
         logs.add(f"[{stage}] {message}")
     elif event["event"] == "log":
         logs.add(str(event.get("line", "")))
+    elif event["event"] == "span":
+        if spans is not None:
+            spans.take(event)
     else:
         logs.add(line)

@@ -5,6 +5,8 @@ The child writes one JSON object per line to its stdout:
 
 - ``{"event": "progress", "stage": "tracing", "progress": 0.2, "message": "..."}``
 - ``{"event": "log", "line": "..."}``
+- ``{"event": "span", "name": "kiln.stage.tracing", "trace_id": ..., ...}`` when the worker
+  traces (``TRACEPARENT`` set): a finished span for the worker to export (see ``_tracing``)
 
 and its Python logging to stderr (the parent keeps both in the job log). It ends with:
 

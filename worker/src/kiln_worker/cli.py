@@ -14,6 +14,7 @@ from typing import Any
 from kiln_service.config import TARGETS, get_settings
 from kiln_service.logs import configure_logging
 from kiln_service.queue import COMPILE_TASK, queue_name
+from kiln_service.tracing import TracingUnavailableError, require_tracing
 from kiln_worker.config import WorkerSettings, parse_targets
 
 __all__ = ["build_parser", "main"]
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
         if args.hostname is not None and not args.hostname.strip():
             raise ValueError("--hostname must not be empty (such as --hostname kiln-xla-2@%h)")
-    except ValueError as exc:
+        require_tracing(settings.tracing)  # spans start in the pool processes, per job
+    except (ValueError, TracingUnavailableError) as exc:
         print(f"kiln-worker: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, args.loglevel, static={"service": "worker"})

@@ -18,6 +18,7 @@ import tarfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +30,7 @@ from kiln_worker._failures import (
     model_error_text,
 )
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, encode_event
+from kiln_worker._tracing import runner_trace
 
 __all__ = ["EventChannel", "classify_exception", "main"]
 
@@ -48,6 +50,8 @@ class EventChannel:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        #: called with the stage of each progress event (the trace's stage spans), if set
+        self.on_stage: Callable[[str], None] | None = None
 
     @classmethod
     def take_stdout(cls) -> EventChannel:
@@ -65,6 +69,8 @@ class EventChannel:
 
     def progress(self, stage: str, progress: float, message: str) -> None:
         """Send a ``progress`` event (``progress`` is the job's overall fraction, 0..1)."""
+        if self.on_stage is not None:
+            self.on_stage(stage)
         self.send("progress", stage=stage, progress=round(progress, 4), message=message)
 
     def log(self, line: str) -> None:
@@ -88,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(spec.job_id)
     logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
     try:
-        _compile(spec, events)
+        with runner_trace(events.send, {"kiln.job_id": spec.job_id, "kiln.target": spec.target,
+                                        "process.pid": os.getpid()}) as events.on_stage:
+            _compile(spec, events)
     except BaseException as exc:
         failure = classify_exception(exc)
         if failure is None:

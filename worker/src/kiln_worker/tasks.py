@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_task
 from celery.utils.log import get_task_logger
 
 from kiln_service.config import Settings
 from kiln_service.logs import bound
 from kiln_service.queue import COMPILE_TASK, enqueue_compile
+from kiln_service.tracing import configure_tracing, force_flush
 from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._tracing import task_span
 from kiln_worker.config import WorkerSettings
 
 __all__ = ["compile_job", "register_tasks"]
@@ -31,6 +33,7 @@ def _worker_context() -> WorkerContext:
     global _context
     if _context is None:
         _context = WorkerContext.open(*_configured, enqueue=_enqueue)
+        configure_tracing(_context.settings.tracing, service_name="kiln-worker")
     return _context
 
 
@@ -52,7 +55,13 @@ def compile_job(job_id: str) -> dict[str, Any]:
     """
     with bound(job_id=job_id):
         logger.info("job %s: received", job_id)
-        result = run_compile_job(_worker_context(), job_id)
+        ctx = _worker_context()
+        try:
+            with task_span(job_id, current_task.request if current_task else None) as span:
+                result = run_compile_job(ctx, job_id)
+                span.set({"kiln.job_status": result["status"]})
+        finally:
+            force_flush()  # a recycled pool process must not take the job's spans with it
         logger.info("job %s: %s", job_id, result["status"])
     return result
 

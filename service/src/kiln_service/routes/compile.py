@@ -32,8 +32,9 @@ from kiln_service.fairness import check_active_jobs
 from kiln_service.logs import bind
 from kiln_service.queue import enqueue_compile
 from kiln_service.stores._workers import unserved_target_message
-from kiln_service.stores.artifacts import job_prefix, upload_key
+from kiln_service.stores.artifacts import ArtifactStore, job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
+from kiln_service.tracing import span
 from kiln_service.uploads import ReceivedForm, is_disk_full, receive_multipart
 from kiln_service.webhooks import check_job_webhook, register_job_webhook
 from kiln_service.webhooks.store import WebhookStore
@@ -127,14 +128,15 @@ async def _receive_and_submit(
     settings = services.settings
     job_id = uuid.uuid4().hex
     bind(job_id=job_id)
-    form = await receive_multipart(
-        request.stream(), request.headers.get("content-type", ""),
-        staging=services.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
-        text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
-        max_body_bytes=settings.resolved_max_request_bytes,
-        max_field_bytes=settings.max_form_field_bytes,
-        idle_timeout_seconds=settings.upload_idle_timeout_seconds,
-    )
+    with span("kiln.receive_upload", {"kiln.job_id": job_id}):
+        form = await receive_multipart(
+            request.stream(), request.headers.get("content-type", ""),
+            staging=services.staging_dir, prefix=job_id, file_fields=FILE_FIELDS,
+            text_fields=TEXT_FIELDS, max_file_bytes=settings.max_upload_bytes,
+            max_body_bytes=settings.resolved_max_request_bytes,
+            max_field_bytes=settings.max_form_field_bytes,
+            idle_timeout_seconds=settings.upload_idle_timeout_seconds,
+        )
     try:
         compile_request = parse_compile_request(form.fields, settings)
         digest = idempotency.request_digest(form) if key else None
@@ -239,17 +241,13 @@ def _check_store_and_queue(
     On any failure nothing of the job stays stored.
     """
     settings, artifacts = services.settings, services.artifact_store
-    _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
+    with span("kiln.ingest", {"kiln.job_id": job_id}):
+        _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
     stage_message = _check_served(services, req.target)
     stored = False
     try:
-        digests = {}
-        for field, name in (("model", "model"), ("example_inputs", "example_inputs.npz")):
-            if field in form.files:
-                _size, sha256 = artifacts.put_file(upload_key(job_id, name), form.files[field].path)
-                if sha256 != form.files[field].sha256:
-                    raise StoreError(f"{field} changed while being stored (sha256 mismatch)")
-                digests[field] = sha256
+        with span("kiln.store_upload", {"kiln.job_id": job_id}):
+            digests = _store_uploads(artifacts, form, job_id)
         job = services.job_store.create_job(
             job_id=job_id, tenant=tenant, target=req.target, name=req.name, labels=req.labels,
             flags=req.flags, signature=req.signature, placement=req.placement,
@@ -268,6 +266,18 @@ def _check_store_and_queue(
             services.job_store.delete_job(job_id=job_id, only_finished=False)
         artifacts.delete_prefix(job_prefix(job_id))
         raise
+
+
+def _store_uploads(artifacts: ArtifactStore, form: ReceivedForm, job_id: str) -> dict[str, str]:
+    """Copy the checked files into the artifact store; return their sha256 by form field."""
+    digests = {}
+    for field, name in (("model", "model"), ("example_inputs", "example_inputs.npz")):
+        if field in form.files:
+            _size, sha256 = artifacts.put_file(upload_key(job_id, name), form.files[field].path)
+            if sha256 != form.files[field].sha256:
+                raise StoreError(f"{field} changed while being stored (sha256 mismatch)")
+            digests[field] = sha256
+    return digests
 
 
 def _check_served(services: Services, target: str) -> str | None:
