@@ -73,6 +73,16 @@ ensure_sandbox() {
   apt_install bubblewrap util-linux || log "could not install bubblewrap: kiln-worker will refuse to start until it is installed (or KILN_WORKER_SANDBOX=none is set)"
 }
 
+ensure_mlflow() {
+  # MLflow (3.x) for the MLflow round-trip tests, in a venv of its own: its dependencies are not
+  # the workspace's. The service itself talks to MLflow's REST API and never imports it.
+  local venv="${KILN_MLFLOW_VENV:-.artifacts/mlflow-venv}"
+  [ -x "$venv/bin/mlflow" ] && return 0
+  command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+  log "installing MLflow into $venv"
+  uv venv -q --python 3.11 "$venv" && VIRTUAL_ENV="$venv" uv pip install -q "mlflow>=3,<4"
+}
+
 ensure_python_env() {
   if ! command -v uv >/dev/null 2>&1; then
     log "installing uv"

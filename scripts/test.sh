@@ -11,6 +11,7 @@ ensure_services
 ensure_sandbox
 ensure_chromium
 ensure_python_env
+ensure_mlflow
 
 export TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=2
 export KILN_TEST_REDIS_URL="${KILN_TEST_REDIS_URL:-redis://127.0.0.1:6379}"

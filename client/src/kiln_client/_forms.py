@@ -17,7 +17,7 @@ from kiln_client._upload import PreparedUpload
 from kiln_client.errors import InputError
 from kiln_client.flags import FlagsError, parse_flags
 
-__all__ = ["compile_form", "list_params", "upload_files"]
+__all__ = ["compile_form", "list_params", "model_sources", "multipart", "upload_files"]
 
 
 def compile_form(
@@ -25,7 +25,7 @@ def compile_form(
     placement: models.PlacementSpec | Mapping[str, Any] | str | None, name: str | None,
     labels: Mapping[str, str] | None, timeout: int | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
-    webhook: Mapping[str, Any] | None = None,
+    webhook: Mapping[str, Any] | None = None, sources: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/compile``, checked against ``CompileRequest`` first."""
     flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
@@ -42,7 +42,7 @@ def compile_form(
             ) if placement is not None else None,
             input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
             name=name, labels=dict(labels or {}), timeout_seconds=timeout,
-            **_webhook_fields(webhook),
+            **_webhook_fields(webhook), **{k: v for k, v in (sources or {}).items() if v},
         )
     except pydantic.ValidationError as exc:
         raise InputError(f"invalid compile options: {exc}") from exc
@@ -63,7 +63,37 @@ def compile_form(
         form["webhook_events"] = json.dumps(req.webhook_events)
     if req.webhook_secret is not None:
         form["webhook_secret"] = req.webhook_secret
+    for field in SOURCE_FIELDS:
+        if getattr(req, field) is not None:
+            form[field] = getattr(req, field)
     return form
+
+
+#: Form fields naming where the model comes from and where outputs also go.
+SOURCE_FIELDS = ("model_url", "mlflow_model", "mlflow_register", "output_location")
+
+
+def multipart(form: dict[str, str], files: dict[str, Any]) -> dict[str, Any]:
+    """``data``/``files`` of the request: multipart even when no file is sent."""
+    if files:
+        return {"data": form, "files": files}
+    return {"files": {k: (None, v) for k, v in form.items()}}
+
+
+def model_sources(model: Any, sources: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A ``model`` given as ``s3://…`` or ``models:/…`` moved to its form field.
+
+    Returns:
+        The model to upload (``None`` when the service fetches it) and the source fields.
+    """
+    fields = {k: v for k, v in sources.items() if v is not None}
+    if model is None and not (fields.get("model_url") or fields.get("mlflow_model")):
+        raise InputError("give a model: a path, a keras.Model, or model_url / mlflow_model")
+    if isinstance(model, str) and model.startswith("s3://"):
+        return None, {**fields, "model_url": model}
+    if isinstance(model, str) and model.startswith("models:/"):
+        return None, {**fields, "mlflow_model": model}
+    return model, fields
 
 
 def _webhook_fields(webhook: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -132,10 +162,11 @@ class _ProgressFile:
 
 @contextlib.contextmanager
 def upload_files(upload: PreparedUpload, progress: bool) -> Iterator[dict[str, Any]]:
-    size = upload.model.stat().st_size + (upload.example_inputs.stat().st_size if upload.example_inputs else 0)
+    size = sum(p.stat().st_size for p in (upload.model, upload.example_inputs) if p is not None)
     bar = ProgressBar("upload", total=size, enabled=progress_enabled(progress))
-    model_name = upload.model.name if upload.model.name != "model.tar.gz" else "model.tar.gz"
-    files: dict[str, Any] = {"model": (model_name, _ProgressFile(upload.model, bar), "application/octet-stream")}
+    files: dict[str, Any] = {}
+    if upload.model is not None:
+        files["model"] = (upload.model.name, _ProgressFile(upload.model, bar), "application/octet-stream")
     if upload.example_inputs is not None:
         files["example_inputs"] = ("example_inputs.npz", _ProgressFile(upload.example_inputs, bar), "application/octet-stream")
     try:

@@ -38,7 +38,8 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 class PreparedUpload:
     """Files ready to send: the model archive and, when given, the inputs ``.npz``."""
 
-    model: Path
+    model: Path | None
+    """``None`` when the service fetches the model itself (``model_url``, ``mlflow_model``)."""
     example_inputs: Path | None
 
 
@@ -60,7 +61,12 @@ def prepare_upload(
         InputError: the model or inputs cannot be used; the message says what to pass instead.
     """
     positional_names: list[str] | None = None
-    if isinstance(model, (str, os.PathLike)):
+    archive: Path | None = None
+    if model is None:
+        if example_inputs is not None and not isinstance(example_inputs, (str, os.PathLike, Mapping)):
+            raise InputError("the model is not uploaded, so its input names are not known here: "
+                             "pass example_inputs as a dict keyed by input name, or an .npz path")
+    elif isinstance(model, (str, os.PathLike)):
         archive = _pack_path(Path(model), workdir)
     else:
         saved = workdir / "saved_model"
@@ -198,7 +204,7 @@ def _to_array(name: str, value: Any) -> np.ndarray:
 
 
 def _write_inputs(
-    inputs: Any, archive: Path, signature: str, names: list[str] | None, workdir: Path
+    inputs: Any, archive: Path | None, signature: str, names: list[str] | None, workdir: Path
 ) -> Path:
     """Write ``inputs`` to ``workdir/example_inputs.npz`` keyed by signature input names."""
     if isinstance(inputs, (str, os.PathLike)):
@@ -210,8 +216,9 @@ def _write_inputs(
         arrays = {str(k): _to_array(str(k), v) for k, v in inputs.items()}
     else:
         values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        if names is None:
+        if names is None and archive is not None:
             names = signature_input_names(archive, signature)
+        names = names or []
         if len(names) != len(values):
             raise InputError(
                 f"got {len(values)} positional example input(s) but signature {signature!r} "

@@ -52,6 +52,7 @@ exit codes:
 
 examples:
   kiln compile ./saved_model --inputs inputs.npz --flags "--dynamic-batch-size" --out ./compiled
+  kiln compile --mlflow-model models:/resnet/3 --mlflow-register resnet-compiled --inputs in.npz
   kiln jobs list --status failed
   kiln jobs logs JOB_ID --follow
   kiln jobs watch JOB_ID
@@ -71,7 +72,14 @@ def _label(text: str) -> tuple[str, str]:
 def _add_compile(sub: Any) -> None:
     p = sub.add_parser("compile", help="upload a model and compile it",
                        description="Upload a SavedModel (directory or archive) and compile it.")
-    p.add_argument("model", help="SavedModel directory or archive (.tar.gz, .tgz, .tar, .zip)")
+    p.add_argument("model", nargs="?", help="SavedModel directory or archive (.tar.gz, .tgz, "
+                   ".tar, .zip), or s3://bucket/key of an archive the service fetches")
+    p.add_argument("--mlflow-model", metavar="models:/NAME/VERSION",
+                   help="take the model from the service's MLflow registry")
+    p.add_argument("--mlflow-register", metavar="NAME", help="register the compiled model as a "
+                   "new version of this MLflow model when the job succeeds")
+    p.add_argument("--output-location", metavar="s3://BUCKET/PREFIX",
+                   help="also write the artifacts to PREFIX/<job id>/ in this bucket")
     p.add_argument("--inputs", metavar="FILE.npz", help="example inputs keyed by signature input name")
     p.add_argument("--flags", default=None, help='NEURON_CC_FLAGS, e.g. "--dynamic-batch-size"')
     p.add_argument("--target", default="xla", help="compile target: xla (default) or inf1")
@@ -175,6 +183,8 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
         args.model, example_inputs=args.inputs, flags=args.flags, target=args.target,
         signature=args.signature, placement=args.placement, name=args.name,
         labels=dict(args.label), timeout=args.timeout, wait=False, progress=not args.quiet,
+        mlflow_model=args.mlflow_model, mlflow_register=args.mlflow_register,
+        output_location=args.output_location,
     )
     _say(args, f"job {job.id} queued")
     if not args.no_wait:
@@ -186,6 +196,9 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
         _say(args, f"job {job.id} succeeded")
         for line in summary_lines(job.report):
             _say(args, f"  {line}")
+        for export in job.exports:
+            _say(args, f"  {export.kind} export {export.status}: {export.location}"
+                 + (f" ({export.detail})" if export.detail else ""))
         if args.out:
             path = job.download(args.out, progress=not args.quiet)
             _say(args, f"compiled SavedModel written to {path}")
@@ -424,7 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code (see ``kiln --help``).
     """
-    args = build_parser().parse_args(_glue_flags_value(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(_glue_flags_value(sys.argv[1:] if argv is None else argv))
+    if args.command == "compile" and not (args.model or args.mlflow_model):
+        parser.error("compile needs a model: a path, s3://bucket/key, or --mlflow-model")
     if os.environ.get("KILN_DEBUG", "") not in ("", "0"):
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "local", None) is not None:

@@ -17,6 +17,7 @@ from kiln_client.codes import FailureCode, FailureKind
 __all__ = [
     "Artifact",
     "CompileRequest",
+    "Export",
     "Failure",
     "FailureCode",
     "FailureKind",
@@ -190,6 +191,33 @@ class CompileRequest(BaseModel):
     webhook_secret: str | None = None
     """The ``whsec_…`` secret signing this job's deliveries; one is generated when omitted
     (read it from ``GET /v1/jobs/{id}/webhook``)."""
+    model_url: str | None = None
+    """Take the model from ``s3://bucket/key`` (an archive, as the ``model`` part would be)
+    instead of uploading it; the service fetches it with its own credentials, from the buckets
+    its operator allows (``KILN_S3_ALLOWED_BUCKETS``)."""
+    mlflow_model: str | None = None
+    """Take the model from the MLflow registry the service is configured with:
+    ``models:/NAME/VERSION`` (a TensorFlow SavedModel; see ``docs/pipelines.md``)."""
+    mlflow_register: str | None = None
+    """When the job succeeds, register the compiled model as a new version of this MLflow
+    registered model (created if missing), with the report's figures as tags."""
+    output_location: str | None = None
+    """``s3://bucket/prefix``: when the job succeeds, also write its artifacts to
+    ``prefix/<job id>/`` (an allowed bucket, as for ``model_url``)."""
+
+
+class Export(BaseModel):
+    """Where a succeeded job's outputs were sent beside Kiln's own store, and how it went."""
+
+    kind: Literal["s3", "mlflow"]
+    """``s3`` for ``output_location``, ``mlflow`` for ``mlflow_register``."""
+    status: Literal["succeeded", "failed"]
+    """A failed export leaves the job succeeded: its artifacts stay downloadable from Kiln."""
+    location: str
+    """``s3://bucket/prefix/<job id>/`` or ``models:/NAME/VERSION`` (``models:/NAME`` when
+    registration failed)."""
+    detail: str | None = None
+    """Why it failed, when it did."""
 
 
 class Job(BaseModel):
@@ -237,6 +265,15 @@ class Job(BaseModel):
     """Files available for download."""
     report: dict[str, Any] | None = None
     """Summary of the report (placement, timings, numerical check) once succeeded."""
+    model_source: str | None = None
+    """Where the model came from when it was not uploaded: ``s3://bucket/key`` or
+    ``models:/NAME/VERSION``."""
+    output_location: str | None = None
+    """The ``s3://bucket/prefix`` the job's artifacts are also written to, if asked."""
+    mlflow_register: str | None = None
+    """The MLflow registered model the compiled model becomes a version of, if asked."""
+    exports: list[Export] = Field(default_factory=list)
+    """What became of ``output_location`` and ``mlflow_register`` once the job succeeded."""
 
 
 class JobList(BaseModel):

@@ -189,6 +189,17 @@ class ProblemCode(str, Enum):
     #: a webhook secret not in the whsec_ format
     INVALID_WEBHOOK_SECRET = ("invalid_webhook_secret", 422, "Give 'whsec_' and the base64 of 24 to "
                               "64 random bytes, or leave the secret out and Kiln makes one.")
+    #: an s3:// location in a bucket the operator has not allowed
+    BUCKET_NOT_ALLOWED = ("bucket_not_allowed", 422, "Use a bucket the operator allows, or ask "
+                          "the operator to add it to KILN_S3_ALLOWED_BUCKETS.")
+    #: a malformed or unusable model_url, mlflow_model, mlflow_register or output_location
+    INVALID_MODEL_SOURCE = ("invalid_model_source", 422, "Give the model one way: a `model` file, "
+                            "`model_url` (s3://bucket/key) or `mlflow_model` "
+                            "(models:/NAME/VERSION); the detail says what is wrong.")
+    #: the s3:// object or MLflow model version does not exist (or cannot be read)
+    MODEL_SOURCE_NOT_FOUND = ("model_source_not_found", 422, "Check the s3:// key or the MLflow "
+                              "model name and version; the service reads them with its own "
+                              "credentials.")
     # -- 429 ----------------------------------------------------------------------------------
     #: too many requests
     RATE_LIMITED = ("rate_limited", 429, "Too many submissions for your tenant; retry after "

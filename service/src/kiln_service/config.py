@@ -111,6 +111,20 @@ class Settings(BaseSettings):
     ``LISTEN/NOTIFY``; as a safety net each followed job is re-read this often (once per job
     and API process, whatever the number of followers). With neither (the embedded default) the
     ``KILN_LOG_FOLLOW_POLL_SECONDS`` interval is used instead."""
+    s3_allowed_buckets: str = ""
+    """Comma-separated buckets a job may name in ``model_url`` (``s3://bucket/key``) or
+    ``output_location`` (``s3://bucket/prefix``); the service reads and writes them with its own
+    credentials (boto3's environment, as for an S3 artifact store). Empty: none."""
+    presigned_url_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    """Lifetime of the presigned URL a download with ``?redirect=true`` is sent to (S3 artifact
+    store only)."""
+    mlflow_tracking_uri: str | None = None
+    """The MLflow tracking server (``http(s)://…``) that ``mlflow_model`` reads from and
+    ``mlflow_register`` writes to, over its REST API; unset: MLflow jobs are refused."""
+    mlflow_tracking_token: str | None = None
+    """Bearer token sent to the MLflow server, if it needs one."""
+    mlflow_experiment_id: str = "0"
+    """The MLflow experiment that holds the run of each registered compiled model."""
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -153,6 +167,11 @@ class Settings(BaseSettings):
     def resolved_storage_url(self) -> str:
         """The artifact store URL, defaulting to ``{data_dir}/artifacts``."""
         return self.storage_url or f"file://{self.data_dir / 'artifacts'}"
+
+    @property
+    def allowed_buckets(self) -> frozenset[str]:
+        """The buckets of ``KILN_S3_ALLOWED_BUCKETS``."""
+        return frozenset(b.strip() for b in self.s3_allowed_buckets.split(",") if b.strip())
 
     @property
     def broker_dir(self) -> Path:

@@ -24,7 +24,9 @@ from kiln_client.models import Artifact, Failure, JobStatus, Stage
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
 from kiln_service.events import make_publisher
+from kiln_service.exports import run_exports
 from kiln_service.logs import bind
+from kiln_service.stores._pipeline import record_exports
 from kiln_service.stores.artifacts import (
     ArtifactStore,
     artifact_key,
@@ -312,7 +314,23 @@ class CompileAttempt(SupervisedRun):
                                                   ).total_seconds()
         summary["worker_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         summary["compile_peaks"] = self.peaks
+        self._export(summary)
         return self._finish(JobStatus.SUCCEEDED, None, artifacts, summary)
+
+    def _export(self, summary: dict[str, Any]) -> None:
+        """Write ``output_location`` and register in MLflow when asked (failures only noted)."""
+        pipeline = {"model_source": self.job.model_source, "output_location": self.job.output_location,
+                    "mlflow_register": self.job.mlflow_register}
+        if not (self.job.output_location or self.job.mlflow_register):
+            return
+        self.progress.set(Stage.STORING.value, 0.98, "exporting the compiled model", force=True)
+        files = {name: compiled_file(self.box, self.out_dir / name)
+                 for name in ("compiled_model.tar.gz", "report.json")}
+        files["compile.log"] = self.tmp / "compile.log"
+        exports = run_exports(self.ctx.settings, job_id=self.job.id, pipeline=pipeline,
+                              files=files, summary=summary, log=self.logs.add)
+        self.logs.flush()
+        record_exports(self.ctx.jobs.engine, job_id=self.job.id, exports=exports)
 
     def _fail(self, failure: Failure, *, retry: bool = False, store_artifacts: bool = True) -> str:
         self.logs.add(f"[kiln] failed: {failure.kind.value} {failure.code}: {failure.message}")

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from kiln_client.models import Artifact
 from kiln_service.deps import ArtifactStoreDep, SettingsDep, ValidJobDep
@@ -34,16 +34,28 @@ def list_artifacts(job: ValidJobDep) -> list[Artifact]:
     "/{job_id}/artifacts/{name}", summary="Download an artifact",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}},
-               206: {"description": "Partial content (Range)"}},
+               206: {"description": "Partial content (Range)"},
+               307: {"description": "`redirect=true` on an S3 store: a presigned URL"}},
 )
 async def download_artifact(
-    request: Request, name: str, job: ValidJobDep, store: ArtifactStoreDep, settings: SettingsDep
+    request: Request, name: str, job: ValidJobDep, store: ArtifactStoreDep, settings: SettingsDep,
+    redirect: bool = False,
 ) -> Response:
-    """Stream one artifact with ``X-Checksum-SHA256``, ``Digest``, ``ETag`` and range support."""
+    """Stream one artifact with ``X-Checksum-SHA256``, ``Digest``, ``ETag`` and range support.
+
+    With ``redirect=true`` and an S3 artifact store, answer 307 to a presigned URL valid for
+    ``KILN_PRESIGNED_URL_SECONDS`` instead, so the bytes do not pass through the API.
+    """
     artifact = next((a for a in job.artifacts if a.name == name), None)
     if artifact is None:
         known = ", ".join(a.name for a in job.artifacts) or "none yet"
         raise ArtifactNotFoundError(f"job {job.id} has no artifact {name!r}; artifacts: {known}")
+    presign = getattr(store, "presign_url", None)
+    if redirect and presign is not None:
+        key = artifact_key(job.id, name, attempt=job.published_attempt)
+        url = await anyio.to_thread.run_sync(presign, key, settings.presigned_url_seconds)
+        return RedirectResponse(url, status_code=307, headers={
+            "X-Checksum-SHA256": artifact.sha256, "Cache-Control": "no-store"})
     etag = f'"{artifact.sha256}"'
     headers = {
         "X-Checksum-SHA256": artifact.sha256,

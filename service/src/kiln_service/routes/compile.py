@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kiln_client.flags import FlagsError, parse_flags
 from kiln_client.models import CompileRequest, Job, PlacementMode
-from kiln_service import idempotency, ingest
+from kiln_service import idempotency, ingest, sources
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
 from kiln_service.errors import (
@@ -61,7 +61,7 @@ _OPENAPI_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["model"],
+            "type": "object",
             "properties": {
                 "model": {"type": "string", "format": "binary",
                           "description": "SavedModel folder as .tar.gz/.tgz/.tar/.zip (root or one folder down)"},
@@ -80,6 +80,14 @@ _OPENAPI_BODY: dict[str, Any] = {
                 "webhook_url": {"type": "string", "description": "http(s) URL for signed job events"},
                 "webhook_events": {"type": "string", "description": "JSON list of event types"},
                 "webhook_secret": {"type": "string", "description": "whsec_… (generated if omitted)"},
+                "model_url": {"type": "string", "description": "s3://bucket/key of the model "
+                              "archive, instead of the `model` part (allowed buckets only)"},
+                "mlflow_model": {"type": "string", "description": "models:/NAME/VERSION, instead "
+                                 "of the `model` part"},
+                "mlflow_register": {"type": "string", "description": "register the compiled "
+                                    "model as a new version of this MLflow model"},
+                "output_location": {"type": "string", "description": "s3://bucket/prefix to "
+                                    "write the artifacts to as well"},
             },
         }}},
     }
@@ -139,6 +147,9 @@ async def _receive_and_submit(
         )
     try:
         compile_request = parse_compile_request(form.fields, settings)
+        # A model named by s3:// or models:/ joins the form here, then takes the upload's path.
+        await anyio.to_thread.run_sync(sources.fetch_model, form, compile_request, settings,
+                                       services.staging_dir, job_id)
         digest = idempotency.request_digest(form) if key else None
         if key and digest:
             earlier = await anyio.to_thread.run_sync(_replay, services, tenant, key, digest)
@@ -254,7 +265,7 @@ def _check_store_and_queue(
             input_shapes=req.input_shapes, input_digests=digests,
             timeout_seconds=req.timeout_seconds or settings.default_timeout_seconds,
             stage_message=stage_message, idempotency_key=idempotency_key,
-            request_sha256=request_sha256,
+            request_sha256=request_sha256, pipeline=sources.pipeline_of(req),
         )
         stored = True
         register_job_webhook(WebhookStore(services.job_store.engine), job_id=job_id,

@@ -45,4 +45,5 @@ def row_to_record(row: Mapping[Any, Any]) -> JobRecord:
     data = dict(row)
     for key in ("idempotency_key", "request_sha256", "updated_at", "heartbeat_at", "log_seq"):
         data.pop(key, None)
+    data.update(data.pop("pipeline", None) or {})
     return JobRecord.model_validate(data)

@@ -103,6 +103,9 @@ jobs = Table(
     Column("log_seq", Integer, nullable=False, server_default="0"),
     Column("idempotency_key", String(256)),
     Column("request_sha256", String(64)),
+    # Where the model came from and where the outputs also go (model_source, output_location,
+    # mlflow_register) and what became of those exports; NULL for a plain upload.
+    Column("pipeline", JSON),
     UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
     Index("ix_jobs_status", "status"),

@@ -128,6 +128,7 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
         idempotency_key: str | None = None,
         request_sha256: str | None = None,
         stage_message: str | None = None,
+        pipeline: Mapping[str, Any] | None = None,
     ) -> JobRecord:
         """Insert a new ``queued`` job and return it.
 
@@ -146,6 +147,7 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
             idempotency_key: Client's ``Idempotency-Key`` (unique per tenant), if any.
             request_sha256: Digest of the request, to tell a replay from a different body.
             stage_message: Initial stage message (why the job may wait), if any.
+            pipeline: ``model_source``, ``output_location``, ``mlflow_register``, if any.
 
         Returns:
             The stored job.
@@ -165,6 +167,7 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
             "created_at": now, "updated_at": now, "attempts": 0, "artifacts": [],
             "cancel_requested": False, "fence": 0, "log_seq": 0,
             "idempotency_key": idempotency_key, "request_sha256": request_sha256,
+            "pipeline": dict(pipeline) if pipeline else None,
         }
         try:
             with self.engine.begin() as conn:
