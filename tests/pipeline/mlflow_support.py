@@ -8,7 +8,6 @@ registered over MLflow's REST API with plain httpx, as any client of the server 
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from _support.processes import free_port, start
+from _support.processes import free_port, start, wait_ready
 
 __all__ = ["MlflowServer", "mlflow_bin", "mlflow_server"]
 
@@ -80,18 +79,8 @@ def mlflow_server(tmp: Path) -> Iterator[MlflowServer]:
                             "--workers", "1"], {"PATH": "/usr/bin:/bin", "HOME": str(tmp)}, tmp)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600  # the first start creates its database: slow on 2 cores
-        while True:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{proc.tail()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server never became ready:\n{proc.tail()}")
-            time.sleep(0.5)
+        # the first start creates its database: slow on a loaded machine
+        wait_ready(url, [proc], timeout=600, path="/health")
         server = MlflowServer(url)
         yield server
         server.http.close()

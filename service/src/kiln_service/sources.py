@@ -134,9 +134,14 @@ def fetch_model(form: ReceivedForm, req: CompileRequest, settings: Settings, sta
     elif req.mlflow_model is not None:
         from kiln_service.mlflow_registry import MlflowRegistry
 
-        with MlflowRegistry.from_settings(settings) as registry:
-            received = registry.fetch_saved_model(req.mlflow_model, target, staging / f"{job_id}-mlflow",
-                                                  max_bytes=settings.max_upload_bytes)
+        try:
+            with MlflowRegistry.from_settings(settings) as registry:
+                received = registry.fetch_saved_model(
+                    req.mlflow_model, target, staging / f"{job_id}-mlflow",
+                    max_bytes=settings.max_upload_bytes)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
     else:
         return
     form.files["model"] = received
