@@ -5,14 +5,21 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
+import httpx
+
+from kiln_client._progress import ProgressBar
 from kiln_client.errors import ChecksumError, KilnError
 
 __all__ = [
     "COMPILED_MODEL",
+    "REDIRECT",
     "SSEParser",
+    "append_download",
+    "append_download_async",
     "artifact_target",
     "extract_saved_model",
     "finish_download",
@@ -160,3 +167,38 @@ class SSEParser:
             self.last_id = value
         elif field == "event":
             self._event = value
+
+
+#: Downloads ask for a presigned URL (answered 307 when the service stores artifacts in S3).
+REDIRECT = {"redirect": "true"}
+
+
+def _restart_unless_ranged(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar) -> Any:
+    if out.tell() and resp.status_code != 206:
+        out.seek(0)  # the server ignored Range: start over
+        out.truncate()
+        digest = hashlib.sha256()
+    bar.total = int(resp.headers.get("content-length", 0)) + out.tell() or None
+    return digest
+
+
+def append_download(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar,
+          chunks: Iterator[bytes]) -> Any:
+    """Append a (ranged) download's bytes to ``out``; the running sha256."""
+    digest = _restart_unless_ranged(resp, out, digest, bar)
+    for chunk in chunks:
+        out.write(chunk)
+        digest.update(chunk)
+        bar.advance(len(chunk))
+    return digest
+
+
+async def append_download_async(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar,
+                 chunks: AsyncIterator[bytes]) -> Any:
+    """The async twin of :func:`append_download`."""
+    digest = _restart_unless_ranged(resp, out, digest, bar)
+    async for chunk in chunks:
+        out.write(chunk)
+        digest.update(chunk)
+        bar.advance(len(chunk))
+    return digest

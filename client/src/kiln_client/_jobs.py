@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from pydantic import PrivateAttr
@@ -21,7 +21,10 @@ from pydantic import PrivateAttr
 from kiln_client import models
 from kiln_client._artifacts import (
     COMPILED_MODEL,
+    REDIRECT,
     SSEParser,
+    append_download,
+    append_download_async,
     artifact_target,
     extract_saved_model,
     finish_download,
@@ -224,13 +227,13 @@ class Job(_JobBase):
                                                   params=REDIRECT) as resp:
                             expected = resp.headers.get("x-checksum-sha256") or expected
                             if resp.status_code != 307:
-                                digest = _take(resp, out, digest, bar, resp.iter_bytes())
+                                digest = append_download(resp, out, digest, bar, resp.iter_bytes())
                             else:  # a presigned URL: the bytes come straight from the store
                                 with self._client._http.stream(
                                         "GET", resp.headers["location"], headers=headers,
                                         timeout=self._client.timeout) as direct:
                                     direct.raise_for_status()
-                                    digest = _take(direct, out, digest, bar, direct.iter_bytes())
+                                    digest = append_download(direct, out, digest, bar, direct.iter_bytes())
                         break
                     except (APIConnectionError, httpx.TransportError):
                         if attempt == self._client.max_retries:
@@ -364,13 +367,13 @@ class AsyncJob(_JobBase):
                                                         params=REDIRECT) as resp:
                             expected = resp.headers.get("x-checksum-sha256") or expected
                             if resp.status_code != 307:
-                                digest = await _atake(resp, out, digest, bar, resp.aiter_bytes())
+                                digest = await append_download_async(resp, out, digest, bar, resp.aiter_bytes())
                             else:  # a presigned URL: the bytes come straight from the store
                                 async with self._client._http.stream(
                                         "GET", resp.headers["location"], headers=headers,
                                         timeout=self._client.timeout) as direct:
                                     direct.raise_for_status()
-                                    digest = await _atake(direct, out, digest, bar,
+                                    digest = await append_download_async(direct, out, digest, bar,
                                                           direct.aiter_bytes())
                         break
                     except (APIConnectionError, httpx.TransportError):
@@ -391,37 +394,3 @@ class AsyncJob(_JobBase):
             )
             return extract_saved_model(archive, Path(dest))
 
-
-#: Downloads ask for a presigned URL (answered 307 when the service stores artifacts in S3).
-REDIRECT = {"redirect": "true"}
-
-
-def _restart_unless_ranged(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar) -> Any:
-    if out.tell() and resp.status_code != 206:
-        out.seek(0)  # the server ignored Range: start over
-        out.truncate()
-        digest = hashlib.sha256()
-    bar.total = int(resp.headers.get("content-length", 0)) + out.tell() or None
-    return digest
-
-
-def _take(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar,
-          chunks: Iterator[bytes]) -> Any:
-    """Append a (ranged) download's bytes to ``out``; the running sha256."""
-    digest = _restart_unless_ranged(resp, out, digest, bar)
-    for chunk in chunks:
-        out.write(chunk)
-        digest.update(chunk)
-        bar.advance(len(chunk))
-    return digest
-
-
-async def _atake(resp: httpx.Response, out: BinaryIO, digest: Any, bar: ProgressBar,
-                 chunks: AsyncIterator[bytes]) -> Any:
-    """The async twin of :func:`_take`."""
-    digest = _restart_unless_ranged(resp, out, digest, bar)
-    async for chunk in chunks:
-        out.write(chunk)
-        digest.update(chunk)
-        bar.advance(len(chunk))
-    return digest

@@ -327,6 +327,8 @@ class CompileAttempt(SupervisedRun):
         files = {name: compiled_file(self.box, self.out_dir / name)
                  for name in ("compiled_model.tar.gz", "report.json")}
         files["compile.log"] = self.tmp / "compile.log"
+        if (self.tmp / "workdir.tar.gz").is_file():
+            files["workdir.tar.gz"] = self.tmp / "workdir.tar.gz"
         exports = run_exports(self.ctx.settings, job_id=self.job.id, pipeline=pipeline,
                               files=files, summary=summary, log=self.logs.add)
         self.logs.flush()
