@@ -222,3 +222,36 @@ def test_missing_artifact_raises_not_found_and_leaves_no_file(tmp_path: Path) ->
     with pytest.raises(kiln_client.NotFoundError, match=r"workdir\.tar\.gz"):
         job.download_artifact("workdir.tar.gz", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _presigning_recorder(content: bytes) -> Recorder:
+    """The API answers 307 to a presigned store URL, as with an S3 artifact store."""
+    sha = hashlib.sha256(content).hexdigest()
+    artifact = {"name": "report.json", "size": len(content), "sha256": sha}
+
+    def handler(req: httpx.Request, i: int) -> httpx.Response:
+        if req.url.host == "store.test":
+            return httpx.Response(200, content=content)
+        if "/artifacts/" in req.url.path:
+            assert parse_qs(req.url.query.decode()) == {"redirect": ["true"]}
+            return httpx.Response(307, headers={"location": "http://store.test/o?X-Amz-Signature=s",
+                                                "x-checksum-sha256": sha})
+        return httpx.Response(200, json=job_payload(status="succeeded", artifacts=[artifact]))
+    return Recorder(handler)
+
+
+def test_download_follows_a_presigned_redirect_without_the_api_key(tmp_path: Path) -> None:
+    rec = _presigning_recorder(b'{"ops_total": 3}')
+    job = rec.client(api_key="kiln_secret").jobs.get("a" * 32)
+    assert job.download_artifact("report.json", tmp_path).read_bytes() == b'{"ops_total": 3}'
+    (direct,) = [r for r in rec.requests if r.url.host == "store.test"]
+    assert "authorization" not in direct.headers
+    assert rec.requests[0].headers["authorization"] == "Bearer kiln_secret"
+
+
+async def test_async_download_follows_a_presigned_redirect(tmp_path: Path) -> None:
+    rec = _presigning_recorder(b"abc")
+    job = await rec.async_client(api_key="kiln_secret").jobs.get("a" * 32)
+    assert (await job.download_artifact("report.json", tmp_path)).read_bytes() == b"abc"
+    (direct,) = [r for r in rec.requests if r.url.host == "store.test"]
+    assert "authorization" not in direct.headers
