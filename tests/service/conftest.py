@@ -105,6 +105,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
     job_store = JobStore(url)
     if request.param == "postgresql":
         with job_store.engine.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE job_logs, jobs")
+            conn.exec_driver_sql("TRUNCATE job_logs, jobs, compile_cache")
     yield job_store
     job_store.dispose()

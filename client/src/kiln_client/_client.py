@@ -22,7 +22,7 @@ import httpx
 from kiln_client import models
 from kiln_client._forms import compile_form, model_sources, multipart, upload_files
 from kiln_client._jobs import AsyncJob, Job
-from kiln_client._resources import AsyncJobs, Jobs
+from kiln_client._resources import AsyncCache, AsyncJobs, Cache, Jobs
 from kiln_client._retry import IDEMPOTENCY_HEADER, RetryPolicy
 from kiln_client._upload import prepare_upload
 from kiln_client.errors import APIConnectionError, APITimeoutError, make_status_error
@@ -128,6 +128,7 @@ class Client(_BaseClient):
         self._http = http_client or httpx.Client()
         self._owns_http = http_client is None
         self.jobs = Jobs(self)
+        self.cache = Cache(self)
 
     def with_options(
         self, *, base_url: Any = _NOT_GIVEN, api_key: Any = _NOT_GIVEN, timeout: Any = _NOT_GIVEN,
@@ -140,6 +141,7 @@ class Client(_BaseClient):
         other = Client.__new__(Client)
         self._copy_options(other, base_url, api_key, timeout, max_retries, poll_interval)
         other._http, other._owns_http, other.jobs = self._http, False, Jobs(other)
+        other.cache = Cache(other)
         return other
 
     def close(self) -> None:
@@ -198,7 +200,7 @@ class Client(_BaseClient):
         webhook_url: str | None = None, webhook_events: Sequence[str] | None = None,
         webhook_secret: str | None = None, model_url: str | None = None,
         mlflow_model: str | None = None, mlflow_register: str | None = None,
-        output_location: str | None = None,
+        output_location: str | None = None, cache: bool = True,
     ) -> Job:
         """Upload a model, start a compile job and (by default) wait for it.
 
@@ -231,6 +233,9 @@ class Client(_BaseClient):
             mlflow_register: register the compiled model as a new version of this MLflow model
                 when the job succeeds (``Job.exports`` says how it went).
             output_location: ``s3://bucket/prefix`` the artifacts are also written to.
+            cache: answer from your compile cache when this model, inputs, flags and toolchain
+                were compiled before (the job then ends at once, ``job.cache.hit``); ``False``
+                always compiles.
 
         Returns:
             The job: finished when ``wait`` is true, else just queued.
@@ -246,7 +251,8 @@ class Client(_BaseClient):
             "mlflow_register": mlflow_register, "output_location": output_location})
         form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes,
                             webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
-                                     "webhook_secret": webhook_secret}, sources=sources)
+                                     "webhook_secret": webhook_secret}, sources=sources,
+                            cache=cache)
         # One key per compile() call: retries of this upload can never start a second job.
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
@@ -273,6 +279,7 @@ class AsyncClient(_BaseClient):
         self._http = http_client or httpx.AsyncClient()
         self._owns_http = http_client is None
         self.jobs = AsyncJobs(self)
+        self.cache = AsyncCache(self)
 
     def with_options(
         self, *, base_url: Any = _NOT_GIVEN, api_key: Any = _NOT_GIVEN, timeout: Any = _NOT_GIVEN,
@@ -282,6 +289,7 @@ class AsyncClient(_BaseClient):
         other = AsyncClient.__new__(AsyncClient)
         self._copy_options(other, base_url, api_key, timeout, max_retries, poll_interval)
         other._http, other._owns_http, other.jobs = self._http, False, AsyncJobs(other)
+        other.cache = AsyncCache(other)
         return other
 
     async def close(self) -> None:
@@ -340,7 +348,7 @@ class AsyncClient(_BaseClient):
         webhook_url: str | None = None, webhook_events: Sequence[str] | None = None,
         webhook_secret: str | None = None, model_url: str | None = None,
         mlflow_model: str | None = None, mlflow_register: str | None = None,
-        output_location: str | None = None,
+        output_location: str | None = None, cache: bool = True,
     ) -> AsyncJob:
         """Upload a model and start a compile job; see :meth:`Client.compile`."""
         model, sources = model_sources(model, {
@@ -348,7 +356,8 @@ class AsyncClient(_BaseClient):
             "mlflow_register": mlflow_register, "output_location": output_location})
         form = compile_form(flags, target, signature, placement, name, labels, timeout, input_shapes,
                             webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
-                                     "webhook_secret": webhook_secret}, sources=sources)
+                                     "webhook_secret": webhook_secret}, sources=sources,
+                            cache=cache)
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
             # Packing (and saving a keras model) blocks: keep it off the event loop.

@@ -26,6 +26,7 @@ def compile_form(
     labels: Mapping[str, str] | None, timeout: int | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
     webhook: Mapping[str, Any] | None = None, sources: Mapping[str, Any] | None = None,
+    cache: bool = True,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/compile``, checked against ``CompileRequest`` first."""
     flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
@@ -42,7 +43,7 @@ def compile_form(
             ) if placement is not None else None,
             input_shapes={k: list(v) for k, v in input_shapes.items()} if input_shapes else None,
             name=name, labels=dict(labels or {}), timeout_seconds=timeout,
-            **_webhook_fields(webhook), **{k: v for k, v in (sources or {}).items() if v},
+            cache=cache, **_webhook_fields(webhook), **{k: v for k, v in (sources or {}).items() if v},
         )
     except pydantic.ValidationError as exc:
         raise InputError(f"invalid compile options: {exc}") from exc
@@ -66,6 +67,8 @@ def compile_form(
     for field in SOURCE_FIELDS:
         if getattr(req, field) is not None:
             form[field] = getattr(req, field)
+    if not req.cache:
+        form["cache"] = "false"
     return form
 
 

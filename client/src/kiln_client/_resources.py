@@ -1,4 +1,4 @@
-"""``client.jobs``: list (all pages), get, cancel and delete, sync and async."""
+"""``client.jobs`` (list all pages, get, cancel, delete) and ``client.cache``, sync and async."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from kiln_client._jobs import AsyncJob, Job
 if TYPE_CHECKING:
     from kiln_client._client import AsyncClient, Client
 
-__all__ = ["AsyncJobs", "Jobs"]
+__all__ = ["AsyncCache", "AsyncJobs", "Cache", "Jobs"]
 
 
 class Jobs:
@@ -95,3 +95,38 @@ class AsyncJobs:
     async def delete(self, job_id: str) -> None:
         """Delete a finished job and its artifacts."""
         await self._client._request("DELETE", f"/v1/jobs/{job_id}")
+
+
+class Cache:
+    """``client.cache``: the caller's compile cache (see ``Client.compile(cache=...)``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def usage(self) -> models.CacheUsage:
+        """How many outcomes the cache holds, their size and the size bound."""
+        resp = self._client._request("GET", "/v1/cache")
+        return models.CacheUsage.model_validate_json(resp.content)
+
+    def purge(self) -> models.CacheUsage:
+        """Empty the cache (``purged`` says how many entries went); finished jobs keep their
+        artifacts."""
+        resp = self._client._request("DELETE", "/v1/cache", idempotent=True)
+        return models.CacheUsage.model_validate_json(resp.content)
+
+
+class AsyncCache:
+    """``client.cache`` of :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def usage(self) -> models.CacheUsage:
+        """See :meth:`Cache.usage`."""
+        resp = await self._client._request("GET", "/v1/cache")
+        return models.CacheUsage.model_validate_json(resp.content)
+
+    async def purge(self) -> models.CacheUsage:
+        """See :meth:`Cache.purge`."""
+        resp = await self._client._request("DELETE", "/v1/cache", idempotent=True)
+        return models.CacheUsage.model_validate_json(resp.content)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from kiln_client._cli_cache import add_cache_commands
 from kiln_client._client import Client
 from kiln_client._jobs import Job
 from kiln_client.codes import FailureCode
@@ -56,6 +57,7 @@ examples:
   kiln jobs list --status failed
   kiln jobs logs JOB_ID --follow
   kiln jobs watch JOB_ID
+  kiln cache purge
   kiln verify ./compiled
 """
 
@@ -95,6 +97,9 @@ def _add_compile(sub: Any) -> None:
                    help="stop waiting after this long (exit 4; the job goes on)")
     p.add_argument("--out", metavar="DIR", help="download and extract the compiled SavedModel here")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compile even if your compile cache holds this model, inputs, flags and "
+                        "toolchain (by default such a job ends at once with the first outcome)")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.set_defaults(func=_cmd_compile)
 
@@ -155,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="service URL (default: $KILN_URL)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
-    sub = parser.add_subparsers(dest="command", metavar="{compile,jobs,verify}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{compile,jobs,cache,verify}",
+                                required=True)
     _add_compile(sub)
     _add_jobs(sub)
+    add_cache_commands(sub)
     _add_verify(sub)
     return parser
 
@@ -185,8 +192,10 @@ def _cmd_compile(client: Client, args: argparse.Namespace) -> int:
         labels=dict(args.label), timeout=args.timeout, wait=False, progress=not args.quiet,
         mlflow_model=args.mlflow_model, mlflow_register=args.mlflow_register,
         output_location=args.output_location,
+        cache=not args.no_cache,
     )
-    _say(args, f"job {job.id} queued")
+    _say(args, f"job {job.id} " + (f"answered from the compile cache (job {job.cache.job})"
+                                   if job.cache and job.cache.hit else "queued"))
     if not args.no_wait:
         try:
             job.wait(args.wait_timeout, progress=not args.quiet)
@@ -258,6 +267,8 @@ def _describe(job: Job) -> str:
         lines.append(f"name:      {job.name}")
     if job.labels:
         lines.append("labels:    " + ", ".join(f"{k}={v}" for k, v in job.labels.items()))
+    if job.cache and job.cache.hit:
+        lines.append(f"cache:     hit (the outcome of job {job.cache.job})")
     if job.failure:
         lines.append(f"failure:   [{job.failure.kind.value}/{job.failure.code}] {job.failure.message}")
     lines.extend(f"artifact:  {a.name} ({a.size} bytes)" for a in job.artifacts)

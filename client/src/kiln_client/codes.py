@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = [
+    "CACHED_FAILURE_CODES",
     "CLIENT_ERROR_CODES",
     "SYSTEM_ERROR_CODES",
     "FailureCode",
@@ -40,19 +41,25 @@ class FailureCode(str, Enum):
     """Why a job failed: the machine code in ``Job.failure.code``.
 
     Each member has a ``kind`` (``client_error`` or ``system_error``), a ``meaning`` and an
-    ``action`` (what to do), as listed on the service's ``/docs/errors`` page.
+    ``action`` (what to do), as listed on the service's ``/docs/errors`` page, and says whether
+    it is ``deterministic``: the same model, inputs, flags and toolchain always fail so, which
+    lets the compile cache answer a resubmission with it at once. Limits, time-outs and crashes
+    are not (they depend on the operator's limits, the machine's load or luck).
     """
 
     kind: FailureKind
     meaning: str
     action: str
+    deterministic: bool
 
-    def __new__(cls, code: str, kind: FailureKind, meaning: str, action: str) -> FailureCode:
+    def __new__(cls, code: str, kind: FailureKind, meaning: str, action: str,
+                deterministic: bool = False) -> FailureCode:
         member = str.__new__(cls, code)
         member._value_ = code
         member.kind = kind
         member.meaning = meaning
         member.action = action
+        member.deterministic = deterministic
         return member
 
     def __str__(self) -> str:
@@ -86,27 +93,27 @@ class FailureCode(str, Enum):
     INVALID_MODEL = (
         "InvalidModel", _CLIENT, "The upload is not a SavedModel that TensorFlow can load.",
         "Save the model with `tf.saved_model.save` (or `model.save(dir)`) and upload that folder "
-        "as an archive; the message quotes TensorFlow's reason.")
+        "as an archive; the message quotes TensorFlow's reason.", True)
     #: client_error: the requested signature is not in the SavedModel
     UNKNOWN_SIGNATURE = (
         "UnknownSignature", _CLIENT, "The SavedModel has no signature of the requested name.",
-        "Pass one of the signatures the message lists as `signature`.")
+        "Pass one of the signatures the message lists as `signature`.", True)
     #: client_error: the example inputs do not fit the signature
     INVALID_INPUTS = (
         "InvalidInputs", _CLIENT,
         "The example inputs (or `input_shapes`) do not match the signature's names, dtypes or "
         "shapes, or cannot be read.",
         "Send one array per signature input, named as the message says, with its dtype and a "
-        "compatible shape.")
+        "compatible shape.", True)
     #: client_error: the NEURON_CC_FLAGS string cannot be used
     INVALID_FLAGS = (
         "InvalidFlags", _CLIENT, "The compiler flags are unknown, malformed or conflict.",
-        "Fix the `flags` string; the message lists the flags Kiln accepts.")
+        "Fix the `flags` string; the message lists the flags Kiln accepts.", True)
     #: client_error: the model holds state or ops the tracer cannot handle
     UNSUPPORTED_MODEL = (
         "UnsupportedModel", _CLIENT,
         "The model holds state or ops the tracer cannot freeze or run.",
-        "Remove or rewrite the part the message names (the op and node are quoted).")
+        "Remove or rewrite the part the message names (the op and node are quoted).", True)
     #: client_error: the model itself raised an error on the example inputs
     MODEL_ERROR = (
         "ModelError", _CLIENT,
@@ -115,7 +122,7 @@ class FailureCode(str, Enum):
         "message carries TensorFlow's whole text: the error type, the node and the model's own "
         "message.",
         "Run the model on the same inputs in TensorFlow to reproduce it; fix the model or send "
-        "inputs it accepts.")
+        "inputs it accepts.", True)
     #: client_error: the compile went over the memory limit
     MEMORY_LIMIT = (
         "MemoryLimit", _CLIENT,
@@ -197,5 +204,7 @@ class FailureCode(str, Enum):
 
 #: failure codes whose kind is ``client_error``
 CLIENT_ERROR_CODES = frozenset(c for c in FailureCode if c.kind is FailureKind.CLIENT_ERROR)
+#: failure codes a compile cache may replay: deterministic client errors
+CACHED_FAILURE_CODES = frozenset(c for c in FailureCode if c.deterministic)
 #: failure codes whose kind is ``system_error``
 SYSTEM_ERROR_CODES = frozenset(c for c in FailureCode if c.kind is FailureKind.SYSTEM_ERROR)

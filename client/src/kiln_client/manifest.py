@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "ServingRequirements",
     "TensorInfo",
     "check_manifest",
+    "combine_file_digests",
     "content_digest",
     "read_manifest",
 ]
@@ -136,8 +138,8 @@ def content_digest(saved_model_dir: str | Path) -> str:
     itself is left out so it can carry the digest.
     """
     root = Path(saved_model_dir)
-    outer = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files: dict[str, bytes] = {}
+    for path in (p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
         if relative == MANIFEST_PATH:
             continue
@@ -145,7 +147,23 @@ def content_digest(saved_model_dir: str | Path) -> str:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 inner.update(block)
-        outer.update(relative.encode("utf-8") + b"\0" + inner.digest())
+        files[relative] = inner.digest()
+    return combine_file_digests(files)
+
+
+def combine_file_digests(files: Mapping[str, bytes]) -> str:
+    """The content digest of a set of files: each relative path and its bytes' sha256.
+
+    Args:
+        files: relative POSIX path → sha256 digest (raw bytes) of the file's content.
+
+    Returns:
+        The hex sha256 over the paths in sorted order, each with its digest; the same whatever
+        order or archive format the files came in (the compile cache keys uploads by it).
+    """
+    outer = hashlib.sha256()
+    for relative in sorted(files, key=lambda name: name.split("/")):  # as paths sort
+        outer.update(relative.encode("utf-8", "surrogateescape") + b"\0" + files[relative])
     return outer.hexdigest()
 
 

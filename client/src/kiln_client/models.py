@@ -16,6 +16,8 @@ from kiln_client.codes import FailureCode, FailureKind
 
 __all__ = [
     "Artifact",
+    "CacheInfo",
+    "CacheUsage",
     "CompileRequest",
     "Export",
     "Failure",
@@ -205,6 +207,11 @@ class CompileRequest(BaseModel):
     """``s3://bucket/prefix``: when the job succeeds, also write its artifacts to
     ``prefix/<job id>/`` (an allowed bucket, as for ``model_url``)."""
 
+    cache: bool = True
+    """Answer from the tenant's compile cache when the same model, inputs, flags, target,
+    signature, placement, shapes and toolchain were compiled before (``false``: always compile,
+    and do not add the outcome to the cache)."""
+
 
 class Export(BaseModel):
     """Where a succeeded job's outputs were sent beside Kiln's own store, and how it went."""
@@ -218,6 +225,16 @@ class Export(BaseModel):
     registration failed)."""
     detail: str | None = None
     """Why it failed, when it did."""
+
+
+class CacheInfo(BaseModel):
+    """How the compile cache answered a job (``Job.cache``)."""
+
+    hit: bool
+    """Whether the job's outcome came from the cache (it then ended at once, without a compile)."""
+    job: str | None = None
+    """On a hit, the id of the job whose compile this one reuses (its artifacts are the same
+    stored files)."""
 
 
 class Job(BaseModel):
@@ -274,6 +291,22 @@ class Job(BaseModel):
     """The MLflow registered model the compiled model becomes a version of, if asked."""
     exports: list[Export] = Field(default_factory=list)
     """What became of ``output_location`` and ``mlflow_register`` once the job succeeded."""
+    cache: CacheInfo | None = None
+    """``{"hit": true, "job": <source job id>}`` when answered from the compile cache,
+    ``{"hit": false}`` when looked up and compiled, ``None`` when the cache was not used."""
+
+
+class CacheUsage(BaseModel):
+    """``GET``/``DELETE /v1/cache``: the caller's compile cache."""
+
+    entries: int
+    """Outcomes held (successes and deterministic failures)."""
+    bytes: int
+    """Size of the artifacts they keep."""
+    max_bytes: int
+    """The bound past which the least recently used entries are evicted (0: the cache is off)."""
+    purged: int | None = None
+    """On ``DELETE``, how many entries were removed."""
 
 
 class JobList(BaseModel):

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(default=20, ge=0)
     """Most unfinished (queued or running) jobs one tenant may have, across all API processes;
     0 turns the cap off."""
+    cache_max_bytes: int = Field(default=10 * GIB, ge=0)
+    """Size bound of each tenant's compile cache (the artifacts its entries keep); past it the
+    least recently used entries are evicted. 0 turns the compile cache off."""
 
     webhook_allow_private_urls: bool = False
     """Allow webhook URLs on loopback, private, link-local or otherwise internal addresses

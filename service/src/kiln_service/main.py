@@ -28,7 +28,16 @@ from kiln_service.events import EventBus
 from kiln_service.metrics import Metrics
 from kiln_service.openapi import install_openapi
 from kiln_service.queue import create_celery_app
-from kiln_service.routes import artifacts, compile, events, health, jobs, webhooks, workers
+from kiln_service.routes import (
+    artifacts,
+    cache,
+    compile,
+    events,
+    health,
+    jobs,
+    webhooks,
+    workers,
+)
 from kiln_service.stores.artifacts import open_artifact_store
 from kiln_service.stores.jobs import JobStore
 from kiln_service.tracing import TracingMiddleware, configure_tracing, fastapi_telemetry_off
@@ -216,7 +225,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.add_middleware(RequestIdMiddleware)
     # Every /v1 route authenticates (once per request: FastAPI caches the dependency, so the
     # routes' own TenantDep reuses the result); health, metrics and the docs stay open.
-    for module in (compile, jobs, events, artifacts, workers, webhooks):
+    for module in (compile, jobs, events, artifacts, workers, webhooks, cache):
         app.include_router(module.router, dependencies=[Depends(get_tenant)])
     app.include_router(health.router)
     app.include_router(errors_page.router)

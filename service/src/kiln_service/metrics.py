@@ -65,6 +65,9 @@ class Metrics:
         self.webhook_deliveries = Counter("kiln_webhook_deliveries", "Webhook delivery attempts "
                                           "by outcome (succeeded, retrying, failed).",
                                           ["outcome"], registry=self.registry)
+        self.cache_lookups = Counter("kiln_compile_cache_lookups", "Compile cache look-ups "
+                                     "at submission by result (hit, miss).",
+                                     ["target", "result"], registry=self.registry)
         self._watermark = utcnow()
         self._lock = threading.Lock()
 

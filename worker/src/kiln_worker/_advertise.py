@@ -1,7 +1,7 @@
 """Worker advertisement: register this worker's targets in the job store and keep it fresh.
 
 When Celery's main process is ready (``worker_ready``) a daemon thread registers the worker
-(its Celery node name, targets, host, pid, version) and refreshes ``last_seen_at`` every
+(its Celery node name, targets, host, pid, version, per-target toolchain versions) and refreshes ``last_seen_at`` every
 ``KILN_WORKER_ADVERTISE_SECONDS``; on ``worker_shutdown`` it stops and removes the row. The API
 reads the table to tell whether a job's target has a live worker. No TensorFlow here.
 """
@@ -28,11 +28,31 @@ __all__ = ["Advertiser", "install_advertiser"]
 logger = logging.getLogger(__name__)
 
 
-def _kiln_worker_version() -> str:
+def _version(dist: str, missing: str = "none") -> str:
     try:
-        return version("kiln-worker")
+        return version(dist)
     except PackageNotFoundError:
-        return "0.0.0"
+        return missing
+
+
+def _kiln_worker_version() -> str:
+    return _version("kiln-worker", "0.0.0")
+
+
+def toolchains(targets: list[str]) -> dict[str, dict[str, str]]:
+    """Per target, the versions that make this worker's compiles (read without importing them).
+
+    Part of the compile cache's key (``kiln_service.cache``): a job compiled by another Kiln,
+    TensorFlow or backend never answers a new one. The compile child runs in this same Python
+    environment, so these are the versions it imports.
+    """
+    common = {"kiln-worker": _kiln_worker_version(), "tensorflow": _version("tensorflow"),
+              "tf-keras": _version("tf-keras"),
+              "default-placement": os.environ.get("KILN_PLACEMENT") or "measured"}
+    backends = {"xla": {"backend": "xla"},
+                "inf1": {"backend": "neuron", "tensorflow-neuron": _version("tensorflow-neuron"),
+                         "neuron-cc": _version("neuron-cc")}}
+    return {t: {**common, **backends.get(t, {"backend": t})} for t in targets}
 
 
 class Advertiser:
@@ -64,7 +84,8 @@ class Advertiser:
         """
         self.store.register_worker(worker_id=self.worker_id, targets=self.targets,
                                    host=socket.gethostname(), pid=os.getpid(),
-                                   version=_kiln_worker_version(), sandbox=self.sandbox)
+                                   version=_kiln_worker_version(), sandbox=self.sandbox,
+                                   toolchains=toolchains(self.targets))
 
     def beat(self) -> None:
         """Refresh ``last_seen_at``, registering again if the row is missing; log failures."""

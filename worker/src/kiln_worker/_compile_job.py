@@ -21,6 +21,7 @@ from typing import Any
 
 from kiln_client.codes import FailureCode, FailureKind
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
+from kiln_service import cache
 from kiln_service.config import Settings, get_settings
 from kiln_service.errors import StoreError
 from kiln_service.events import make_publisher
@@ -36,6 +37,7 @@ from kiln_service.stores.artifacts import (
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
 from kiln_service.tracing import annotate, traced
+from kiln_worker._advertise import toolchains
 from kiln_worker._compile_run import SupervisedRun
 from kiln_worker._job_dirs import UnsafeOutputError, compiled_file, job_dir
 from kiln_worker._job_io import (
@@ -362,6 +364,9 @@ class CompileAttempt(SupervisedRun):
         if done is None:
             self._discard_outputs()
             return "lost"
+        cache.record_outcome(self.ctx.jobs, self.ctx.artifacts, job=done,
+                             toolchain=toolchains([done.target])[done.target],
+                             max_bytes=self.ctx.settings.cache_max_bytes)
         return status.value
 
     def _discard_outputs(self) -> None:

@@ -71,7 +71,8 @@ async def download_artifact(
     start, end = span if span is not None else (0, size - 1)
     try:
         # The published attempt's keys only: files another attempt wrote are never served.
-        key = artifact_key(job.id, name, attempt=job.published_attempt)
+        # (A job answered from the compile cache serves its source job's files.)
+        key = artifact_key(job.artifacts_job, name, attempt=job.published_attempt)
         handle = await anyio.to_thread.run_sync(store.open_read, key)
     except FileNotFoundError as exc:  # another store's "not found" type
         raise ArtifactNotFoundError(f"artifact {name!r} of job {job.id} is missing from storage") from exc

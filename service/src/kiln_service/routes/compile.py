@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kiln_client.flags import FlagsError, parse_flags
 from kiln_client.models import CompileRequest, Job, PlacementMode
-from kiln_service import idempotency, ingest, sources
+from kiln_service import cache, idempotency, ingest, sources
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
 from kiln_service.errors import (
@@ -88,6 +88,9 @@ _OPENAPI_BODY: dict[str, Any] = {
                                     "model as a new version of this MLflow model"},
                 "output_location": {"type": "string", "description": "s3://bucket/prefix to "
                                     "write the artifacts to as well"},
+                "cache": {"type": "boolean", "default": True,
+                          "description": "`false`: compile even if the tenant's compile cache "
+                                         "holds this model, inputs, flags and toolchain"},
             },
         }}},
     }
@@ -253,8 +256,16 @@ def _check_store_and_queue(
     """
     settings, artifacts = services.settings, services.artifact_store
     with span("kiln.ingest", {"kiln.job_id": job_id}):
-        _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
+        info = _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
     stage_message = _check_served(services, req.target)
+    # Registered first: a job answered from the cache ends at once, and its event needs it.
+    register_job_webhook(WebhookStore(services.job_store.engine), job_id=job_id,
+                         tenant=tenant, req=req)
+    with span("kiln.cache_lookup", {"kiln.job_id": job_id}):
+        cached = cache.lookup(services, form, req, info, job_id=job_id, tenant=tenant,
+                              idempotency_key=idempotency_key, request_sha256=request_sha256)
+    if cached.job is not None:
+        return cached.job
     stored = False
     try:
         with span("kiln.store_upload", {"kiln.job_id": job_id}):
@@ -266,10 +277,9 @@ def _check_store_and_queue(
             timeout_seconds=req.timeout_seconds or settings.default_timeout_seconds,
             stage_message=stage_message, idempotency_key=idempotency_key,
             request_sha256=request_sha256, pipeline=sources.pipeline_of(req),
+            cache_key=cached.key,
         )
         stored = True
-        register_job_webhook(WebhookStore(services.job_store.engine), job_id=job_id,
-                             tenant=tenant, req=req)
         enqueue_compile(services.celery, job_id=job_id, target=req.target)
         return job
     except BaseException:
@@ -310,7 +320,8 @@ def _check_served(services: Services, target: str) -> str | None:
     return unserved_target_message(target)
 
 
-def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, scratch: Path) -> None:
+def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings,
+                  scratch: Path) -> ingest.ArchiveInfo:
     model = form.files.get("model")
     if model is None or model.size == 0:
         raise UploadRejectedError("the 'model' file part is missing or empty; send the SavedModel "
@@ -332,3 +343,4 @@ def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings, s
             ingest.check_input_shapes(signature, req.input_shapes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return info

@@ -13,12 +13,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from kiln_client.models import Job, JobList, JobStatus
+from kiln_service import cache
 from kiln_service._hub import follow_log
 from kiln_service.deps import ArtifactStoreDep, JobStoreDep, SettingsDep, TenantDep, ValidJobDep
 from kiln_service.errors import JobStateError, UploadRejectedError
 from kiln_service.events import EventBus
 from kiln_service.routes.workers import with_waiting_messages
-from kiln_service.stores.artifacts import job_prefix
 from kiln_service.stores.jobs import JobStore
 
 __all__ = ["router"]
@@ -76,8 +76,8 @@ def delete_job(
     if not job.status.is_terminal:
         raise JobStateError(f"job {job.id} is {job.status.value}; cancel it and wait for it to "
                             "finish before deleting it", code="job_not_finished")
-    artifacts.delete_prefix(job_prefix(job.id))
-    store.delete_job(job_id=job.id, tenant=tenant)
+    # Files the compile cache or other jobs still use stay (see kiln_service.cache).
+    cache.delete_job(store, artifacts, job_id=job.id, tenant=tenant)
     return Response(status_code=204)
 
 

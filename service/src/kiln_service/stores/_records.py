@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from kiln_client.models import Job
+from kiln_client.models import Job, JobStatus, PlacementSpec, Stage
+from kiln_service.stores._schema import utcnow
 
-__all__ = ["JobRecord", "LogLine", "row_to_record"]
+__all__ = ["JobRecord", "LogLine", "new_job_row", "row_to_record"]
 
 
 class JobRecord(Job):
@@ -27,6 +28,16 @@ class JobRecord(Job):
     published_attempt: int | None = None
     """The attempt whose outputs ``artifacts`` lists (keys ``jobs/<id>/attempt-<n>/``); ``None``
     when nothing was published, or for a job published before attempts had keys of their own."""
+    cache_key: str | None = None
+    """The job's compile cache key; ``None`` when the cache was not used."""
+    cache_source: str | None = None
+    """For a job answered from the cache, the job whose attempt ``published_attempt`` holds the
+    artifacts (``jobs/<cache_source>/attempt-<n>/``)."""
+
+    @property
+    def artifacts_job(self) -> str:
+        """The job under whose keys this job's artifacts are stored."""
+        return self.cache_source or self.id
 
     def to_public(self) -> Job:
         """Return the job as the API shows it (without internal fields)."""
@@ -43,7 +54,34 @@ class LogLine(NamedTuple):
 def row_to_record(row: Mapping[Any, Any]) -> JobRecord:
     """Build a :class:`JobRecord` from a ``jobs`` row mapping."""
     data = dict(row)
+    if data.get("cache_key") is not None:
+        data["cache"] = {"hit": data.get("cache_source") is not None, "job": data.get("cache_source")}
     for key in ("idempotency_key", "request_sha256", "updated_at", "heartbeat_at", "log_seq"):
         data.pop(key, None)
     data.update(data.pop("pipeline", None) or {})
     return JobRecord.model_validate(data)
+
+
+def new_job_row(
+    *, job_id: str, tenant: str, target: str, timeout_seconds: int,
+    input_digests: Mapping[str, str], name: str | None = None,
+    labels: Mapping[str, str] | None = None, flags: str = "", signature: str = "serving_default",
+    placement: PlacementSpec | None = None, input_shapes: Mapping[str, list[int]] | None = None,
+    idempotency_key: str | None = None, request_sha256: str | None = None,
+    stage_message: str | None = None, cache_key: str | None = None,
+) -> dict[str, Any]:
+    """The ``jobs`` row of a new ``queued`` job (see :meth:`JobStore.create_job` for the fields)."""
+    now = utcnow()
+    return {
+        "id": job_id, "tenant": tenant, "name": name,
+        "labels": dict(labels or {}), "status": JobStatus.QUEUED.value,
+        "stage": Stage.QUEUED.value, "stage_message": stage_message, "progress": 0.0,
+        "target": target, "flags": flags, "signature": signature,
+        "placement": placement.model_dump() if placement is not None else None,
+        "input_shapes": dict(input_shapes) if input_shapes is not None else None,
+        "timeout_seconds": timeout_seconds, "input_digests": dict(input_digests),
+        "created_at": now, "updated_at": now, "attempts": 0, "artifacts": [],
+        "cancel_requested": False, "fence": 0, "log_seq": 0,
+        "idempotency_key": idempotency_key, "request_sha256": request_sha256,
+        "cache_key": cache_key,
+    }

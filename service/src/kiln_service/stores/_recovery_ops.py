@@ -201,7 +201,8 @@ class RecoveryOpsMixin:
             .where(jobs.c.fence > 0, or_(
                 and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.fence > 1),
                 jobs.c.status == JobStatus.QUEUED.value,
-                and_(jobs.c.status.in_(terminal), jobs.c.finished_at > cutoff, unpublished)))
+                and_(jobs.c.status.in_(terminal), jobs.c.finished_at > cutoff, unpublished,
+                     jobs.c.cache_source.is_(None))))
             .order_by(jobs.c.updated_at.desc()).limit(limit)
         )
         with self._tx() as conn:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -30,7 +31,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["UTCDateTime", "job_logs", "jobs", "metadata", "utcnow", "workers"]
+__all__ = ["UTCDateTime", "compile_cache", "job_logs", "jobs", "metadata", "utcnow", "workers"]
 
 metadata = MetaData()
 
@@ -106,9 +107,15 @@ jobs = Table(
     # Where the model came from and where the outputs also go (model_source, output_location,
     # mlflow_register) and what became of those exports; NULL for a plain upload.
     Column("pipeline", JSON),
+    # The compile cache (revision 0007_compile_cache): the job's cache key (NULL: the cache was
+    # not used), and for a job answered from the cache, the job whose published attempt holds
+    # its artifacts (the files stay under that job's keys; see kiln_service.cache).
+    Column("cache_key", String(64)),
+    Column("cache_source", String(32)),
     UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
     Index("ix_jobs_status", "status"),
+    Index("ix_jobs_cache_source", "cache_source"),
 )
 
 job_logs = Table(
@@ -133,5 +140,31 @@ workers = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime(), nullable=False),
     Column("sandbox", String(32)),
+    # Per target, the versions that make its compiles (Kiln, TensorFlow, backend): part of the
+    # compile cache's key. NULL for workers of older versions.
+    Column("toolchains", JSON),
     Index("ix_workers_last_seen_at", "last_seen_at"),
+)
+
+#: The compile cache (revision ``0007_compile_cache``): one row per (tenant, key) whose outcome
+#: is reused. ``source_job`` compiled it; its published attempt's files
+#: (``jobs/<source_job>/attempt-<source_attempt>/``) are the artifacts of every job answered
+#: from the entry, and stay stored while the entry or any such job exists.
+compile_cache = Table(
+    "compile_cache",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("source_job", String(32), nullable=False),
+    Column("source_attempt", Integer),
+    Column("status", String(16), nullable=False),
+    Column("failure", JSON),
+    Column("artifacts", JSON, nullable=False),
+    Column("report", JSON),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_used_at", UTCDateTime(), nullable=False),
+    Column("hits", Integer, nullable=False, server_default="0"),
+    Index("ix_compile_cache_lru", "tenant", "last_used_at"),
+    Index("ix_compile_cache_source", "source_job"),
 )

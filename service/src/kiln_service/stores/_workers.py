@@ -8,7 +8,7 @@ Each worker registers its Celery node name and targets when it is ready, refresh
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
@@ -40,6 +40,9 @@ class WorkerInfo(BaseModel):
     sandbox: str | None = None
     """How it isolates compiles: ``bubblewrap``, or ``none`` when its operator allowed running
     them without isolation (``KILN_WORKER_SANDBOX``); empty for workers of older versions."""
+    toolchains: dict[str, dict[str, str]] | None = None
+    """Per target, the versions its compiles are made with (``kiln-worker``, ``tensorflow``,
+    ``tf-keras``, the backend's); part of the compile cache's key. Empty for older workers."""
 
 
 class WorkerList(BaseModel):
@@ -71,7 +74,7 @@ class WorkerRegistryMixin:
 
     def register_worker(
         self, *, worker_id: str, targets: Sequence[str], host: str, pid: int, version: str,
-        sandbox: str | None = None,
+        sandbox: str | None = None, toolchains: Mapping[str, Mapping[str, str]] | None = None,
     ) -> WorkerInfo:
         """Insert or replace this worker's row, seen now.
 
@@ -82,6 +85,7 @@ class WorkerRegistryMixin:
             pid: Process id of the worker's main process.
             version: ``kiln-worker`` version.
             sandbox: Its compile isolation (``bubblewrap`` or ``none``).
+            toolchains: Per target, the versions its compiles are made with.
 
         Returns:
             The stored row.
@@ -91,7 +95,9 @@ class WorkerRegistryMixin:
         """
         now = utcnow()
         row = {"id": worker_id, "targets": list(targets), "host": host, "pid": pid,
-               "version": version, "started_at": now, "last_seen_at": now, "sandbox": sandbox}
+               "version": version, "started_at": now, "last_seen_at": now, "sandbox": sandbox,
+               "toolchains": ({t: dict(v) for t, v in toolchains.items()}
+                              if toolchains is not None else None)}
         with self._tx() as conn:
             # Delete-then-insert is an upsert both SQLite and PostgreSQL run the same way.
             conn.execute(delete(workers).where(

@@ -42,16 +42,18 @@ from kiln_service.errors import (
     JobStateError,
     StoreError,
 )
+from kiln_service.stores._cache import CacheStoreMixin, JobRemoval
 from kiln_service.stores._events import EventType, record_event, take_changed
 from kiln_service.stores._keys import ApiKeyMixin
 from kiln_service.stores._limits import SharedLimitsMixin
-from kiln_service.stores._records import JobRecord, LogLine, row_to_record
+from kiln_service.stores._records import JobRecord, LogLine, new_job_row, row_to_record
 from kiln_service.stores._recovery_ops import RecoveryOpsMixin
 from kiln_service.stores._schema import job_logs, jobs, utcnow
 from kiln_service.stores._worker_ops import WorkerOpsMixin
 from kiln_service.stores._workers import WorkerInfo, WorkerRegistryMixin
 
-__all__ = ["JobRecord", "JobStore", "LogLine", "WorkerInfo", "normalize_database_url"]
+__all__ = ["JobRecord", "JobRemoval", "JobStore", "LogLine", "WorkerInfo", "new_job_row",
+           "normalize_database_url"]
 
 logger = logging.getLogger(__name__)
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
@@ -66,7 +68,7 @@ def normalize_database_url(url: str) -> str:
 
 
 class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixin,
-               SharedLimitsMixin):
+               SharedLimitsMixin, CacheStoreMixin):
     """Jobs, their logs and the advertised workers over one SQLAlchemy engine.
 
     Args:
@@ -129,6 +131,7 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
         request_sha256: str | None = None,
         stage_message: str | None = None,
         pipeline: Mapping[str, Any] | None = None,
+        cache_key: str | None = None,
     ) -> JobRecord:
         """Insert a new ``queued`` job and return it.
 
@@ -148,6 +151,7 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
             request_sha256: Digest of the request, to tell a replay from a different body.
             stage_message: Initial stage message (why the job may wait), if any.
             pipeline: ``model_source``, ``output_location``, ``mlflow_register``, if any.
+            cache_key: The request's compile cache key (``None``: the cache is not used).
 
         Returns:
             The stored job.
@@ -155,20 +159,13 @@ class JobStore(WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixi
         Raises:
             StoreError: The database failed.
         """
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": job_id or uuid.uuid4().hex, "tenant": tenant, "name": name,
-            "labels": dict(labels or {}), "status": JobStatus.QUEUED.value,
-            "stage": Stage.QUEUED.value, "stage_message": stage_message, "progress": 0.0, "target": target, "flags": flags,
-            "signature": signature,
-            "placement": placement.model_dump() if placement is not None else None,
-            "input_shapes": dict(input_shapes) if input_shapes is not None else None,
-            "timeout_seconds": timeout_seconds, "input_digests": dict(input_digests),
-            "created_at": now, "updated_at": now, "attempts": 0, "artifacts": [],
-            "cancel_requested": False, "fence": 0, "log_seq": 0,
-            "idempotency_key": idempotency_key, "request_sha256": request_sha256,
-            "pipeline": dict(pipeline) if pipeline else None,
-        }
+        values = new_job_row(
+            job_id=job_id or uuid.uuid4().hex, tenant=tenant, target=target,
+            timeout_seconds=timeout_seconds, input_digests=input_digests, name=name,
+            labels=labels, flags=flags, signature=signature, placement=placement,
+            input_shapes=input_shapes, idempotency_key=idempotency_key,
+            request_sha256=request_sha256, stage_message=stage_message, cache_key=cache_key,
+            pipeline=pipeline)
         try:
             with self.engine.begin() as conn:
                 conn.execute(jobs.insert().values(**values))

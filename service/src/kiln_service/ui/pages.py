@@ -20,10 +20,11 @@ from fastapi.templating import Jinja2Templates
 
 from kiln_client.flags import FlagsError, parse_flags
 from kiln_client.models import Job, JobStatus
+from kiln_service import cache
 from kiln_service.config import TARGETS
 from kiln_service.deps import DEFAULT_TENANT, Services, get_services
 from kiln_service.errors import JobStateError, NotFoundError
-from kiln_service.stores.artifacts import artifact_key, job_prefix
+from kiln_service.stores.artifacts import artifact_key
 from kiln_service.ui import session as sessions
 from kiln_service.ui.graph import placement_svg
 
@@ -188,7 +189,7 @@ def jobs_page(request: Request, status: str = "", name: str = "", label: str = "
 def _read_report(services: Services, job: Any) -> dict[str, Any] | None:
     if not any(a.name == "report.json" for a in job.artifacts):
         return None
-    key = artifact_key(job.id, "report.json", **_attempt(job))
+    key = artifact_key(getattr(job, "artifacts_job", job.id), "report.json", **_attempt(job))
     try:
         with services.artifact_store.open_read(key) as handle:
             data = json.loads(handle.read(_MAX_REPORT_BYTES))
@@ -274,8 +275,8 @@ def _job_action(request: Request, job_id: str, csrf: str, action: str) -> Respon
             return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
         if not job.status.is_terminal:
             raise JobStateError(f"job {job_id} is {job.status.value}; cancel it first")
-        get_services(request).artifact_store.delete_prefix(job_prefix(job_id))
-        store.delete_job(job_id=job_id, tenant=viewer.tenant)
+        cache.delete_job(store, get_services(request).artifact_store, job_id=job_id,
+                         tenant=viewer.tenant)
     except NotFoundError:
         return _not_found(request, viewer)
     except JobStateError as exc:
