@@ -211,3 +211,30 @@ def test_out_with_no_wait_is_a_usage_error(serve: Any, archive: Path, capsys: py
     assert cli.main(["compile", str(archive), "--no-wait", "--out", "x"]) == cli.EXIT_USAGE
     assert "kiln jobs download" in capsys.readouterr().err
     assert rec.requests == []
+
+
+def test_compile_names_a_cache_hit_and_no_cache_opts_out(serve: Any, archive: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    source = "c" * 32
+    hit = job_payload(JOB_ID, status="succeeded", stage="done", cache={"hit": True, "job": source})
+    rec = serve(lambda req, i: httpx.Response(202, json=hit))
+    assert cli.main(["compile", str(archive), "--no-wait"]) == 0
+    assert b'name="cache"' not in rec.bodies[0]
+    assert f"job {JOB_ID} answered from the compile cache (job {source})" in capsys.readouterr().err
+    assert cli.main(["-q", "compile", str(archive), "--no-cache", "--no-wait"]) == 0
+    assert b'name="cache"\r\n\r\nfalse' in rec.bodies[1]
+
+
+def test_cache_purge_and_show(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    def handler(req: httpx.Request, i: int) -> httpx.Response:
+        purged = {"purged": 3} if req.method == "DELETE" else {}
+        return httpx.Response(200, json={"entries": 0, "bytes": 0, "max_bytes": 10, **purged})
+
+    rec = serve(handler)
+    assert cli.main(["cache", "purge"]) == 0
+    out, err = capsys.readouterr()
+    assert "3 entries purged" in err and "entries: 0" in out
+    assert cli.main(["cache", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"entries": 0, "bytes": 0, "max_bytes": 10}
+    assert [(r.method, r.url.path) for r in rec.requests] == [("DELETE", "/v1/cache"),
+                                                                ("GET", "/v1/cache")]
