@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["BIN", "Proc", "free_port", "quiet_env", "run_script", "runner_pids", "start",
+__all__ = ["BIN", "NO_COMPILE_CACHE", "Proc", "free_port", "quiet_env", "run_script", "runner_pids", "start",
            "stop_group", "wait_ready"]
 
 #: the folder of this interpreter's console scripts (``kiln-service``, ``kiln-worker``, ``kiln``)
@@ -34,11 +34,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Services started by tests compile every job: a test about compiling must not be answered from
+#: the compile cache by an identical job of an earlier test (the cache's own tests turn it on).
+NO_COMPILE_CACHE = {"KILN_CACHE_MAX_BYTES": "0"}
+
+
 def quiet_env(**overrides: str) -> dict[str, str]:
-    """This environment without ``KILN_*`` settings, TensorFlow quiet and on CPU, plus
-    ``overrides``."""
+    """This environment without ``KILN_*`` settings, TensorFlow quiet and on CPU, the compile
+    cache off, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               **NO_COMPILE_CACHE)
     env.update(overrides)
     return env
 

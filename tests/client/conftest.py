@@ -15,7 +15,7 @@ import pytest
 from client_service import TF_ENV, RunningService
 
 import kiln_client._client
-from _support.processes import free_port, stop_group
+from _support.processes import NO_COMPILE_CACHE, free_port, stop_group
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def kiln_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     log = data_dir.parent / "kiln-service.log"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(TF_ENV)
+    env.update(TF_ENV, **NO_COMPILE_CACHE)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*command, "up", "--port", str(port), "--data-dir", str(data_dir)],

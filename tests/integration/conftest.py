@@ -90,11 +90,14 @@ def prod_stack(
 
 
 @pytest.fixture(scope="module")
-def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``kiln-service up``: API and worker with the embedded defaults in a temporary data dir."""
+def embedded_stack(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``kiln-service up``: API and worker with the embedded defaults in a temporary data dir
+    (plus the test module's ``EMBEDDED_ENV``, if it has one)."""
     data = tmp_path_factory.mktemp("embedded")
     port = free_port()
-    env = base_env(KILN_WORKER_POLL_SECONDS="0.3", KILN_WORKER_KILL_GRACE_SECONDS="1")
+    env = base_env(KILN_WORKER_POLL_SECONDS="0.3", KILN_WORKER_KILL_GRACE_SECONDS="1",
+                   **getattr(request.module, "EMBEDDED_ENV", {}))
     up = start("up", [str(BIN / "kiln-service"), "up", "--port", str(port), "--data-dir",
                       str(data)], env, data / "logs-test")
     stack = Stack(f"http://127.0.0.1:{port}", [up], data)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from _support.processes import NO_COMPILE_CACHE
 from _support.processes import free_port as free_port  # re-exported to the pipeline tests
 
 BIN = Path(sys.executable).parent
@@ -160,7 +161,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 def api_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     """This environment without KILN_* settings, plus an embedded data dir and ``overrides``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(KILN_DATA_DIR=str(data_dir), KILN_AUTH="off", KILN_WEBHOOK_POLL_SECONDS="0.1")
+    env.update(KILN_DATA_DIR=str(data_dir), KILN_AUTH="off", KILN_WEBHOOK_POLL_SECONDS="0.1",
+               **NO_COMPILE_CACHE)
     env.update(overrides)
     return env
 

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from pipeline_support import BIN, ROOT, TF_ENV, free_port, wait_ready
 
+from _support.processes import NO_COMPILE_CACHE
+
 pytestmark = pytest.mark.integration
 
 
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.integration
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """``kiln-service up`` with the embedded defaults: ``(url, api key)``."""
     data = tmp_path_factory.mktemp("kiln-up")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")}, **TF_ENV}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KILN_")}, **TF_ENV,
+           **NO_COMPILE_CACHE}
     port = free_port()
     with open(data / "up.log", "wb") as out:
         up = subprocess.Popen([str(BIN / "kiln-service"), "up", "--port", str(port),

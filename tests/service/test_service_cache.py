@@ -9,8 +9,6 @@ what ``kiln-worker`` calls (a real compile is in ``tests/integration/test_integr
 
 from __future__ import annotations
 
-import tarfile
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _support.archives import tar_gz_as_zip
 from _support.postgres import fresh_database
 from kiln_client.codes import FailureCode
 from kiln_client.models import Artifact, Failure, Job
@@ -110,17 +109,6 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path,
     store.dispose()
 
 
-def _as_zip(archive: Path, dest: Path) -> Path:
-    """The same files as ``archive`` (a .tar.gz), re-packed as a .zip in another order."""
-    with tarfile.open(archive) as tar, zipfile.ZipFile(dest, "w") as zf:
-        members = [m for m in tar.getmembers() if m.isfile()]
-        for member in reversed(members):
-            handle = tar.extractfile(member)
-            assert handle is not None
-            zf.writestr(member.name, handle.read())
-    return dest
-
-
 def _stored(artifacts: ArtifactStore, job_id: str) -> list[str]:
     return artifacts.list_prefix(f"jobs/{job_id}/")
 
@@ -131,7 +119,7 @@ async def test_hit_reuses_the_artifacts_per_tenant_and_survives_deletes(
     assert first.status.value == "queued" and first.cache is not None and not first.cache.hit
     arts = env.finish(first.id)
 
-    hit = await env.submit("a", _as_zip(MODEL, tmp_path / "same.zip"))
+    hit = await env.submit("a", tar_gz_as_zip(MODEL, tmp_path / "same.zip"))
     assert hit.status.value == "succeeded" and hit.cache is not None
     assert (hit.cache.hit, hit.cache.job) == (True, first.id)
     assert hit.artifacts == arts and hit.attempts == 0

@@ -70,10 +70,10 @@ def model_digest(path: Path, *, kind: str, root: str) -> str:
         for entry in tar:
             name = safe_name(entry.name)
             if entry.isfile() and name.startswith(head):
-                member = tar.extractfile(entry)
-                if member is not None:
-                    with member:
-                        files[name[len(head):]] = _file_digest(member)
+                extracted = tar.extractfile(entry)
+                if extracted is not None:
+                    with extracted:
+                        files[name[len(head):]] = _file_digest(extracted)
     return combine_file_digests(files)
 
 

@@ -222,7 +222,7 @@ class CacheStoreMixin:
             return [s for s in sources if not _referenced(conn, s)]
 
 
-def _insert_answered(conn: Connection, entry: Mapping[str, Any], values: Mapping[str, Any],
+def _insert_answered(conn: Connection, entry: Mapping[Any, Any], values: Mapping[str, Any],
                      now: Any) -> JobRecord:
     status = entry["status"]
     row = {
@@ -240,7 +240,7 @@ def _insert_answered(conn: Connection, entry: Mapping[str, Any], values: Mapping
     return row_to_record(conn.execute(select(jobs).where(jobs.c.id == row["id"])).mappings().one())
 
 
-def _reusable(row: Mapping[str, Any]) -> bool:
+def _reusable(row: Mapping[Any, Any]) -> bool:
     if row["published_attempt"] is None:
         return False
     if row["status"] == JobStatus.SUCCEEDED.value:
