@@ -14,6 +14,9 @@ Compiles the bundled example (``examples/mlp``) in interleaved rounds, each roun
   calls ``kiln_worker.trace`` and saves the result (no verification);
 - ``trace, warm``: ``kiln_worker.trace`` + save in this already-warm process.
 
+The services run with the compile cache off, so every job compiles. ``--cache`` measures the cache
+instead (:func:`cache_hit_vs_miss`): submit → succeeded of a cache hit vs. a miss.
+
 Prints the median and min of each, and the service overhead = service - runner child (the
 child's work is the compile itself; everything else is the service). Target: under one second.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import secrets
 import signal
@@ -63,6 +67,7 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     # The benchmark measures the service's own overhead: no keys, no fairness throttling.
     env.update(KILN_AUTH="off", KILN_RATE_LIMIT_PER_MINUTE="0", KILN_MAX_ACTIVE_JOBS_PER_TENANT="0")
+    env.update(KILN_CACHE_MAX_BYTES="0")  # every job compiles (cache_hit_vs_miss turns it on)
     env.update(extra)
     return env
 
@@ -172,6 +177,60 @@ def _warm_trace(work: Path, model_dir: Path) -> Callable[[], float]:
     return once
 
 
+def _submit_and_wait(client: httpx.Client, files: dict[str, tuple[str, bytes]]
+                     ) -> tuple[float, dict[str, object]]:
+    """Submit, then poll every 20 ms until the job ended; return the seconds and the job."""
+    start = time.perf_counter()
+    resp = client.post("/v1/compile", files=files)
+    resp.raise_for_status()
+    job = resp.json()
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.02)
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+    return time.perf_counter() - start, job
+
+
+def cache_hit_vs_miss(work: Path, runs: int = 5) -> dict[str, float]:
+    """Median submit → ``succeeded`` of the bundled MLP: a compile cache hit vs. a miss.
+
+    One ``kiln-service up`` with the cache on (after its warm-up compile). Each of ``runs``
+    rounds submits, interleaved, a miss (example inputs never sent before: a real compile) and
+    then the same request again (a hit, answered by ``POST /v1/compile`` itself).
+
+    Returns:
+        ``{"hit": median s, "miss": median s, "ratio": miss / hit}``.
+    """
+    import numpy as np
+
+    port = _port()
+    service = Service("service/cache", [[str(BIN / "kiln-service"), "up", "--port", str(port),
+                                         "--data-dir", str(work / "cache")]],
+                      _env(KILN_CACHE_MAX_BYTES=str(1 << 30)), port, work / "logs")
+    times: dict[str, list[float]] = {"miss": [], "hit": []}
+    try:
+        with np.load(INPUTS) as arrays:
+            base = {k: np.asarray(v) for k, v in arrays.items()}
+        for rnd in range(runs):
+            buf = io.BytesIO()
+            np.savez(buf, **{k: (v + (rnd + 1) * 1e-3).astype(v.dtype) for k, v in base.items()})
+            files = {"model": ("mlp.tar.gz", MODEL.read_bytes()),
+                     "example_inputs": ("x.npz", buf.getvalue())}
+            for kind in ("miss", "hit"):
+                seconds, job = _submit_and_wait(service.client, files)
+                cache = job.get("cache") or {}
+                if job["status"] != "succeeded" or cache.get("hit") != (kind == "hit"):
+                    raise RuntimeError(f"{kind}: unexpected job {job}")
+                times[kind].append(seconds)
+            print(f"round {rnd + 1}: miss {times['miss'][-1]:.3f}s, hit {times['hit'][-1]:.3f}s",
+                  flush=True)
+    finally:
+        service.stop()
+    hit, miss = statistics.median(times["hit"]), statistics.median(times["miss"])
+    print(f"\nbundled MLP, submit → succeeded, median of {runs} (interleaved): cache hit "
+          f"{hit:.3f} s (target < 0.3 s), miss {miss:.2f} s, miss/hit {miss / hit:.0f}x")
+    return {"hit": hit, "miss": miss, "ratio": miss / hit}
+
+
 def _redis_stack(work: Path, db_name: str) -> Service:
     env = _env(KILN_DATA_DIR=str(work / "redis-data"), KILN_BROKER_URL=REDIS_URL,
                KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}")
@@ -188,7 +247,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis/PostgreSQL stack")
+    parser.add_argument("--cache", action="store_true", help="only: compile cache hit vs. miss")
     args = parser.parse_args()
+    if args.cache:
+        cache_hit_vs_miss(Path(tempfile.mkdtemp(prefix="kiln-bench-")), max(args.repeat, 5))
+        return
     import psycopg
     import redis
 
