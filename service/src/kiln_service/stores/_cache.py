@@ -229,7 +229,7 @@ def _insert_answered(conn: Connection, entry: Mapping[Any, Any], values: Mapping
         **values, "status": status, "stage": Stage.DONE.value,
         "stage_message": f"answered from the compile cache (job {entry['source_job']})",
         "progress": 1.0 if status == JobStatus.SUCCEEDED.value else 0.0,
-        "created_at": now, "updated_at": now, "started_at": now, "finished_at": now,
+        "created_at": now, "updated_at": now, "started_at": None, "finished_at": now,
         "attempts": 0, "failure": entry["failure"], "artifacts": entry["artifacts"],
         "report": entry["report"], "published_attempt": entry["source_attempt"],
         "cache_source": entry["source_job"], "cancel_requested": False, "fence": 0,
