@@ -44,6 +44,14 @@ def _anchor(code: str) -> str:
     return f'<a id="{code}"></a>'
 
 
+def _meaning(code: FailureCode) -> str:
+    """What the code means, and whether the compile cache replays it (see docs/cache.md)."""
+    if not code.deterministic:
+        return code.meaning
+    return (f"{code.meaning} Deterministic: the compile cache answers the same job again with "
+            "this failure at once (submit with `cache=false` to compile anyway).")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -55,7 +63,7 @@ def render_markdown() -> str:
     for kind in FailureKind:
         lines += ["", f"## Job failure codes: `{kind.value}`", "",
                   "| code | what it means | what to do |", "|---|---|---|"]
-        lines += [f"| {_anchor(c.value)}`{c.value}` | {_cell(c.meaning)} | {_cell(c.action)} |"
+        lines += [f"| {_anchor(c.value)}`{c.value}` | {_cell(_meaning(c))} | {_cell(c.action)} |"
                   for c in FailureCode if c.kind is kind]
     lines += ["", "## API problem codes", "", "| code | HTTP status | what it means, what to do |",
               "|---|---|---|"]
@@ -69,7 +77,7 @@ def render_html() -> str:
     body: list[str] = [_markdown_paragraphs(_INTRO)]
     for kind in FailureKind:
         rows = "".join(
-            f'<tr id="{c.value}"><td><code>{c.value}</code></td><td>{_inline(c.meaning)}</td>'
+            f'<tr id="{c.value}"><td><code>{c.value}</code></td><td>{_inline(_meaning(c))}</td>'
             f"<td>{_inline(c.action)}</td></tr>" for c in FailureCode if c.kind is kind)
         body.append(f"<h2>Job failure codes: <code>{kind.value}</code></h2><table><tr>"
                     f"<th>code</th><th>what it means</th><th>what to do</th></tr>{rows}</table>")
