@@ -3,7 +3,7 @@
 One trace follows a job across three processes::
 
     POST /v1/compile (API, server span)
-    ├── kiln.receive_upload, kiln.ingest, kiln.store_upload
+    ├── kiln.receive_upload, kiln.ingest, kiln.cache_lookup, kiln.store_upload
     └── kiln.enqueue (producer) ──── W3C ``traceparent`` in the Celery message headers
         ├── kiln.queue_wait (worker: enqueued → taken)
         └── kiln.compile (worker, consumer)
