@@ -77,6 +77,8 @@ def lookup(services: Services, form: ReceivedForm, req: CompileRequest, info: Ar
         DuplicateIdempotencyKeyError: Another job holds ``idempotency_key``.
         StoreError: The job store failed.
     """
+    from kiln_service.sources import pipeline_of  # API only (the worker imports this module)
+
     settings = services.settings
     if not req.cache or settings.cache_max_bytes == 0:
         return Lookup(None)
@@ -92,7 +94,10 @@ def lookup(services: Services, form: ReceivedForm, req: CompileRequest, info: Ar
         flags=req.flags, signature=req.signature, placement=req.placement,
         input_shapes=req.input_shapes, input_digests={f: form.files[f].sha256 for f in form.files},
         timeout_seconds=req.timeout_seconds or settings.default_timeout_seconds,
-        idempotency_key=idempotency_key, request_sha256=request_sha256, cache_key=key)
+        idempotency_key=idempotency_key, request_sha256=request_sha256, cache_key=key,
+        pipeline=pipeline_of(req))
+    if req.output_location or req.mlflow_register:
+        keys = []  # the worker does the exports: compile (the outcome is cached for others)
     job = store.create_cached_job(tenant=tenant, keys=keys, values=values) if keys else None
     services.metrics.cache_lookups.labels(target=req.target,
                                           result="miss" if job is None else "hit").inc()

@@ -69,6 +69,7 @@ def new_job_row(
     placement: PlacementSpec | None = None, input_shapes: Mapping[str, list[int]] | None = None,
     idempotency_key: str | None = None, request_sha256: str | None = None,
     stage_message: str | None = None, cache_key: str | None = None,
+    pipeline: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``jobs`` row of a new ``queued`` job (see :meth:`JobStore.create_job` for the fields)."""
     now = utcnow()
@@ -83,5 +84,5 @@ def new_job_row(
         "created_at": now, "updated_at": now, "attempts": 0, "artifacts": [],
         "cancel_requested": False, "fence": 0, "log_seq": 0,
         "idempotency_key": idempotency_key, "request_sha256": request_sha256,
-        "cache_key": cache_key,
+        "cache_key": cache_key, "pipeline": dict(pipeline) if pipeline else None,
     }

@@ -107,7 +107,7 @@ jobs = Table(
     # Where the model came from and where the outputs also go (model_source, output_location,
     # mlflow_register) and what became of those exports; NULL for a plain upload.
     Column("pipeline", JSON),
-    # The compile cache (revision 0007_compile_cache): the job's cache key (NULL: the cache was
+    # The compile cache (revision 0008_compile_cache): the job's cache key (NULL: the cache was
     # not used), and for a job answered from the cache, the job whose published attempt holds
     # its artifacts (the files stay under that job's keys; see kiln_service.cache).
     Column("cache_key", String(64)),
@@ -146,7 +146,7 @@ workers = Table(
     Index("ix_workers_last_seen_at", "last_seen_at"),
 )
 
-#: The compile cache (revision ``0007_compile_cache``): one row per (tenant, key) whose outcome
+#: The compile cache (revision ``0008_compile_cache``): one row per (tenant, key) whose outcome
 #: is reused. ``source_job`` compiled it; its published attempt's files
 #: (``jobs/<source_job>/attempt-<source_attempt>/``) are the artifacts of every job answered
 #: from the entry, and stay stored while the entry or any such job exists.
