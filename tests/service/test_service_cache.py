@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from _support.archives import tar_gz_as_zip
+from _support.cache_jobs import TOOLCHAIN, finish_like_a_worker
 from _support.postgres import fresh_database
 from kiln_client.codes import FailureCode
 from kiln_client.models import Artifact, Failure, Job
@@ -30,8 +31,6 @@ from kiln_service.stores.jobs import JobStore
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
 INPUTS = ROOT / "examples" / "mlp" / "example_inputs.npz"
-TOOLCHAIN = {"kiln-worker": "0.1.0", "tensorflow": "2.21.0", "tf-keras": "2.21.0",
-             "default-placement": "measured", "backend": "xla"}
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +63,8 @@ class Env:
 
     def finish(self, job_id: str, failure: Failure | None = None) -> list[Artifact]:
         """Run the worker's side: claim, store outputs, finish, record the outcome."""
-        claimed = self.store.claim_job(job_id=job_id, worker_id="test-worker")
-        assert claimed is not None
-        outputs = {"compile.log": b"log of " + job_id.encode()}
-        if failure is None:
-            outputs |= {"compiled_model.tar.gz": b"compiled " + job_id.encode(),
-                        "report.json": b"{}"}
-        arts = []
-        for name, data in outputs.items():
-            size, sha = self.artifacts.put_stream(artifact_key(job_id, name, claimed.fence), [data])
-            arts.append(Artifact(name=name, size=size, sha256=sha))
-        done = self.store.finish_job(job_id=job_id, status="failed" if failure else "succeeded",
-                                     failure=failure, artifacts=arts, fence=claimed.fence)
-        assert done is not None
-        cache.record_outcome(self.store, self.artifacts, job=done, toolchain=TOOLCHAIN,
-                             max_bytes=self.settings.cache_max_bytes)
-        return arts
+        return finish_like_a_worker(self.store, self.artifacts, job_id, failure=failure,
+                                    max_bytes=self.settings.cache_max_bytes)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

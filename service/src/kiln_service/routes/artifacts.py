@@ -50,9 +50,11 @@ async def download_artifact(
     if artifact is None:
         known = ", ".join(a.name for a in job.artifacts) or "none yet"
         raise ArtifactNotFoundError(f"job {job.id} has no artifact {name!r}; artifacts: {known}")
+    # The published attempt's keys only: files another attempt wrote are never served. A job
+    # answered from the compile cache serves its source job's files.
+    key = artifact_key(job.artifacts_job, name, attempt=job.published_attempt)
     presign = getattr(store, "presign_url", None)
     if redirect and presign is not None:
-        key = artifact_key(job.id, name, attempt=job.published_attempt)
         url = await anyio.to_thread.run_sync(presign, key, settings.presigned_url_seconds)
         return RedirectResponse(url, status_code=307, headers={
             "X-Checksum-SHA256": artifact.sha256, "Cache-Control": "no-store"})
@@ -70,9 +72,6 @@ async def download_artifact(
     span = _parse_range(request.headers.get("range"), size, request.headers.get("if-range"), etag)
     start, end = span if span is not None else (0, size - 1)
     try:
-        # The published attempt's keys only: files another attempt wrote are never served.
-        # (A job answered from the compile cache serves its source job's files.)
-        key = artifact_key(job.artifacts_job, name, attempt=job.published_attempt)
         handle = await anyio.to_thread.run_sync(store.open_read, key)
     except FileNotFoundError as exc:  # another store's "not found" type
         raise ArtifactNotFoundError(f"artifact {name!r} of job {job.id} is missing from storage") from exc
