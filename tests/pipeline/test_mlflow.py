@@ -20,7 +20,7 @@ import kiln_client
 from _support.processes import quiet_env, start, wait_ready
 from kiln_client.errors import ValidationError
 from kiln_service.config import Settings
-from kiln_service.exports import run_exports
+from kiln_service.exports import register_in_mlflow, run_exports
 
 pytestmark = pytest.mark.integration
 SECTION = "## Use Kiln from a pipeline"
@@ -100,6 +100,13 @@ def test_readme_mlflow_example_registers_the_compiled_model(
     run = mlflow.call("GET", "runs/get", params={"run_id": version["run_id"]})["run"]
     assert run["info"]["status"] == "FINISHED"
     assert {m["key"] for m in run["data"]["metrics"]} >= {"on_neuron_ratio", "ops_total"}
+    # A retry of the job (its worker died after registering) finds that version: no second one.
+    # It returns before reading any file, hence no files.
+    again = register_in_mlflow(Settings(mlflow_tracking_uri=mlflow.url), "mlp-compiled",
+                               job_id=job.id, files={}, summary=report)
+    assert again == "models:/mlp-compiled/1"
+    found = mlflow.call("GET", "model-versions/search", params={"filter": "name = 'mlp-compiled'"})
+    assert [v["version"] for v in found["model_versions"]] == ["1"]
 
 
 def test_a_failed_registration_is_reported_not_raised(tmp_path: Path) -> None:

@@ -114,6 +114,9 @@ def register_in_mlflow(settings: Settings, name: str, *, job_id: str, files: Map
     tags = figures(job_id, summary, str(source) if source else None)
     with MlflowRegistry.from_settings(settings) as mlflow, \
             tempfile.TemporaryDirectory(prefix="kiln-mlflow-") as tmp:
+        earlier = _version_of_job(mlflow, name, job_id)
+        if earlier is not None:  # an earlier attempt of this job registered it already
+            return f"models:/{name}/{earlier}"
         run = mlflow.call("POST", "runs/create", json={
             "experiment_id": settings.mlflow_experiment_id, "run_name": f"kiln-{job_id}",
             "start_time": now_ms(), "tags": [{"key": k, "value": v} for k, v in tags.items()],
@@ -139,6 +142,24 @@ def register_in_mlflow(settings: Settings, name: str, *, job_id: str, files: Map
         mlflow.call("POST", "runs/update", json={"run_id": run["run_id"], "status": "FINISHED",
                                                  "end_time": now_ms()})
     return f"models:/{name}/{version}"
+
+
+def _version_of_job(mlflow: MlflowRegistry, name: str, job_id: str) -> str | None:
+    """The version of ``name`` an earlier attempt of ``job_id`` registered, if any.
+
+    A worker that dies after registering but before finishing the job has its job retried;
+    the retry finds that version instead of registering a second one.
+    """
+    quoted = name.replace("'", "\\'")
+    try:
+        found = mlflow.call("GET", "model-versions/search", params={
+            "filter": f"name = '{quoted}' and tags.`kiln.job_id` = '{job_id}'"})
+    except MlflowError as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    versions = found.get("model_versions") or []
+    return str(versions[0]["version"]) if versions else None
 
 
 def _is_number(value: str) -> bool:
