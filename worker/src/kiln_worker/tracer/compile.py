@@ -18,7 +18,13 @@ from tensorflow.core.framework import graph_pb2
 
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
-from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs, without_feeds
+from kiln_worker.tracer.graphs import (
+    GraphImporter,
+    NodeGraph,
+    tensor_specs,
+    with_lowering,
+    without_feeds,
+)
 from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.reference import call_with_xla_fallback
@@ -105,7 +111,8 @@ def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
 def measure_subgraph(
     compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
 ) -> Measurement:
-    """Time the compiled subgraph against the same subgraph in plain TensorFlow."""
+    """Time the compiled subgraph against the same subgraph in plain TensorFlow (``body``,
+    its loops and branches lowered as TensorFlow runs them)."""
     plain = tf.function(body, autograph=False).get_concrete_function(*specs)
     return compare(compiled, plain, args)
 
@@ -167,7 +174,8 @@ def _compile_one(
         )
     result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        timing = measure_subgraph(compiled.function, body, in_specs, args)
+        plain = make_body(with_lowering(sub), partition)
+        timing = measure_subgraph(compiled.function, plain, in_specs, args)
         result = replace(result, measurement=timing)
         if timing.clearly_slower:
             result = replace(
@@ -185,7 +193,7 @@ def _measure_large(result: SubgraphResult, values: dict[str, Any]) -> SubgraphRe
     batch but not at the larger one is compiled again (the model uses it at large batches)."""
     if result.compiled is None:
         return result
-    body = make_body(result.graph_def, result.partition)
+    body = make_body(with_lowering(result.graph_def), result.partition)
     args = [values[t] for t in result.partition.inputs]
     try:
         timing = measure_subgraph(result.compiled.function, body, result.specs, args)
