@@ -206,7 +206,7 @@ def _choose(
     args = [tf.constant(x) for x in examples]
     records: list[dict[str, Any]] = []
     for label, chosen in candidates if kept else []:
-        candidate = _with_only(traced, frozen, flags, compiled.results, chosen, batch)
+        candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
         timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args)
         verdict = "rejected" if timing.clearly_slower else "kept"
         records.append(
@@ -242,19 +242,33 @@ def _with_only(
     traced: TracedFunction,
     frozen: FrozenGraph,
     flags: Any,
-    results: list[SubgraphResult],
+    compiled: Decision,
     chosen: list[SubgraphResult],
-    batch: str,
+    large: bool,
 ) -> Decision:
     """The model with only ``chosen`` compiled; the other compiled subgraphs back to CPU."""
-    reason = f"not kept at {batch}: the whole model was faster without it"
-    names = {r.partition.name for r in chosen}
+    if _kept(chosen) == _kept(compiled.results):
+        return compiled  # every compiled subgraph: the model is built already
+    names = set(_kept(chosen))
     kept = [
-        r if r.partition.name in names or r.status != "compiled" else _rejected(r, reason)
-        for r in results
+        r
+        if r.partition.name in names or r.status != "compiled"
+        else _rejected(r, _why_not(r, large))
+        for r in compiled.results
     ]
     rewritten = rewrite(frozen, kept, WorkdirDumper(None))
     return Decision(kept, rewritten, wrap(traced, frozen, rewritten, flags))
+
+
+def _why_not(result: SubgraphResult, large: bool) -> str:
+    batch = "the larger batch" if large else "the example batch"
+    timing = result.measured_at(large)
+    if timing is not None and timing.clearly_slower:
+        return (
+            f"measured clearly slower than plain TensorFlow at {batch}: {timing.speedup:.2f}x, "
+            f"beyond the {timing.margin:.0%} margin"
+        )
+    return f"not kept at {batch}: the whole model was clearly slower with it; not faster alone"
 
 
 def placement_report(mode: str, decision: Decision) -> dict[str, Any]:
