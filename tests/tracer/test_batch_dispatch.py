@@ -19,8 +19,8 @@ def test_each_batch_size_runs_its_own_choice(
     rng: np.random.Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tensorflow as tf
-    from kiln_client.flags import parse_flags
 
+    from kiln_client.flags import parse_flags
     from kiln_worker.tracer import passes
     from kiln_worker.tracer.backends.xla import XlaBackend
     from kiln_worker.tracer.measure import Measurement
