@@ -65,7 +65,7 @@ def test_seed_examples_compile_in_both_modes_on_a_loaded_machine(
         report = model_neuron.report
         assert report["placement"]["mode"] == mode
         assert _compiled(report), report["subgraphs"]
-        placements.append([(s["ops"], s["status"]) for s in report["subgraphs"]])
+        placements.append([(s["ops"], s["status"], s.get("batches")) for s in report["subgraphs"]])
         np.testing.assert_allclose(
             model_neuron(example_inputs).numpy(), model(example_inputs).numpy(), rtol=1e-5
         )
@@ -89,13 +89,21 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     report = kiln_worker.trace(_seed_model(), tf.ones([1, 3]), placement="measured").report
     assert report["placement"]["mode"] == "measured"
     for entry in report["subgraphs"]:
-        m = entry["measurement"]
-        assert m["rounds"] >= 5 and m["calls_per_round"] >= 1
-        assert m["compiled_ms"] > 0 and m["plain_ms"] > 0 and m["noise"] >= 0
-        assert m["margin"] >= 0.1 and m["clearly_slower"] == (entry["status"] != "compiled")
-    (whole,) = report["placement"]["whole_model"]
-    assert whole["candidate"] == "all compiled subgraphs"
-    assert whole["decision"] in {"kept", "rejected"} and whole["compiled_ms"] > 0
+        # Timed at the example batch and, the model taking any batch, at 8 times it.
+        small, large = entry["measurement"], entry["large_batch_measurement"]
+        for m in (small, large):
+            assert m["rounds"] >= 5 and m["calls_per_round"] >= 1
+            assert m["compiled_ms"] > 0 and m["plain_ms"] > 0 and m["noise"] >= 0
+            assert m["margin"] >= 0.1
+        slower_at_both = small["clearly_slower"] and large["clearly_slower"]
+        assert slower_at_both == (entry["status"] != "compiled")
+    small_whole, large_whole = report["placement"]["whole_model"]
+    assert (small_whole["batch"], large_whole["batch"]) == (1, 8)
+    for whole in (small_whole, large_whole):
+        assert whole["candidate"] == "all compiled subgraphs"
+        assert whole["decision"] in {"kept", "rejected"} and whole["compiled_ms"] > 0
+    split = report["placement"]["split_rows"]
+    assert split is None or split == 2  # each choice serves the batch sizes nearer its own
 
 
 def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Generator) -> None:
@@ -112,7 +120,7 @@ def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Gene
     compiled_ops = {op for s in _compiled(report) for op in s["op_types"]}
     assert "DepthwiseConv2dNative" in compiled_ops  # measured placement keeps it on CPU
     assert all("measurement" not in s for s in report["subgraphs"])
-    assert report["placement"] == {"mode": "all", "whole_model": []}
+    assert report["placement"] == {"mode": "all", "whole_model": [], "split_rows": None}
     assert report["on_neuron_ratio"] == 1.0
 
 

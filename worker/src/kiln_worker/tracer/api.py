@@ -167,18 +167,20 @@ def trace(
     placed = run("place", passes.place_nodes, frozen, xla, subgraph_builder_function, mode)
     partitioning = run("partition", passes.partition, placed, frozen,
                        "measured" if measured else "all")
+    larger = passes.larger_examples(traced) if measured else None
     results = run(
         "compile",
         passes.compile_subgraphs,
         *(xla, placed, frozen, partitioning, traced),
         measure=measured,
         progress=run.compile_progress,
+        large_examples=larger,
     )
     rewritten = run("rewrite", passes.rewrite, frozen, results, dump)
     wrapped = run("wrap", passes.wrap, traced, frozen, rewritten, parsed)
     decision = passes.Decision(results, rewritten, wrapped)
     if measured:
-        decision = run("measure", passes.measure_model, traced, frozen, parsed, decision)
+        decision = run("measure", passes.measure_model, traced, frozen, parsed, decision, larger)
     verification = run(
         "verify",
         verify,
@@ -186,7 +188,7 @@ def trace(
         decision.wrapped,
         backend=xla.name,
         flags=parsed,
-        placement={"mode": mode, "whole_model": list(decision.whole_model)},
+        placement=passes.placement_report(mode, decision),
     )
     return run.finish(decision, verification, xla, dump)
 

@@ -18,7 +18,13 @@ from tensorflow.core.framework import graph_pb2
 
 from kiln_worker.tracer.backends.base import Backend, CompiledSubgraph
 from kiln_worker.tracer.freeze import FrozenGraph
-from kiln_worker.tracer.graphs import GraphImporter, NodeGraph, tensor_specs, without_feeds
+from kiln_worker.tracer.graphs import (
+    GraphImporter,
+    NodeGraph,
+    tensor_specs,
+    with_lowering,
+    without_feeds,
+)
 from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.reference import call_with_xla_fallback
@@ -40,6 +46,14 @@ class SubgraphResult:
     example_args: list[Any]
     compiled: CompiledSubgraph | None = None
     measurement: Measurement | None = None
+    #: With ``placement="measured"`` and a dynamic batch: the same timing at a larger batch.
+    large_measurement: Measurement | None = None
+    #: The batch sizes (rows) at which the model runs it compiled, when not all: ``"<= 2"``.
+    batches: str | None = None
+
+    def measured_at(self, large: bool) -> Measurement | None:
+        """The measurement at the example batch, or (``large``) at the larger batch."""
+        return self.large_measurement if large else self.measurement
 
 
 def run_graph(
@@ -97,7 +111,8 @@ def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
 def measure_subgraph(
     compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
 ) -> Measurement:
-    """Time the compiled subgraph against the same subgraph in plain TensorFlow."""
+    """Time the compiled subgraph against the same subgraph in plain TensorFlow (``body``,
+    its loops and branches lowered as TensorFlow runs them)."""
     plain = tf.function(body, autograph=False).get_concrete_function(*specs)
     return compare(compiled, plain, args)
 
@@ -111,17 +126,27 @@ def compile_partitions(
     examples: list[np.ndarray],
     measure: bool,
     progress: Callable[[int, int], None],
+    large_examples: list[np.ndarray] | None = None,
 ) -> list[SubgraphResult]:
-    """Compile each partition with ``backend``; keep a failed or slower one on CPU."""
+    """Compile each partition with ``backend``; keep a failed or slower one on CPU.
+
+    With ``measure``, each compiled partition is timed against plain TensorFlow on its example
+    inputs and, given ``large_examples`` (the inputs at a larger batch), there too.
+    """
     boundary = list(dict.fromkeys(t for p in partitions for t in p.inputs + p.outputs))
     specs = tensor_specs(frozen.graph_def, boundary)
     values = dict(
         zip(boundary, run_graph(frozen, frozen.graph_def, boundary, examples), strict=True)
     )
+    large = None
+    if measure and large_examples is not None:
+        large_values = run_graph(frozen, frozen.graph_def, boundary, large_examples)
+        large = dict(zip(boundary, large_values, strict=True))
     results = []
     for i, partition in enumerate(partitions):
         progress(i, len(partitions))
-        results.append(_compile_one(backend, graph, frozen, partition, specs, values, measure))
+        result = _compile_one(backend, graph, frozen, partition, specs, values, measure)
+        results.append(_measure_large(result, large) if large is not None else result)
     return results
 
 
@@ -149,7 +174,8 @@ def _compile_one(
         )
     result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        timing = measure_subgraph(compiled.function, body, in_specs, args)
+        plain = make_body(with_lowering(sub), partition)
+        timing = measure_subgraph(compiled.function, plain, in_specs, args)
         result = replace(result, measurement=timing)
         if timing.clearly_slower:
             result = replace(
@@ -159,6 +185,24 @@ def _compile_one(
                 f"{timing.speedup:.2f}x, beyond the {timing.margin:.0%} margin",
             )
     logger.debug("compile: %s %s", partition.name, result.status)
+    return result
+
+
+def _measure_large(result: SubgraphResult, values: dict[str, Any]) -> SubgraphResult:
+    """Time a compiled subgraph at the larger batch too. One clearly slower at the example
+    batch but not at the larger one is compiled again (the model uses it at large batches)."""
+    if result.compiled is None:
+        return result
+    body = make_body(with_lowering(result.graph_def), result.partition)
+    args = [values[t] for t in result.partition.inputs]
+    try:
+        timing = measure_subgraph(result.compiled.function, body, result.specs, args)
+    except Exception as e:  # a subgraph that cannot take another batch is judged at one only
+        logger.info("%s not timed at the larger batch: %s", result.partition.name, e)
+        return result
+    result = replace(result, large_measurement=timing)
+    if result.status == "rejected_no_gain" and not timing.clearly_slower:
+        result = replace(result, status="compiled", reason=None)
     return result
 
 

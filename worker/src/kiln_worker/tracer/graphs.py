@@ -174,3 +174,25 @@ def call_nodes(graph_def: Any) -> list[Any]:
     for fdef in graph_def.library.function:
         found.extend(n for n in fdef.node_def if marked(n))
     return found
+
+
+#: Functional control flow, which TensorFlow lowers to Switch/Merge when it runs it on CPU.
+CONTROL_FLOW_OPS = frozenset(
+    {"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase"}
+)
+LOWERING_ATTR = "_lower_using_switch_merge"
+
+
+def with_lowering(graph_def: Any) -> Any:
+    """A copy of ``graph_def`` whose top-level control-flow nodes TensorFlow may lower again.
+
+    Freezing marks every loop and branch "do not lower" to keep each one node for partitioning;
+    run so by TensorFlow, a loop then calls its body as a function each iteration (an LSTM ran
+    4x slower than the original model). The nodes left on CPU get TensorFlow's own behaviour back.
+    """
+    lowered = graph_pb2.GraphDef()
+    lowered.CopyFrom(graph_def)
+    for node in lowered.node:
+        if node.op in CONTROL_FLOW_OPS and LOWERING_ATTR in node.attr:
+            node.attr[LOWERING_ATTR].b = True
+    return lowered

@@ -10,9 +10,12 @@ passes' work lives in their modules (``inputs``, ``freeze``, ``placement``, ``pa
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from kiln_worker.tracer import freeze as freezing
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions
@@ -23,9 +26,12 @@ from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
 from kiln_worker.tracer.workdir import WorkdirDumper
-from kiln_worker.tracer.wrap import Wrapped, build_model
+from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model
 
 logger = logging.getLogger(__name__)
+#: ``placement="measured"`` times a model that takes any batch also at this many times its
+#: example batch: XLA on CPU often wins at batch 1 and loses to oneDNN at larger batches.
+LARGE_BATCH_FACTOR = 8
 
 
 class Rewritten(NamedTuple):
@@ -43,6 +49,9 @@ class Decision(NamedTuple):
     rewritten: Rewritten
     wrapped: Wrapped
     whole_model: tuple[dict[str, Any], ...] = ()
+    #: When each batch size chose differently: batches of up to this many rows run the example
+    #: batch's choice, larger ones the larger batch's (``None``: one choice for all).
+    split_rows: int | None = None
 
 
 def trace_inputs(func: Any, example_inputs: Any, dump: WorkdirDumper) -> TracedFunction:
@@ -82,6 +91,7 @@ def compile_subgraphs(
     *,
     measure: bool,
     progress: Callable[[int, int], None],
+    large_examples: list[np.ndarray] | None = None,
 ) -> list[SubgraphResult]:
     """Pass ``compile``: each subgraph compiled now; failures (and no gain) go back to CPU."""
     return compile_partitions(
@@ -92,6 +102,7 @@ def compile_subgraphs(
         examples=traced.examples,
         measure=measure,
         progress=progress,
+        large_examples=large_examples,
     )
 
 
@@ -112,42 +123,115 @@ def wrap(traced: TracedFunction, frozen: FrozenGraph, rewritten: Rewritten, flag
     )
 
 
+def larger_examples(traced: TracedFunction) -> list[np.ndarray] | None:
+    """The example inputs repeated ``LARGE_BATCH_FACTOR`` times along axis 0, when the function
+    was traced with a relaxed batch axis (else ``None``: the model is timed at one batch only)."""
+    if not traced.batch_relaxed or not traced.examples or any(x.ndim == 0 for x in traced.examples):
+        return None
+    return [np.concatenate([x] * LARGE_BATCH_FACTOR) for x in traced.examples]
+
+
 def measure_model(
-    traced: TracedFunction, frozen: FrozenGraph, flags: Any, compiled: Decision
+    traced: TracedFunction,
+    frozen: FrozenGraph,
+    flags: Any,
+    compiled: Decision,
+    large_examples: list[np.ndarray] | None = None,
 ) -> Decision:
-    """``placement="measured"``: keep the compiled subgraphs unless the whole model is clearly
+    """``placement="measured"``: at the example batch, and at the larger batch when given and
+    the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
     slower with them than plain TensorFlow; then try only the subgraphs that were faster alone;
-    then none.
+    then none. When the two batch sizes choose differently, the model runs each choice at the
+    batch sizes nearer its own (split at their geometric mean).
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.
     """
+    if not any(r.status == "compiled" for r in compiled.results):
+        return compiled
+    plain = _plain(traced, frozen, flags)
+    small = _choose(traced, frozen, flags, compiled, plain, traced.examples, large=False)
+    if large_examples is None or compiled.wrapped.batch_mode != "dynamic":
+        return small
+    large = _choose(traced, frozen, flags, compiled, plain, large_examples, large=True)
+    records = small.whole_model + large.whole_model
+    if _kept(small.results) == _kept(large.results):
+        return small._replace(whole_model=records)
+    rows = (len(traced.examples[0]), len(large_examples[0]))
+    split = int(math.sqrt(rows[0] * rows[1]))
+    results = [_batches(s, g, split) for s, g in zip(small.results, large.results, strict=True)]
+    wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
+    logger.debug("measure: dispatch at %d rows: %s", split, [r.batches for r in results])
+    return Decision(results, small.rewritten, wrapped, records, split)
+
+
+def _kept(results: list[SubgraphResult]) -> list[str]:
+    return [r.partition.name for r in results if r.status == "compiled"]
+
+
+def _batches(small: SubgraphResult, large: SubgraphResult, split: int) -> SubgraphResult:
+    """One subgraph's outcome when the model dispatches by batch size."""
+    if small.status == "compiled" and large.status == "compiled":
+        return small
+    if small.status == "compiled":
+        return replace(small, batches=f"<= {split}")
+    if large.status == "compiled":
+        return replace(large, batches=f"> {split}")
+    return small
+
+
+def _plain(traced: TracedFunction, frozen: FrozenGraph, flags: Any) -> Decision:
+    plain_rewritten = rewrite(frozen, [], WorkdirDumper(None))
+    return Decision([], plain_rewritten, wrap(traced, frozen, plain_rewritten, flags))
+
+
+def _choose(
+    traced: TracedFunction,
+    frozen: FrozenGraph,
+    flags: Any,
+    compiled: Decision,
+    plain: Decision,
+    examples: list[np.ndarray],
+    large: bool,
+) -> Decision:
+    """The whole-model choice at one batch size (``large``: the larger one)."""
     import tensorflow as tf
 
-    kept = [r for r in compiled.results if r.status == "compiled"]
-    if not kept:
-        return compiled
-    plain_rewritten = rewrite(frozen, [], WorkdirDumper(None))
-    plain = wrap(traced, frozen, plain_rewritten, flags)
-    args = [tf.constant(x) for x in traced.examples]
-    faster = [r for r in kept if r.measurement is not None and r.measurement.speedup >= 1.0]
-    candidates = [("all compiled subgraphs", compiled)]
+    batch = "the larger batch" if large else "the example batch"
+    kept = [r for r in compiled.results if r.status == "compiled" and _not_slower(r, large)]
+    faster = [r for r in kept if _speedup(r, large) >= 1.0]
+    candidates = [("all compiled subgraphs", kept)]
     if faster and len(faster) < len(kept):
-        label = "only the subgraphs faster alone"
-        candidates.append((label, _with_only(traced, frozen, flags, compiled.results, faster)))
+        candidates.append(("only the subgraphs faster alone", faster))
+    args = [tf.constant(x) for x in examples]
     records: list[dict[str, Any]] = []
-    for label, candidate in candidates:
-        timing = compare(candidate.wrapped.model._serve, plain.model._serve, args)
+    for label, chosen in candidates if kept else []:
+        candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
+        timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args)
         verdict = "rejected" if timing.clearly_slower else "kept"
-        records.append({"candidate": label, **timing.as_dict(), "decision": verdict})
+        records.append(
+            {"candidate": label, "batch": len(examples[0]), **timing.as_dict(), "decision": verdict}
+        )
         if not timing.clearly_slower:
             return candidate._replace(whole_model=tuple(records))
-    reason = (
+    reason = f"not kept at {batch}: " + (
         f"the whole model measured clearly slower with its subgraphs compiled "
         f"({records[-1]['speedup']:.2f}x plain TensorFlow)"
+        if records
+        else "measured clearly slower than plain TensorFlow there"
     )
     rejected = [_rejected(r, reason) if r.status == "compiled" else r for r in compiled.results]
-    return Decision(rejected, plain_rewritten, plain, tuple(records))
+    return Decision(rejected, plain.rewritten, plain.wrapped, tuple(records))
+
+
+def _not_slower(result: SubgraphResult, large: bool) -> bool:
+    timing = result.measured_at(large)
+    return timing is None or not timing.clearly_slower
+
+
+def _speedup(result: SubgraphResult, large: bool) -> float:
+    timing = result.measured_at(large)
+    return timing.speedup if timing is not None else 0.0
 
 
 def _rejected(result: SubgraphResult, reason: str) -> SubgraphResult:
@@ -158,15 +242,40 @@ def _with_only(
     traced: TracedFunction,
     frozen: FrozenGraph,
     flags: Any,
-    results: list[SubgraphResult],
-    faster: list[SubgraphResult],
+    compiled: Decision,
+    chosen: list[SubgraphResult],
+    large: bool,
 ) -> Decision:
-    """The model with only ``faster`` compiled; the other compiled subgraphs back to CPU."""
-    reason = "the whole model was clearly slower with it; it was not faster alone"
-    names = {r.partition.name for r in faster}
-    chosen = [
-        r if r.partition.name in names or r.status != "compiled" else _rejected(r, reason)
-        for r in results
+    """The model with only ``chosen`` compiled; the other compiled subgraphs back to CPU."""
+    if _kept(chosen) == _kept(compiled.results):
+        return compiled  # every compiled subgraph: the model is built already
+    names = set(_kept(chosen))
+    kept = [
+        r
+        if r.partition.name in names or r.status != "compiled"
+        else _rejected(r, _why_not(r, large))
+        for r in compiled.results
     ]
-    rewritten = rewrite(frozen, chosen, WorkdirDumper(None))
-    return Decision(chosen, rewritten, wrap(traced, frozen, rewritten, flags))
+    rewritten = rewrite(frozen, kept, WorkdirDumper(None))
+    return Decision(kept, rewritten, wrap(traced, frozen, rewritten, flags))
+
+
+def _why_not(result: SubgraphResult, large: bool) -> str:
+    batch = "the larger batch" if large else "the example batch"
+    timing = result.measured_at(large)
+    if timing is not None and timing.clearly_slower:
+        return (
+            f"measured clearly slower than plain TensorFlow at {batch}: {timing.speedup:.2f}x, "
+            f"beyond the {timing.margin:.0%} margin"
+        )
+    return f"not kept at {batch}: the whole model was clearly slower with it; not faster alone"
+
+
+def placement_report(mode: str, decision: Decision) -> dict[str, Any]:
+    """``report["placement"]``: the mode, each whole-model measurement (with the batch it ran
+    at) and, when the choice depends on the batch size, the largest batch of the first choice."""
+    return {
+        "mode": mode,
+        "whole_model": list(decision.whole_model),
+        "split_rows": decision.split_rows,
+    }

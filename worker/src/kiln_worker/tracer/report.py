@@ -50,6 +50,10 @@ def subgraph_entry(
     if result.measurement is not None:
         entry["measured_speedup"] = round(result.measurement.speedup, 3)
         entry["measurement"] = result.measurement.as_dict()
+    if result.large_measurement is not None:
+        entry["large_batch_measurement"] = result.large_measurement.as_dict()
+    if result.batches is not None:
+        entry["batches"] = result.batches
     return entry
 
 

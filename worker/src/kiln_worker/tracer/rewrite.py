@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from tensorflow.core.framework import graph_pb2
 
-from kiln_worker.tracer.graphs import XLA_MUST_COMPILE, parse_input, prune, tensor_name
+from kiln_worker.tracer.graphs import (
+    XLA_MUST_COMPILE,
+    parse_input,
+    prune,
+    tensor_name,
+    with_lowering,
+)
 
 if TYPE_CHECKING:
     from kiln_worker.tracer.compile import SubgraphResult
@@ -79,7 +85,8 @@ def rewrite_graph(
         _call_node(new, result, list(dict.fromkeys(inputs)))
     _merge_library(new, kept)
     new_outputs = [tensors.get(tensor_name(o), o) for o in outputs]
-    pruned = prune(new, new_outputs + keep)
+    # The loops and branches left on CPU run as TensorFlow runs them (lowered).
+    pruned = with_lowering(prune(new, new_outputs + keep))
     logger.debug("rewrite: %d call nodes, %d nodes", len(kept), len(pruned.node))
     return pruned, new_outputs
 

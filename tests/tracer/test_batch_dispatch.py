@@ -1,0 +1,64 @@
+"""``placement="measured"`` at two batch sizes: a model whose compiled subgraphs win at the
+example batch and lose at the larger one runs each choice at the batch sizes nearer its own.
+
+The per-subgraph and whole-model timings are fixed here (``Measurement`` values), so that the
+test checks the decision and the dispatching model, not this machine's speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.tracer.conftest import max_rel_diff, mlp
+
+
+def test_each_batch_size_runs_its_own_choice(
+    rng: np.random.Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tensorflow as tf
+
+    from kiln_client.flags import parse_flags
+    from kiln_worker.tracer import passes
+    from kiln_worker.tracer.backends.xla import XlaBackend
+    from kiln_worker.tracer.measure import Measurement
+    from kiln_worker.tracer.workdir import WorkdirDumper
+
+    faster = Measurement((1.0,) * 7, (2.0,) * 7, 1)  # compiled twice as fast, no noise
+    slower = Measurement((2.0,) * 7, (1.0,) * 7, 1)
+    monkeypatch.setattr(passes, "compare", lambda *args, **kwargs: faster)
+    model, flags, dump = mlp(), parse_flags(""), WorkdirDumper(None)
+    traced = passes.trace_inputs(model, rng.normal(size=(1, 32)).astype("float32"), dump)
+    frozen = passes.freeze_graph(traced, flags, dump)
+    placed = passes.place_nodes(frozen, XlaBackend(), None, "measured")
+    parts = passes.partition(placed, frozen, "measured")
+    results = passes.compile_subgraphs(
+        XlaBackend(), placed, frozen, parts, traced, measure=False, progress=lambda i, n: None
+    )
+    assert [r.status for r in results] == ["compiled"]
+    results = [replace(r, measurement=faster, large_measurement=slower) for r in results]
+    rewritten = passes.rewrite(frozen, results, dump)
+    compiled = passes.Decision(results, rewritten, passes.wrap(traced, frozen, rewritten, flags))
+    larger = passes.larger_examples(traced)
+    assert larger is not None and larger[0].shape == (8, 32)
+
+    decision = passes.measure_model(traced, frozen, flags, compiled, larger)
+
+    assert decision.split_rows == 2  # between batch 1 and batch 8
+    assert [(r.status, r.batches) for r in decision.results] == [("compiled", "<= 2")]
+    placement = passes.placement_report("measured", decision)
+    assert [w["batch"] for w in placement["whole_model"]] == [1]  # nothing compiled left at 8
+    assert placement["split_rows"] == 2
+    traced_model = decision.wrapped.model
+    ops = {n.op for n in traced_model._serve.get_concrete_function().graph.as_graph_def().node}
+    assert ops & {"If", "StatelessIf"}, ops
+    batches = [rng.normal(size=(rows, 32)).astype("float32") for rows in (1, 2, 3, 8)]
+    for x in batches:
+        assert max_rel_diff(model(x), traced_model(x)) < 1e-5
+    traced_model.save(str(tmp_path / "model"))
+    serve = tf.saved_model.load(str(tmp_path / "model")).signatures["serving_default"]
+    for x in batches:  # after save and reload, both branches still answer
+        (out,) = serve(tf.constant(x)).values()
+        assert max_rel_diff(model(x), out) < 1e-5
