@@ -76,3 +76,37 @@ def test_ingest_truncated_graph_refused(tmp_path: Path) -> None:
     with pytest.raises(UploadRejectedError) as err:
         _read(tmp_path, good)
     assert err.value.code == "forbidden_ops" and "ReadFile at y" in (err.value.detail or "")
+
+
+def test_ingest_scan_is_an_allowlist(tmp_path: Path) -> None:
+    """Any op type not on the list is refused, inside functions too, with the op, where it is
+    and why; the known file and dataset ops keep their own reasons and come first."""
+    pb = saved_model_pb(
+        [X, pb_node("call", "StatefulPartitionedCall", "serving_default_x",
+                    attrs={"f": pb_func_attr("body")}),
+         pb_node("y", "MatMul", "call", "serving_default_x")],
+        {"body": [pb_node("a", "Relu"), pb_node("b", "MyCustomKernel"), pb_node("c", "ReadFile"),
+                  pb_node("d", "DatasetFromGraph"), pb_node("e", "WriteFile"),
+                  pb_node("f", "ReduceDataset"), pb_node("g", "TensorListStack")]},
+        "y:0")
+    assert sorted(_forbidden(pb)) == [
+        ("DatasetFromGraph", "body/d"), ("MyCustomKernel", "body/b"), ("ReadFile", "body/c"),
+        ("ReduceDataset", "body/f"), ("WriteFile", "body/e")]
+    with pytest.raises(UploadRejectedError) as err:
+        _read(tmp_path, pb)
+    detail = err.value.detail or ""
+    assert err.value.code == "forbidden_ops", detail
+    assert "not allowed: DatasetFromGraph, ReadFile, WriteFile, MyCustomKernel, ReduceDataset" in detail
+    assert "MyCustomKernel at body/b (not on Kiln's list of allowed op types" in detail
+    assert "ReadFile at body/c (reads or writes files" in detail
+    assert "serialised graph string" in detail and "docs/errors.md" in detail
+
+
+def test_ingest_allowlist_excludes_every_known_forbidden_op() -> None:
+    from kiln_service._allowed_ops import ALLOWED_OPS, LOAD_TIME_ONLY
+    from kiln_service._graph_scan import FORBIDDEN_OPS
+
+    assert not ALLOWED_OPS & set(FORBIDDEN_OPS)
+    assert set(FORBIDDEN_OPS) >= LOAD_TIME_ONLY  # refused in a signature, allowed when loading
+    assert {"MatMul", "StatefulPartitionedCall", "LookupTableFindV2", "StatelessWhile",
+            "TensorListStack", "ReadVariableOp", "PrintV2"} <= ALLOWED_OPS

@@ -160,7 +160,9 @@ class ProblemCode(str, Enum):
                          "`signature`.")
     #: the signature runs ops Kiln refuses
     FORBIDDEN_OPS = ("forbidden_ops", 422, "The signature runs ops that read or write files, run "
-                     "code or reach the network; remove them from the served function.")
+                     "code or reach the network, or op types not on Kiln's allowlist (tensor "
+                     "computation, variables, lookup tables, control flow: "
+                     "`kiln_service._allowed_ops`); remove them from the served function.")
     #: example_inputs cannot be read
     INVALID_EXAMPLE_INPUTS = ("invalid_example_inputs", 422, "Send `example_inputs` as an .npz "
                               "file written by `numpy.savez`.")

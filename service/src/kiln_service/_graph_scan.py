@@ -1,4 +1,8 @@
-"""Find file, network and host-escaping ops a serving signature would run, without TensorFlow.
+"""Find the ops a serving signature would run that are not allowed, without TensorFlow.
+
+Allowed are the op types of :mod:`._allowed_ops` (pure tensor computation, variables, tables,
+control flow); everything else is refused, the known file, network and host-escaping ops with
+their own reason (``FORBIDDEN_OPS``), any other type as not on the list.
 
 A SavedModel keeps nearly all of its ops in the graph's function library; the top-level graph mostly
 holds ``StatefulPartitionedCall`` nodes that call those functions. So the scan indexes the graph's
@@ -27,9 +31,11 @@ Wire layout used (``tensorflow/core/framework``)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kiln_client._savedmodel import LEN, ProtoDecodeError, fields, message, text
+from kiln_service._allowed_ops import ALLOWED_OPS, LOAD_TIME_ONLY
 
 __all__ = ["FORBIDDEN_OPS", "LOAD_TIME_ALLOWED", "Finding", "GraphIndex", "index_graph"]
 
@@ -37,7 +43,11 @@ _FILES = "reads or writes files on the compile host"
 _DATASET_FILES = "a tf.data source or sink that reads or writes files"
 _NETWORK = "talks to other hosts over the network"
 
-#: Op type → why a serving signature may not run it. Deliberately left out: ``Print``/``PrintV2``
+_NOT_LISTED = ("not on Kiln's list of allowed op types (tensor computation, variables, lookup "
+               "tables, control flow; see the forbidden_ops entry of docs/errors.md)")
+
+#: Op type → why a serving signature may not run it (a clearer reason than ``_NOT_LISTED`` for the
+#: ops known to reach outside the process; none of them is in ``ALLOWED_OPS``). Deliberately left out: ``Print``/``PrintV2``
 #: to stderr (no file; ``PrintV2`` to ``file://`` is caught by its attribute), ``Fingerprint`` and
 #: ``DatasetFingerprint`` (pure hashes), ``ShardedFilename``/``ShardedFilespec`` (string formatting
 #: only), ``Reader*`` ops (they need one of the reader ops below to do anything), ``DecodeCSV`` and
@@ -96,7 +106,7 @@ _DESCRIPTOR_FILE = ("DecodeProtoV2/EncodeProto with a descriptor_source other th
 #: Allowed in the load-time init op (``__saved_model_init_op``) only: lookup tables built from
 #: vocabulary files read the SavedModel's own ``assets/`` there. (Any file they could name instead
 #: is the compile sandbox's to guard.)
-LOAD_TIME_ALLOWED = frozenset({"InitializeTableFromTextFile", "InitializeTableFromTextFileV2"})
+LOAD_TIME_ALLOWED = LOAD_TIME_ONLY
 #: Deepest nesting of function-valued attributes followed (real graphs use a few levels).
 MAX_ATTR_DEPTH = 64
 
@@ -129,7 +139,7 @@ class GraphIndex:
     functions: dict[str, list[_Node]] = field(default_factory=dict)
 
     def findings(self, output_tensors: list[str]) -> list[Finding]:
-        """Return the forbidden ops reachable from ``output_tensors`` (``node:0`` names).
+        """Return the ops reachable from ``output_tensors`` (``node:0`` names) that are not allowed.
 
         Args:
             output_tensors: The signature's output tensor names.
@@ -138,6 +148,12 @@ class GraphIndex:
             Every finding, top-level nodes first, in walk order.
         """
         found: list[Finding] = []
+        for node, where in self.reached(output_tensors):
+            self._judge(node, where, found)
+        return found
+
+    def reached(self, output_tensors: list[str]) -> Iterator[tuple[_Node, str]]:
+        """Yield each node ``output_tensors`` reach, with where it is (as in :class:`Finding`)."""
         todo = [_node_name(t) for t in output_tensors]
         seen_nodes: set[str] = set()
         calls: list[str] = []
@@ -147,7 +163,7 @@ class GraphIndex:
             if name in seen_nodes or node is None:
                 continue
             seen_nodes.add(name)
-            _judge(node, node.name, found)
+            yield node, node.name
             calls.extend(self._called(node))
             todo.extend(_node_name(i) for i in node.inputs)
         seen_functions: set[str] = set()
@@ -157,23 +173,23 @@ class GraphIndex:
                 continue
             seen_functions.add(fname)
             for node in self.functions.get(fname, []):
-                _judge(node, f"{fname}/{node.name}", found)
+                yield node, f"{fname}/{node.name}"
                 calls.extend(self._called(node))
-        return found
 
     def _called(self, node: _Node) -> list[str]:
         # A node whose op type names a library function calls it directly (the older form).
         return [*node.functions, node.op] if node.op in self.functions else node.functions
 
-
-def _judge(node: _Node, where: str, found: list[Finding]) -> None:
-    reason = FORBIDDEN_OPS.get(node.op)
-    if reason is None and node.print_to_file:
-        reason = _PRINT_TO_FILE
-    if reason is None and node.descriptor_file:
-        reason = _DESCRIPTOR_FILE
-    if reason is not None:
-        found.append(Finding(op=node.op, node=where, reason=reason))
+    def _judge(self, node: _Node, where: str, found: list[Finding]) -> None:
+        reason = FORBIDDEN_OPS.get(node.op)
+        if reason is None and node.print_to_file:
+            reason = _PRINT_TO_FILE
+        if reason is None and node.descriptor_file:
+            reason = _DESCRIPTOR_FILE
+        if reason is None and node.op not in ALLOWED_OPS and node.op not in self.functions:
+            reason = _NOT_LISTED
+        if reason is not None:
+            found.append(Finding(op=node.op, node=where, reason=reason))
 
 
 def _node_name(tensor: str) -> str:

@@ -37,6 +37,7 @@ from kiln_service._archive import (
     zip_member_name,
     zip_members,
 )
+from kiln_service._graph_scan import FORBIDDEN_OPS
 from kiln_service._npz import read_npz_headers
 from kiln_service._savedmodel_proto import (
     MetaGraph,
@@ -209,17 +210,19 @@ def select_signature(signatures: dict[str, Signature], name: str) -> Signature:
 
 
 def _forbidden_ops(name: str, signature: Signature) -> UploadRejectedError:
-    findings = signature.forbidden
-    ops = sorted({f.op for f in findings})
+    # The ops known to reach outside the process first, then those only missing from the list.
+    findings = sorted(signature.forbidden, key=lambda f: f.op not in FORBIDDEN_OPS)
+    known = sorted({f.op for f in findings if f.op in FORBIDDEN_OPS})
+    ops = known + sorted({f.op for f in findings} - set(known))
     shown = "; ".join(f"{f.op} at {f.node} ({f.reason})" for f in findings[:_SHOWN_FINDINGS])
     more = f"; and {len(findings) - _SHOWN_FINDINGS} more" if len(findings) > _SHOWN_FINDINGS else ""
     logger.info("signature %s refused: forbidden ops %s", name, ops)
     return reject("forbidden_ops", f"signature {name!r} runs ops that are not allowed: "
                    f"{', '.join(ops)}. Found: {shown}{more}. For safety, Kiln refuses models whose "
-                   "serving graph reads or writes files, uses the network or runs Python; remove "
-                   "these ops from the serving function (load data outside the model) and save again")
-
-
+                   "serving graph reads or writes files, uses the network or runs Python, and op "
+                   "types not on its list of allowed ops (see docs/errors.md#forbidden_ops); "
+                   "remove these ops from the serving function (load data outside the model) and "
+                   "save again")
 
 
 def _dtype_fits(expected: str, actual: np.dtype[Any]) -> bool:
