@@ -5,7 +5,7 @@ OUT_DIR/<name>/model.tar.gz (no example inputs: the worker generates them from t
 
 * ``resnet50``: ``tf.keras.applications.ResNet50(weights=None)``, input 224x224x3, batch 1.
 * ``bert_base``: a BERT-base-size encoder from Keras layers: 12 layers, hidden 768, 12 heads,
-  feed-forward 3072, vocabulary 30522, sequence 16 (token ids in, pooled output out).
+  feed-forward 3072, vocabulary 30522, sequence 128 (token ids in, pooled output out).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 import tf_keras as keras
 
-SEQ, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 16, 768, 12, 12, 3072, 30522
+SEQ, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 128, 768, 12, 12, 3072, 30522
 
 
 def resnet50() -> tf.Module:

@@ -1,5 +1,7 @@
 """Pass ``freeze``: variables become constants (or, with ``--extract-weights``, extra inputs),
 then a grappler clean-up that deliberately leaves fusions (remapper) and layout changes out.
+A large model's large constants go back into variables fed to the graph before the clean-up
+(:func:`weights_as_variables`), so that no pass copies its weights.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
@@ -26,14 +29,18 @@ _PASS = "freeze"
 # which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
 _CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
 _FUNCTIONAL_CASE_OPS = frozenset({"Case", "StatelessCase"})
+#: A model whose frozen constants add up to this many bytes keeps its large ones as variables
+#: (see :func:`weights_as_variables`); a constant is large from ``LARGE_CONSTANT_BYTES``.
+WEIGHTS_AS_VARIABLES_BYTES = 64 * 2**20
+LARGE_CONSTANT_BYTES = 64 * 2**10
 
 
 @dataclass
 class FrozenGraph:
     """A self-contained GraphDef with named input and output tensors.
 
-    ``weights`` (only with ``--extract-weights``) maps placeholder names to the variables whose
-    values they take at run time; ``tables`` maps placeholder names to the lookup tables whose
+    ``weights`` (with ``--extract-weights``, or for a large model's large constants) maps
+    placeholder names to the variables whose values they take at run time; ``tables`` maps placeholder names to the lookup tables whose
     handles they take (see :mod:`kiln_worker.tracer.tables`).
     """
 
@@ -175,7 +182,47 @@ def freeze(concrete: Any) -> FrozenGraph:
         raise UnsupportedModelError(f"freezing variables failed: {e}", _PASS) from e
     inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen_func.outputs]
-    return _finish(graph_def, inputs, outputs, concrete.graph.captures, {})
+    del frozen_func  # it holds a second copy of every constant
+    weights = weights_as_variables(graph_def)
+    return _finish(graph_def, inputs, outputs, concrete.graph.captures, weights)
+
+
+def _constant_bytes(node: Any) -> int:
+    """Size of a ``Const`` node's value (0 for strings and other non-numeric types)."""
+    if node.op != "Const":
+        return 0
+    dtype = tf.as_dtype(node.attr["dtype"].type)
+    if dtype in (tf.string, tf.resource, tf.variant):
+        return 0
+    return int(np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim])) * int(dtype.size)
+
+
+def weights_as_variables(graph_def: Any) -> dict[str, Any]:
+    """Turn a large model's large constants back into weights: each becomes a placeholder fed by
+    a new (non-trainable) variable holding its value; return them as ``FrozenGraph.weights``.
+
+    Frozen into the graph, every weight is copied by each pass that copies the graph (grappler,
+    shape inference, subgraph imports, XLA's HLO, the function library, saving): a BERT-base
+    encoder (440 MB of weights) needed over 16 GiB. As placeholders they are copied by none, and
+    compiled subgraphs take them as arguments. Small models keep their constants (XLA and
+    grappler fold them into the code).
+    """
+    sizes = {node.name: _constant_bytes(node) for node in graph_def.node}
+    if sum(sizes.values()) < WEIGHTS_AS_VARIABLES_BYTES:
+        return {}
+    weights = {}
+    for node in graph_def.node:
+        if sizes[node.name] < LARGE_CONSTANT_BYTES:
+            continue
+        value = tf.make_ndarray(node.attr["value"].tensor)
+        dtype, name = node.attr["dtype"].type, node.name
+        node.Clear()
+        node.name, node.op = name, "Placeholder"
+        node.attr["dtype"].type = dtype
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+        weights[f"{name}:0"] = tf.Variable(value, trainable=False, name=name.replace("/", "_"))
+    logger.debug("freeze: %d large constants kept as variables", len(weights))
+    return weights
 
 
 def extract_weights(concrete: Any) -> FrozenGraph:
