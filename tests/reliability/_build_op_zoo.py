@@ -49,7 +49,7 @@ def _seq(layers: list[Any], shape: tuple[int, ...], dtype: str = "float32") -> W
 
 
 def _preprocessing() -> Writer:
-    """IntegerLookup, Hashing, multi-hot and tf-idf StringLookup, CategoryEncoding, Normalization,
+    """IntegerLookup, Hashing, multi-hot and count StringLookup, CategoryEncoding, Normalization,
     Discretization and a bigram tf-idf TextVectorization, side by side."""
     words = keras.Input((3,), dtype="string", name="words")
     ints = keras.Input((3,), dtype="int64", name="ints")
@@ -62,11 +62,11 @@ def _preprocessing() -> Writer:
     parts = [
         keras.layers.IntegerLookup(vocabulary=[3, 5, 7], output_mode="multi_hot")(ints),
         keras.layers.Hashing(8, output_mode="one_hot")(words[:, :1]),
-        keras.layers.StringLookup(vocabulary=["x", "y"], output_mode="tf_idf",
-                                  idf_weights=[1.0, 2.0, 3.0])(words),
+        keras.layers.StringLookup(vocabulary=["x", "y"], output_mode="count")(words),
         keras.layers.CategoryEncoding(10, output_mode="count")(ints),
         normalize(nums),
-        keras.layers.Discretization(bin_boundaries=[0.0, 1.0], output_mode="one_hot")(nums),
+        keras.layers.CategoryEncoding(3, output_mode="multi_hot")(
+            keras.layers.Discretization(bin_boundaries=[0.0, 1.0])(nums)),
         vectorize(text),
     ]
     joined = keras.layers.Concatenate()([keras.layers.Flatten()(p) for p in parts])
@@ -111,7 +111,8 @@ class _Functions(tf.Module):  # type: ignore[misc]
         super().__init__()
         self.w = tf.Variable(tf.ones([4, 4]))
         self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(["a", "b"], [1, 2]), default_value=-1)
+            tf.lookup.KeyValueTensorInitializer(["a", "b"], tf.constant([1, 2], tf.int64)),
+            default_value=tf.constant(-1, tf.int64))
         self.mutable = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
         self.dense_table = tf.lookup.experimental.DenseHashTable(
             tf.int64, tf.int64, default_value=0, empty_key=-1, deleted_key=-2)
