@@ -26,7 +26,7 @@ SEQ, HIDDEN, LAYERS, HEADS, FFN, VOCAB = 128, 768, 12, 12, 3072, 30522
 def resnet50() -> tf.Module:
     model = keras.applications.ResNet50(weights=None)
     module = tf.Module()
-    module.model = model
+    module.weights = list(model.variables)  # not the Keras model: saving it would trace each layer
     module.serve = tf.function(lambda x: {"probs": model(x, training=False)},
                                input_signature=[tf.TensorSpec([1, 224, 224, 3], tf.float32, "x")])
     return module
@@ -49,7 +49,7 @@ def bert_base() -> tf.Module:
     pooled = keras.layers.Dense(HIDDEN, activation="tanh")(x[:, 0])
     model = keras.Model(ids, pooled)
     module = tf.Module()
-    module.model = model
+    module.weights = list(model.variables)
     module.serve = tf.function(lambda input_ids: {"pooled": model(input_ids, training=False)},
                                input_signature=[tf.TensorSpec([1, SEQ], tf.int32, "input_ids")])
     return module
