@@ -14,17 +14,13 @@ import pytest
 from tests.tracer.conftest import max_rel_diff, mlp
 
 
-@pytest.mark.parametrize("when", ["after_cleanup", "before_cleanup"])
-def test_large_constants_become_variables(
-        when: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_constants_become_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tensorflow as tf
 
     import kiln_worker
     from kiln_worker.tracer import freeze
 
     monkeypatch.setattr(freeze, "WEIGHTS_AS_VARIABLES_BYTES", 1)
-    if when == "before_cleanup":  # as for a model over 128 MiB of weights
-        monkeypatch.setattr(freeze, "UNFOLDED_WEIGHTS_BYTES", 1)
     monkeypatch.setattr(freeze, "LARGE_CONSTANT_BYTES", 4096)  # the 32x64 and 64x64 kernels
     model = mlp()
     module = tf.Module()

@@ -29,13 +29,12 @@ _PASS = "freeze"
 # which XLA cannot compile) and "layout" are left out on purpose: partitioning comes first.
 _CLEANUP_OPTIMIZERS = ("function", "constfold", "dependency", "arithmetic", "pruning")
 _FUNCTIONAL_CASE_OPS = frozenset({"Case", "StatelessCase"})
-#: Constants that add up to this many bytes go back into variables after grappler's clean-up
-#: (which folds them: ResNet50 runs 20% faster at batch 1 with its batch norms folded into its
-#: convolutions), and from ``UNFOLDED_WEIGHTS_BYTES`` before it, because the clean-up copies the
-#: graph many times (a BERT-base encoder's 420 MiB took it to 10.7 GiB). A constant is large,
-#: and becomes a variable, from ``LARGE_CONSTANT_BYTES`` (see :func:`weights_as_variables`).
-WEIGHTS_AS_VARIABLES_BYTES = 32 * 2**20
-UNFOLDED_WEIGHTS_BYTES = 128 * 2**20
+#: A model whose frozen constants add up to this many bytes keeps its large ones as variables
+#: (see :func:`weights_as_variables`); a constant is large from ``LARGE_CONSTANT_BYTES``. Below it,
+#: constants are worth their copies: grappler folds them (ResNet50, 98 MiB, runs 20% faster at
+#: batch 1 with its batch norms folded into the convolutions) and the copies fit the limits
+#: (ResNet50 peaks at 5 GiB, its weights' size times 35 on top of the runtime's 1 GiB).
+WEIGHTS_AS_VARIABLES_BYTES = 128 * 2**20
 LARGE_CONSTANT_BYTES = 64 * 2**10
 
 
@@ -143,7 +142,6 @@ def _finish(
     _check_no_state(graph_def, inputs + list(weights) + list(snapshots))
     fetches = inputs + list(weights) + outputs
     optimized = drop_placeholder_control_edges(cleanup(graph_def, fetches))
-    weights = {**weights, **weights_as_variables(optimized, WEIGHTS_AS_VARIABLES_BYTES)}
     present = {n.name for n in optimized.node}
     kept = {k: v for k, v in snapshots.items() if k.split(":")[0] in present}
     logger.debug("freeze: %d nodes -> %d after clean-up", len(graph_def.node), len(optimized.node))
@@ -188,7 +186,7 @@ def freeze(concrete: Any) -> FrozenGraph:
     inputs = [t.name for t in frozen_func.inputs if t.dtype != tf.resource]
     outputs = [t.name for t in frozen_func.outputs]
     del frozen_func  # it holds a second copy of every constant
-    weights = weights_as_variables(graph_def, UNFOLDED_WEIGHTS_BYTES)
+    weights = weights_as_variables(graph_def)
     return _finish(graph_def, inputs, outputs, concrete.graph.captures, weights)
 
 
@@ -202,18 +200,18 @@ def _constant_bytes(node: Any) -> int:
     return int(np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim])) * int(dtype.size)
 
 
-def weights_as_variables(graph_def: Any, threshold: int) -> dict[str, Any]:
+def weights_as_variables(graph_def: Any) -> dict[str, Any]:
     """Turn a large model's large constants back into weights: each becomes a placeholder fed by
     a new (non-trainable) variable holding its value; return them as ``FrozenGraph.weights``.
 
     Frozen into the graph, every weight is copied by each pass that copies the graph (grappler,
     shape inference, subgraph imports, XLA's HLO, the function library, saving): a BERT-base
     encoder (420 MiB of weights) needed over 14 GiB. As placeholders they are copied by none
-    (the same encoder peaks at 5 GiB), and compiled subgraphs take them as arguments. Models
-    whose constants add up to less than ``threshold`` bytes keep them (XLA folds them too).
+    (the same encoder peaks at 5 GiB), and compiled subgraphs take them as arguments. Smaller
+    models keep their constants (XLA and grappler fold them into the code).
     """
     sizes = {node.name: _constant_bytes(node) for node in graph_def.node}
-    if sum(sizes.values()) < threshold:
+    if sum(sizes.values()) < WEIGHTS_AS_VARIABLES_BYTES:
         return {}
     weights = {}
     for node in graph_def.node:
