@@ -1,10 +1,11 @@
 """Every model of the zoos passes the op scan (the allowlist of ``kiln_service._allowed_ops``).
 
 The SavedModels are real, built once by TensorFlow in a subprocess (``_build_op_zoo.py``: the
-bench and integration zoos, Keras preprocessing and recurrent layers, a mix of Keras layers,
+integration zoo, Keras preprocessing and recurrent layers, a mix of Keras layers,
 ``tf.lookup`` tables from tensors and asset files, control flow, strings, random numbers and
 TensorLists in a ``tf.function``); the test process decodes them with Kiln's own reader, as the
-API does. ``python _build_op_zoo.py OUT --full`` adds the Keras applications for a manual check.
+API does. ``python _build_op_zoo.py OUT --full`` adds the bench zoo and the Keras applications
+for a manual check (31 models passed when the list was made).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _reached_ops(data: bytes, outputs: list[str]) -> set[str]:
 
 def test_every_zoo_model_passes_the_op_scan(op_zoo: Path) -> None:
     models = sorted(p for p in op_zoo.iterdir() if (p / "saved_model.pb").is_file())
-    assert len(models) >= 17, [m.name for m in models]
+    assert len(models) >= 8, [m.name for m in models]
     every: set[str] = set()
     for folder in models:
         data = (folder / "saved_model.pb").read_bytes()
