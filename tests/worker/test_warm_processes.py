@@ -18,28 +18,20 @@ from typing import Any
 
 import pytest
 from test_worker_compile_job import submit
+from worker_helpers import worker_context
 
 from _support.processes import BIN, quiet_env, runner_pids, start
-from kiln_service import migrations
-from kiln_service.config import Settings
-from kiln_service.stores.artifacts import LocalArtifactStore, artifact_key
-from kiln_service.stores.jobs import JobStore
+from kiln_service.stores.artifacts import artifact_key
 from kiln_worker._compile_job import WorkerContext, run_compile_job
 from kiln_worker._warm import WarmSlot
-from kiln_worker.config import WorkerSettings, cpu_seconds
+from kiln_worker.config import cpu_seconds
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(data_dir=tmp_path / "data")
-    migrations.upgrade(settings.resolved_database_url)
-    store = JobStore(settings.resolved_database_url)
     # The test hook keeps each compile alive two seconds after its handoff, to read its limits.
-    options = WorkerSettings(poll_seconds=0.2, kill_grace_seconds=1.0, log_flush_seconds=0.2,
-                             work_dir=tmp_path / "work", test_hook_child_sleep_seconds=2.0)
-    yield WorkerContext(settings=settings, options=options, jobs=store,
-                        artifacts=LocalArtifactStore(tmp_path / "data" / "artifacts"))
-    store.dispose()
+    with worker_context(tmp_path, test_hook_child_sleep_seconds=2.0) as context:
+        yield context
 
 
 def _messages(ctx: WorkerContext) -> list[str]:
