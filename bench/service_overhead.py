@@ -19,6 +19,14 @@ instead (:func:`cache_hit_vs_miss`): submit → succeeded of a cache hit vs. a m
 
 Prints the median and min of each, and the service overhead = service - runner child (the
 child's work is the compile itself; everything else is the service). Target: under one second.
+
+    .venv/bin/python bench/service_overhead.py --warm-vs-cold [--repeat 5] [--no-redis]
+        [--redis-url redis://127.0.0.1:6379/5]
+
+Compile processes started ahead (``KILN_WORKER_WARM_PROCESSES``) on vs. off, interleaved in one
+run: the same two stacks as above, each twice (warm on, warm off), every job submitted to a
+worker that has finished its previous job. Prints submit → ``succeeded`` medians and the ratio.
+Target: under 1.5 s median with warm processes, at most half the time without.
 """
 
 from __future__ import annotations
@@ -242,13 +250,93 @@ def _redis_stack(work: Path, db_name: str) -> Service:
                                       "--loglevel", "WARNING"]], env, port, work / "logs")
 
 
+def _second_db(redis_url: str) -> str:
+    """The same Redis, the next database number (the warm-off stack's broker)."""
+    base, _, db = redis_url.rpartition("/")
+    return f"{base}/{int(db) + 1 if db.isdigit() else 1}"
+
+
+def _warm_stacks(work: Path, redis_url: str, db_name: str | None) -> list[Service]:
+    """The embedded stack and (with ``db_name``) Redis + PostgreSQL, each warm on and off."""
+    services: list[Service] = []
+    for warm in ("on", "off"):
+        flag = "true" if warm == "on" else "false"
+        port = _port()
+        services.append(Service(f"embedded/warm {warm}", [[
+            str(BIN / "kiln-service"), "up", "--port", str(port), "--data-dir",
+            str(work / f"emb-{warm}")]], _env(KILN_WORKER_WARM_PROCESSES=flag), port,
+            work / "logs"))
+        if db_name is None:
+            continue
+        # Each stack has its own Redis database and PostgreSQL database.
+        env = _env(KILN_DATA_DIR=str(work / f"redis-{warm}"), KILN_WORKER_WARM_PROCESSES=flag,
+                   KILN_BROKER_URL=_second_db(redis_url) if warm == "off" else redis_url,
+                   KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}_{warm}")
+        subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env, check=True,
+                       capture_output=True)
+        port = _port()
+        services.append(Service(f"redis+pg/warm {warm}", [
+            [str(BIN / "kiln-service"), "serve", "--port", str(port), "--log-level", "warning"],
+            [str(BIN / "kiln-worker"), "--targets", "xla", "--loglevel", "WARNING"]],
+            env, port, work / "logs"))
+    return services
+
+
+def warm_vs_cold(repeat: int, with_redis: bool, redis_url: str) -> None:
+    """Submit → succeeded with warm compile processes on vs. off, interleaved (``--warm-vs-cold``)."""
+    import psycopg
+    import redis
+
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-warm-"))
+    db_name = f"kiln_bench_{secrets.token_hex(4)}" if with_redis else None
+    services: list[Service] = []
+    try:
+        if db_name is not None:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                for warm in ("on", "off"):
+                    conn.execute(f'CREATE DATABASE "{db_name}_{warm}"')
+        services = _warm_stacks(work, redis_url, db_name)
+        times: dict[str, list[float]] = {s.name: [] for s in services}
+        for rnd in range(repeat):
+            for service in services:
+                time.sleep(2.0)  # the worker has finished its previous job and is idle
+                times[service.name].append(service.compile())
+            print(f"round {rnd + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()),
+                  flush=True)
+        print(f"\n{'stack':<22}{'median s':>10}{'min s':>9}{'child s':>9}   (n={repeat})")
+        for service in services:
+            child = statistics.median(b["child_seconds"] for b in service.breakdowns)
+            print(f"{service.name:<22}{statistics.median(times[service.name]):>10.2f}"
+                  f"{min(times[service.name]):>9.2f}{child:>9.2f}")
+        for stack in ("embedded", "redis+pg"):
+            on, off = times.get(f"{stack}/warm on"), times.get(f"{stack}/warm off")
+            if on and off:
+                ratio = statistics.median(on) / statistics.median(off)
+                print(f"{stack}: warm/cold = {ratio:.2f} (target: median < 1.5 s, ratio <= 0.5)")
+    finally:
+        for service in services:
+            service.stop()
+        if db_name is not None:
+            for url in (redis_url, _second_db(redis_url)):
+                redis.Redis.from_url(url).flushdb()
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                for warm in ("on", "off"):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{db_name}_{warm}" WITH (FORCE)')
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis/PostgreSQL stack")
     parser.add_argument("--cache", action="store_true", help="only: compile cache hit vs. miss")
+    parser.add_argument("--warm-vs-cold", action="store_true",
+                        help="compile processes started ahead on vs. off (see above)")
+    parser.add_argument("--redis-url", default=REDIS_URL, help="Redis for --warm-vs-cold")
     args = parser.parse_args()
+    if args.warm_vs_cold:
+        warm_vs_cold(args.repeat, not args.no_redis, args.redis_url)
+        return
     if args.cache:
         cache_hit_vs_miss(Path(tempfile.mkdtemp(prefix="kiln-bench-")), max(args.repeat, 5))
         return

@@ -16,11 +16,11 @@ COPY pyproject.toml uv.lock ./
 COPY client/pyproject.toml client/pyproject.toml
 COPY service/pyproject.toml service/pyproject.toml
 COPY worker/pyproject.toml worker/pyproject.toml
-RUN uv sync --package kiln-service --frozen --extra otel --no-dev --no-install-workspace
+RUN uv sync --package kiln-service --frozen --all-extras --no-dev --no-install-workspace
 
 COPY client client
 COPY service service
-RUN uv sync --package kiln-service --frozen --extra otel --no-dev --no-editable
+RUN uv sync --package kiln-service --frozen --all-extras --no-dev --no-editable
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/kiln --create-home kiln
 USER kiln

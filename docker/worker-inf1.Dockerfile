@@ -32,7 +32,7 @@ COPY worker worker
 # kiln-client and kiln-service with their (TensorFlow-free) dependencies; kiln-worker itself with
 # --no-deps, so that its `tensorflow>=2.16` / `tf-keras` requirements do not replace TF 2.10: the
 # neuron backend runs on tensorflow-neuron's TensorFlow, whose tf.keras is already Keras 2.
-RUN pip install ./client ./service "numpy<1.24" \
+RUN pip install ./client "./service[redis,postgres,s3]" "numpy<1.24" \
     && pip install --no-deps ./worker \
     && python -c "import tensorflow as tf, tensorflow.neuron, kiln_worker.tasks; print('TF', tf.__version__)"
 

@@ -16,12 +16,12 @@ COPY pyproject.toml uv.lock ./
 COPY client/pyproject.toml client/pyproject.toml
 COPY service/pyproject.toml service/pyproject.toml
 COPY worker/pyproject.toml worker/pyproject.toml
-RUN uv sync --package kiln-worker --frozen --extra otel --no-dev --no-install-workspace
+RUN uv sync --package kiln-worker --frozen --all-extras --no-dev --no-install-workspace
 
 COPY client client
 COPY service service
 COPY worker worker
-RUN uv sync --package kiln-worker --frozen --extra otel --no-dev --no-editable
+RUN uv sync --package kiln-worker --frozen --all-extras --no-dev --no-editable
 
 # bubblewrap isolates each compile (KILN_WORKER_SANDBOX); the worker refuses to start without it.
 RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \

@@ -118,8 +118,21 @@ def run_script(script: Path, *args: str, timeout: float = 600) -> subprocess.Com
     return proc
 
 
+def _adopted_by(cmdline: str) -> str | None:
+    """The job that adopted the folder of a compile process started ahead (``--wait BOX``):
+    the worker names it in ``job`` beside ``BOX`` (see ``kiln_worker._warm``)."""
+    args = cmdline.split()
+    if "--wait" not in args or args.index("--wait") + 1 >= len(args):
+        return None
+    try:
+        return (Path(args[args.index("--wait") + 1]).parent / "job").read_text().strip()
+    except OSError:
+        return None
+
+
 def runner_pids(job_id: str) -> list[int]:
-    """Live compile children of ``job_id`` on this machine (their spec path holds the id)."""
+    """Live compile children of ``job_id`` on this machine: the id is in their folder's name,
+    or, for a process started ahead of its job, in the ``job`` file of the folder it waited in."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -129,6 +142,7 @@ def runner_pids(job_id: str) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "kiln_worker.runner" in cmdline and job_id in cmdline and state != "Z":
+        if "kiln_worker.runner" in cmdline and state != "Z" and (
+                job_id in cmdline or _adopted_by(cmdline) == job_id):
             pids.append(int(proc.name))
     return pids

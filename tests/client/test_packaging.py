@@ -21,6 +21,21 @@ def test_import_loads_no_tensorflow_fastapi_or_celery() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_worker_loads_no_api_or_optional_store_package() -> None:
+    # kiln-worker does not depend on FastAPI (kiln-service's api extra), and the embedded
+    # default needs no Redis, PostgreSQL or S3 client: importing the worker loads none of them.
+    code = (
+        "import sys, kiln_worker.cli, kiln_worker.tasks, kiln_worker.celery_app, "
+        "kiln_worker.runner, kiln_service.reconcile, kiln_service.tracing\n"
+        "heavy = [m for m in ('fastapi', 'starlette', 'uvicorn', 'jinja2', 'python_multipart',"
+        " 'prometheus_client', 'redis', 'psycopg', 'boto3', 'botocore', 'tensorflow')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
 def test_exported_members() -> None:
     for name in kiln_client.__all__:
         assert hasattr(kiln_client, name), name

@@ -9,7 +9,8 @@ Each model is saved as a SavedModel, compiled by the compile child exactly as th
 - it is served through each loader a deployment uses: ``tf.saved_model.load``,
   ``tf.keras.models.load_model``, the TF1 session loader that TensorFlow Serving's C++ loader
   mirrors (``tf.compat.v1.saved_model.loader.load`` + ``Session.run`` on the signature's
-  tensors) and ``saved_model_cli run``; each matches the original's outputs.
+  tensors) and ``saved_model_cli run``; each matches the original's outputs. The loaders also
+  serve a small LSTM (an RNN: a while loop over time steps), compiled once for them alone.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def _build(kind: str) -> tuple[Any, np.ndarray]:
         x = tf.keras.layers.GlobalAveragePooling2D()(x)
         return tf.keras.Model(inputs, tf.keras.layers.Dense(5)(x)), rng.normal(
             size=(2, 16, 16, 3)).astype("float32")
+    if kind == "rnn":
+        inputs = tf.keras.Input((6, 4), name="sequence")
+        x = tf.keras.layers.LSTM(8)(inputs)
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(3)(x)), rng.normal(
+            size=(2, 6, 4)).astype("float32")
     raise ValueError(kind)
 
 
@@ -69,13 +75,33 @@ def _max_rel(want: np.ndarray, got: np.ndarray) -> float:
     return float(np.max(np.abs(want64 - got64)) / max(1e-6, float(np.max(np.abs(want64)))))
 
 
+#: compiled models by kind, shared by the fixtures below (each kind is compiled once)
+_COMPILED: dict[str, dict[str, Any]] = {}
+
+
 @pytest.fixture(scope="module", params=["mlp", "conv"])
 def compiled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Any]:
+    return _compile(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["mlp", "conv", "rnn"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> dict[str, Any]:
+    """The models every loader serves: those above and an LSTM."""
+    return _compile(request.param, tmp_path_factory)
+
+
+def _compile(kind: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if kind not in _COMPILED:
+        _COMPILED[kind] = _compile_now(kind, tmp_path_factory.mktemp(kind))
+    return _COMPILED[kind]
+
+
+def _compile_now(kind: str, tmp: Path) -> dict[str, Any]:
     import tensorflow as tf
 
-    tmp = tmp_path_factory.mktemp(request.param)
-    model, x = _build(request.param)
+    model, x = _build(kind)
     model.save(str(tmp / "original"), save_format="tf")
     signature = tf.saved_model.load(str(tmp / "original")).signatures["serving_default"]
     (name,) = signature.structured_input_signature[1]
@@ -205,5 +231,5 @@ def _serve_saved_model_cli(compiled: dict[str, Any]) -> np.ndarray:
 @pytest.mark.parametrize("serve", [_serve_tf2, _serve_keras, _serve_tf1_session,
                                    _serve_saved_model_cli],
                          ids=["saved_model.load", "keras.load_model", "tf1-session", "saved_model_cli"])
-def test_every_loader_serves_it_and_matches(compiled: dict[str, Any], serve: Any) -> None:
-    assert _max_rel(compiled["expected"], serve(compiled)) < RTOL
+def test_every_loader_serves_it_and_matches(served: dict[str, Any], serve: Any) -> None:
+    assert _max_rel(served["expected"], serve(served)) < RTOL

@@ -12,27 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_helpers import runner_processes
+from worker_helpers import runner_processes, worker_context
 
 from kiln_client.models import FailureKind, JobStatus
-from kiln_service import migrations
-from kiln_service.config import Settings
-from kiln_service.stores.artifacts import LocalArtifactStore, artifact_key, upload_key
-from kiln_service.stores.jobs import JobStore
+from kiln_service.stores.artifacts import artifact_key, upload_key
 from kiln_worker._compile_job import WorkerContext, run_compile_job
-from kiln_worker.config import WorkerSettings
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(data_dir=tmp_path / "data")
-    migrations.upgrade(settings.resolved_database_url)
-    store = JobStore(settings.resolved_database_url)
-    options = WorkerSettings(poll_seconds=0.2, kill_grace_seconds=1.0, log_flush_seconds=0.2,
-                             work_dir=tmp_path / "work")
-    yield WorkerContext(settings=settings, options=options, jobs=store,
-                        artifacts=LocalArtifactStore(tmp_path / "data" / "artifacts"))
-    store.dispose()
+    with worker_context(tmp_path) as context:
+        yield context
 
 
 def submit(ctx: WorkerContext, model_tar: Path, npz: Path | None = None, **fields: Any) -> str:

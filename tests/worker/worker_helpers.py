@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from _support.processes import quiet_env
 from _support.processes import runner_pids as runner_processes
+from kiln_service import migrations
+from kiln_service.config import Settings
+from kiln_service.stores.artifacts import LocalArtifactStore
+from kiln_service.stores.jobs import JobStore
+from kiln_worker._compile_job import WorkerContext
 from kiln_worker._protocol import JobSpec, parse_event
+from kiln_worker.config import WorkerSettings
 
-__all__ = ["ZOO_SCRIPT", "RunResult", "child_env", "run_child", "runner_processes"]
+__all__ = ["ZOO_SCRIPT", "RunResult", "child_env", "run_child", "runner_processes",
+           "worker_context"]
 
 ZOO_SCRIPT = Path(__file__).with_name("model_zoo.py")
 
@@ -63,3 +72,18 @@ def run_child(tmp: Path, model_dir: Path, **spec_fields: Any) -> RunResult:
     error_file = tmp / "error.json"
     error = json.loads(error_file.read_text()) if error_file.exists() else None
     return RunResult(proc.returncode, events, stray, proc.stderr, out, error)
+
+
+@contextlib.contextmanager
+def worker_context(tmp_path: Path, **options: Any) -> Iterator[WorkerContext]:
+    """A worker's stores (SQLite, local artifacts under ``tmp_path``) and quick settings."""
+    settings = Settings(data_dir=tmp_path / "data")
+    migrations.upgrade(settings.resolved_database_url)
+    store = JobStore(settings.resolved_database_url)
+    worker = WorkerSettings(poll_seconds=0.2, kill_grace_seconds=1.0, log_flush_seconds=0.2,
+                            work_dir=tmp_path / "work", **options)
+    try:
+        yield WorkerContext(settings=settings, options=worker, jobs=store,
+                            artifacts=LocalArtifactStore(tmp_path / "data" / "artifacts"))
+    finally:
+        store.dispose()

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from kiln_service._extras import require_api
+
+    require_api("serve")
     import uvicorn
 
     from kiln_service.config import get_settings
@@ -100,7 +103,10 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     # Imported here: the embedded runner (a colleague's module) pulls in the worker side.
+    from kiln_service._extras import require_api
     from kiln_service.embedded import run_up
+
+    require_api("up")
 
     result = run_up(host=args.host, port=args.port, data_dir=args.data_dir,
                     targets=[t.strip() for t in args.targets.split(",") if t.strip()])

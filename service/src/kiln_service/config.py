@@ -161,6 +161,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_extras(self) -> Settings:
+        # A URL whose client library is an extra that is not installed: say which to install.
+        from kiln_service._extras import missing_extras
+
+        missing = missing_extras({"KILN_DATABASE_URL": self.resolved_database_url,
+                                  "KILN_BROKER_URL": self.broker_url,
+                                  "KILN_STORAGE_URL": self.resolved_storage_url})
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         """The job store URL, defaulting to the embedded SQLite file."""

@@ -31,11 +31,12 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kiln_service.logs import redact
+
+if TYPE_CHECKING:  # types only: workers import this module and have no Starlette (api extra)
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "ENQUEUED_HEADER",

@@ -26,8 +26,6 @@ from typing import IO
 
 import anyio
 import anyio.to_thread
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from kiln_service.errors import (
     BadRequestError,
@@ -215,6 +213,10 @@ async def receive_multipart(
         OSError: Writing a staging file failed (see :func:`is_disk_full`).
     """
     boundary = _boundary(content_type)
+    # Imported here: workers use this module's records, and have no python-multipart (api extra).
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser
+
     staging.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(staging=staging, prefix=prefix, file_fields=file_fields,
                          text_fields=text_fields, max_file_bytes=max_file_bytes,
@@ -259,6 +261,8 @@ async def receive_multipart(
 
 def _boundary(content_type: str) -> bytes:
     """Return the multipart boundary of ``content_type``, or raise 415 / 400."""
+    from python_multipart.multipart import parse_options_header
+
     media, params = parse_options_header(content_type)
     if media != b"multipart/form-data":
         raise UnsupportedMediaTypeError("POST /v1/compile takes multipart/form-data with a "

@@ -1,7 +1,8 @@
 """One attempt at one compile job, as the ``kiln.compile`` task runs it.
 
-claim (the job store decides) → fetch and unpack the upload into a fresh temporary directory →
-write the spec → run ``python -m kiln_worker.runner`` in its own process group, streaming its
+claim (the job store decides) → adopt the compile process started ahead and its job folder
+(:mod:`kiln_worker._warm`), or make a fresh folder → fetch and unpack the upload into it →
+write the spec → hand it to the compile process (started now if none waited), streaming its
 progress and log lines to the job store, renewing the lease, watching for cancellation and the
 time limit → store the artifacts under the attempt's own keys (``jobs/<id>/attempt-<fence>/``)
 → finish the job with the attempt's fence, which publishes those keys in the same ``UPDATE``.
@@ -50,6 +51,7 @@ from kiln_worker._limits import CRASH_MARK, crash_failure
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, rewrite_workdir
 from kiln_worker._sandbox import isolation
 from kiln_worker._upload import UploadError, pack_dir, unpack_model
+from kiln_worker._warm import CompileProcess, WarmSlot
 from kiln_worker.config import WorkerSettings, get_worker_settings, worker_id
 
 __all__ = ["CompileAttempt", "WorkerContext", "run_compile_job"]
@@ -89,12 +91,15 @@ def _announcing(store: JobStore, settings: Settings) -> JobStore:
     return store
 
 
-def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
+def run_compile_job(ctx: WorkerContext, job_id: str, warm: WarmSlot | None = None
+                    ) -> dict[str, Any]:
     """Claim and run one job; the body of the ``kiln.compile`` task.
 
     Args:
         ctx: the worker's stores and settings.
         job_id: the job from the task message.
+        warm: the pool process's compile process started ahead, taken by this job if alive
+            (without one, the job starts its own compile process).
 
     Returns:
         ``{"job_id", "status"}``: the final status, or ``skipped`` when the job was not claimable
@@ -106,9 +111,12 @@ def run_compile_job(ctx: WorkerContext, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "status": "skipped"}
     bind(tenant=job.tenant, attempt=job.attempts)
     annotate({"kiln.tenant": job.tenant, "kiln.attempt": job.attempts, "kiln.target": job.target})
-    with job_dir(job_id, ctx.options.work_dir) as tmp:
+    adopted = warm.take(job_id) if warm is not None else None
+    folder = adopted[0] if adopted is not None else job_dir(job_id, ctx.options.work_dir)
+    with folder as tmp:
         try:
-            status = CompileAttempt(ctx, job, Path(tmp)).run()
+            status = CompileAttempt(ctx, job, Path(tmp),
+                                    adopted[1] if adopted is not None else None).run()
         except Exception as exc:
             # Kiln's own fault (a store failed mid-job, say). Record it if the store lets us,
             # rather than leave the job running with nobody working on it.
@@ -158,12 +166,14 @@ class _FlagsRewriteError(Exception):
 class CompileAttempt(SupervisedRun):
     """One run of a claimed job in the temporary directory ``tmp``.
 
-    Every write to the job store carries the claim's ``fence``, so a stale attempt (its lease
+    ``process`` is the compile process started ahead in ``tmp`` (``None``: start one when the
+    upload is ready). Every write to the job store carries the claim's ``fence``, so a stale attempt (its lease
     lapsed and the job was handed to another worker) can neither report progress nor finish it.
     """
 
-    def __init__(self, ctx: WorkerContext, job: JobRecord, tmp: Path) -> None:
-        self.ctx, self.job, self.tmp = ctx, job, tmp
+    def __init__(self, ctx: WorkerContext, job: JobRecord, tmp: Path,
+                 process: CompileProcess | None = None) -> None:
+        self.ctx, self.job, self.tmp, self.process = ctx, job, tmp, process
         self.fence = job.fence
         # What the compile sees (and may write): ``compile/``. The worker's own files (the log
         # and the workdir archive it uploads) stay beside it, out of the compile's reach.
@@ -190,6 +200,13 @@ class CompileAttempt(SupervisedRun):
 
     def run(self) -> str:
         """Run the attempt to its end and return the job's final status (``lost`` if stale)."""
+        try:
+            return self._run()
+        finally:
+            if self.process is not None:  # not run (the upload was bad): stop it unused
+                self.process.discard()
+
+    def _run(self) -> str:
         self.logs.add(f"[kiln] job {self.job.id} attempt {self.job.attempts} on {worker_id()}")
         try:
             spec_path = self._prepare()
@@ -203,7 +220,6 @@ class CompileAttempt(SupervisedRun):
             return self._fail(Failure.of(FailureCode.STORAGE_ERROR,
                                          f"the worker could not fetch the upload: {exc}"),
                               retry=True)
-        self.isolation.sandbox.prepare(self.box)
         ended = self._supervise(spec_path)
         if isinstance(ended, str):
             return self._stopped(ended)
@@ -246,7 +262,7 @@ class CompileAttempt(SupervisedRun):
     def _prepare(self) -> Path:
         self.progress.set(Stage.PREPARING.value, 0.01, "fetching the upload", force=True)
         for path in (self.out_dir, self.home, self.box / "upload"):
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, exist_ok=True)  # home/ exists in an adopted folder
         archive = self.box / "upload" / "model"
         self.ctx.artifacts.get_to_file(upload_key(self.job.id, "model"), archive)
         model_dir = unpack_model(archive, self.box / "model")

@@ -1,8 +1,8 @@
 """Running the compile child of one attempt: sandbox, limits, streaming, lease and cancellation.
 
 A mixin of :class:`kiln_worker._compile_job.CompileAttempt`, kept apart to keep that module
-short: it starts ``python -m kiln_worker.runner`` inside the worker's sandbox with the job's
-limits, streams its lines to the job log, renews the lease, watches for cancellation, the time
+short: it hands the job to the compile process started ahead in the job's folder, or starts
+``python -m kiln_worker.runner`` inside the worker's sandbox with the job's limits, streams its lines to the job log, renews the lease, watches for cancellation, the time
 limit and (without a memory cgroup) resident memory, and records which limit was crossed.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln_client.models import Failure
+from kiln_client.models import Failure, Stage
 from kiln_service.errors import StoreError
 from kiln_service.stores.jobs import JobRecord
 from kiln_service.tracing import inject, traced
@@ -23,8 +22,9 @@ from kiln_worker._job_dirs import PREFIX, owner_tag
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, take_line
 from kiln_worker._limits import CRASH_MARK, CompileLimits
 from kiln_worker._sandbox import Isolation
-from kiln_worker._supervise import ChildProcess, child_environment
+from kiln_worker._supervise import ChildProcess
 from kiln_worker._tracing import ChildSpans
+from kiln_worker._warm import CompileProcess, start_compile_process
 
 if TYPE_CHECKING:
     from kiln_worker._compile_job import WorkerContext
@@ -39,6 +39,7 @@ class SupervisedRun:
 
     ctx: WorkerContext
     job: JobRecord
+    process: CompileProcess | None
     tmp: Path
     box: Path
     home: Path
@@ -58,25 +59,17 @@ class SupervisedRun:
     @traced("kiln.compile_process")
     def _supervise(self, spec_path: Path) -> int | str:
         """Run the child; return its exit status, or ``cancelled`` / ``timeout`` / ``lost``."""
-        opts, sandbox = self.ctx.options, self.isolation.sandbox
-        env = inject(child_environment(self.home), upper=True)  # TRACEPARENT: this span
+        sandbox = self.isolation.sandbox
         self.child_spans = ChildSpans()
-        # The compile process logs like the worker (KILN_LOG_FORMAT), tagged with this attempt.
-        env.update(KILN_LOG_FORMAT=self.ctx.settings.log_format,
-                   KILN_JOB_ATTEMPT=str(self.job.attempts))
-        if opts.test_hook_child_sleep_seconds > 0:  # TEST HOOK, off by default
-            env["KILN_WORKER_TEST_HOOK_CHILD_SLEEP_SECONDS"] = str(opts.test_hook_child_sleep_seconds)
-        limits = CompileLimits(opts, self.isolation.cgroups,
-                               f"{PREFIX}{self.job.id}-a{self.job.attempts}-{owner_tag()}",
-                               self.job.timeout_seconds)
+        process = self._compile_process()
+        self.process = None  # ours to end from here on
+        child, limits = process.child, process.limits
         self.memory_group = limits.groups.memory is not None
+        stop: str | None = None
         try:
-            child = ChildProcess(
-                sandbox.command([sys.executable, "-m", "kiln_worker.runner", str(spec_path)],
-                                self.box),
-                env=env, cwd=self.box, rlimits=limits.rlimits(), cgroups=limits.procs_files)
-            self.logs.add(f"[kiln] compile process {child.pid} started ({sandbox.mode} sandbox);"
-                          f" time limit {self.job.timeout_seconds} s")
+            process.hand_over(spec_path, attempt=self.job.attempts,
+                              timeout_seconds=self.job.timeout_seconds,
+                              environment=inject({}, upper=True))  # TRACEPARENT: this span
             stop = self._watch(child, limits)
             status = sandbox.exit_status(int(child.proc.returncode))
             self.peaks = limits.peaks()
@@ -84,10 +77,34 @@ class SupervisedRun:
             if stop == "memory":
                 self.limit_failure, stop = limits.failure(-signal.SIGKILL, self.box), None
         finally:
-            limits.close()
+            process.discard()
         self.logs.add(f"[kiln] compile process {child.pid} ended ({stop or status})"
                       f" after {self.timings['child_seconds']:.2f} s")
         return stop if stop is not None else status
+
+    def _compile_process(self) -> CompileProcess:
+        """The process started ahead in this job's folder, else one started now."""
+        process, sandbox = self.process, self.isolation.sandbox
+        limit = f"time limit {self.job.timeout_seconds} s"
+        if process is not None:
+            # Files fetched since it started go to the compile's user too (a root worker's).
+            sandbox.prepare(self.box)
+            for stream, line in process.take_ready():  # what it wrote while it waited
+                self._take(stream, line)
+            age = time.monotonic() - process.started
+            state = "TensorFlow loaded" if process.ready else "TensorFlow still starting"
+            self.logs.add(f"[kiln] compile process {process.child.pid} ({sandbox.mode} sandbox) "
+                          f"takes the job: started {age:.1f} s ahead, {state}; {limit}")
+            if not process.ready:
+                self.progress.set(Stage.PREPARING.value, 0.015, "starting TensorFlow", force=True)
+            return process
+        self.progress.set(Stage.PREPARING.value, 0.015, "starting TensorFlow", force=True)
+        process = start_compile_process(
+            self.ctx, self.isolation, self.box, timeout_seconds=self.job.timeout_seconds,
+            name=f"{PREFIX}{self.job.id}-a{self.job.attempts}-{owner_tag()}")
+        self.logs.add(f"[kiln] compile process {process.child.pid} started "
+                      f"({sandbox.mode} sandbox); {limit}")
+        return process
 
     def _watch(self, child: ChildProcess, limits: CompileLimits) -> str | None:
         """Follow the child to its end; ``cancelled``/``timeout``/``lost``/``memory`` if stopped."""

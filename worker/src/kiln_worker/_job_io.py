@@ -203,5 +203,7 @@ def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer,
     elif event["event"] == "span":
         if spans is not None:
             spans.take(event)
+    elif event["event"] == "ready":
+        logs.add("[kiln] TensorFlow loaded in the compile process")
     else:
         logs.add(line)

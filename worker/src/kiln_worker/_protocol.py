@@ -1,12 +1,15 @@
 """The contract between the Celery task and the compile child (``kiln_worker.runner``).
 
-The parent writes a :class:`JobSpec` as JSON and starts ``python -m kiln_worker.runner SPEC``.
-The child writes one JSON object per line to its stdout:
+The parent writes a :class:`JobSpec` as JSON and starts ``python -m kiln_worker.runner SPEC``,
+or, for a process started ahead of its job (``python -m kiln_worker.runner --wait BOX``), writes
+one :class:`Handoff` line to the waiting child's stdin. The child writes one JSON object per
+line to its stdout:
 
 - ``{"event": "progress", "stage": "tracing", "progress": 0.2, "message": "..."}``
 - ``{"event": "log", "line": "..."}``
 - ``{"event": "span", "name": "kiln.stage.tracing", "trace_id": ..., ...}`` when the worker
   traces (``TRACEPARENT`` set): a finished span for the worker to export (see ``_tracing``)
+- ``{"event": "ready"}`` (a waiting child: TensorFlow and Kiln are imported)
 
 and its Python logging to stderr (the parent keeps both in the job log). It ends with:
 
@@ -28,7 +31,9 @@ from typing import Any
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
+    "HANDOFF_VARIABLES",
     "TARGET_BACKENDS",
+    "Handoff",
     "JobSpec",
     "encode_event",
     "parse_event",
@@ -112,6 +117,51 @@ class JobSpec:
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold a JSON object")
         return cls(**data)
+
+
+#: the variables a handoff may set in the child (W3C trace context)
+HANDOFF_VARIABLES = ("TRACEPARENT", "TRACESTATE")
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The job a waiting compile child is given, as one JSON line on its stdin.
+
+    Attributes:
+        spec: path of the job's spec file (inside the child's job folder).
+        attempt: the attempt number, for the child's log lines.
+        rlimits: resource limits (``resource.RLIMIT_*`` number → value) the child sets before
+            it reads the spec; they can only lower those it was started with.
+        environment: variables of the job the child sets (only :data:`HANDOFF_VARIABLES`: the
+            trace context of the worker's span, which did not exist when the child started).
+    """
+
+    spec: str
+    attempt: int = 0
+    rlimits: dict[int, int] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        """The line to send (with its newline)."""
+        return json.dumps({"spec": self.spec, "attempt": self.attempt,
+                           "rlimits": {str(k): v for k, v in self.rlimits.items()},
+                           "environment": self.environment}) + "\n"
+
+    @classmethod
+    def decode(cls, line: str) -> Handoff:
+        """Read a line written by :meth:`encode`.
+
+        Raises:
+            ValueError: the line is not a handoff.
+        """
+        data = json.loads(line)
+        if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
+            raise ValueError("not a handoff line")
+        limits = {int(k): int(v) for k, v in dict(data.get("rlimits") or {}).items()}
+        environment = {str(k): str(v) for k, v in dict(data.get("environment") or {}).items()
+                       if k in HANDOFF_VARIABLES}
+        return cls(spec=data["spec"], attempt=int(data.get("attempt") or 0), rlimits=limits,
+                   environment=environment)
 
 
 def encode_event(event: str, **fields: Any) -> str:

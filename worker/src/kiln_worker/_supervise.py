@@ -25,7 +25,7 @@ from typing import IO
 
 from kiln_worker._cgroups import join
 
-__all__ = ["ChildProcess", "child_environment"]
+__all__ = ["ChildProcess", "apply_rlimits", "child_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,19 @@ _PR_SET_PDEATHSIG = 1
 MAX_LINE_BYTES = 64 * 1024
 
 
+def apply_rlimits(limits: Mapping[int, int]) -> None:
+    """Set each resource limit (soft and hard) in this process, never above its current hard one.
+
+    Used before a compile child executes, and by a child started ahead of its job when it gets
+    the job's own limits (lowering is always allowed; raising a hard limit is not).
+    """
+    for which, value in limits.items():
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+
 def _child_preexec(rlimits: Mapping[int, int], cgroups: Sequence[str] = ()
                    ) -> Callable[[], None]:
     """A ``preexec_fn``: control groups, resource limits, SIGKILL when the parent dies (Linux).
@@ -85,12 +98,7 @@ def _child_preexec(rlimits: Mapping[int, int], cgroups: Sequence[str] = ()
 
     def preexec() -> None:
         join(list(cgroups))
-        for which, value in limits.items():
-            # An unprivileged worker cannot raise a hard limit: never ask above the current one.
-            hard = resource.getrlimit(which)[1]
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)
-            resource.setrlimit(which, (value, value))
+        apply_rlimits(limits)
         if libc is not None:
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl took effect
@@ -108,13 +116,16 @@ class ChildProcess:
         cwd: its working directory.
         rlimits: resource limits (``resource.RLIMIT_*`` → value) set in the child.
         cgroups: ``cgroup.procs`` files of the control groups the child joins.
+        stdin: give the child a pipe on stdin, written once by :meth:`send` (else ``/dev/null``).
     """
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-                 rlimits: Mapping[int, int] | None = None, cgroups: Sequence[str] = ()) -> None:
+                 rlimits: Mapping[int, int] | None = None, cgroups: Sequence[str] = (),
+                 stdin: bool = False) -> None:
         self._lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=dict(env), cwd=str(cwd), start_new_session=True,
             preexec_fn=_child_preexec(rlimits or {}, cgroups),
         )
@@ -139,6 +150,22 @@ class ChildProcess:
                     cut = "" if complete else f" [… line cut at {MAX_LINE_BYTES} bytes]"
                     self._lines.put((name, line + cut))
                 skipping = not complete
+
+    def send(self, text: str) -> None:
+        """Write ``text`` to the child's stdin and close it (the child reads it once).
+
+        Raises:
+            OSError: the child is gone (its stdin pipe is broken).
+        """
+        pipe = self.proc.stdin
+        if pipe is None:
+            raise OSError("the child has no stdin pipe")
+        try:
+            pipe.write(text.encode())
+            pipe.flush()
+        finally:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
     def next_line(self, timeout: float) -> tuple[str, str] | None:
         """The next ``(stream, line)`` read, or ``None`` if none came within ``timeout`` seconds."""

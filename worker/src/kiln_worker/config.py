@@ -72,6 +72,12 @@ class WorkerSettings(BaseSettings):
     """Attempts a job gets in all; system errors (a killed compile, storage failures) are
     retried until then, client errors never. One setting with the reconciler's:
     ``KILN_MAX_ATTEMPTS`` (not ``KILN_WORKER_…``), read by workers and ``kiln-service reconcile``."""
+    warm_processes: bool = True
+    """Keep one compile process started ahead per pool process (``KILN_WORKER_WARM_PROCESSES``):
+    TensorFlow and Kiln imported, waiting in a job folder of its own for the next job, which
+    then skips the seconds of start-up (see :mod:`kiln_worker._warm`). Each still runs exactly
+    one job, with the same sandbox and limits. Costs the memory of one idle TensorFlow process
+    (about 0.5 GiB) per pool process; ``false`` starts each compile process when its job comes."""
     reconcile: bool = True
     """Run the reconciler loop (:mod:`kiln_service.reconcile`) in this worker."""
     test_hook_child_sleep_seconds: float = Field(default=0.0, ge=0)

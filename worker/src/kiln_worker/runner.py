@@ -29,7 +29,8 @@ from kiln_worker._failures import (
     classify_model_exception,
     model_error_text,
 )
-from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, encode_event
+from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, Handoff, JobSpec, encode_event
+from kiln_worker._supervise import apply_rlimits
 from kiln_worker._tracing import runner_trace
 
 __all__ = ["EventChannel", "classify_exception", "main"]
@@ -81,16 +82,29 @@ class EventChannel:
 def main(argv: list[str] | None = None) -> int:
     """Run the compile described by the spec file named in ``argv``.
 
+    ``--wait BOX`` starts a process ahead of its job, in the job folder ``BOX`` (named only so
+    that ``ps`` shows it): it imports TensorFlow and Kiln, sends ``ready``, then reads the
+    job's :class:`~kiln_worker._protocol.Handoff` from stdin and runs that one job.
+
     Returns:
-        The process exit code: 0 success, 3 a failure written to the spec's ``error_file``,
-        1 an unexpected error (traceback on stderr), 2 a usage error.
+        The process exit code: 0 success (or a waiting process whose stdin closed without a
+        job), 3 a failure written to the spec's ``error_file``, 1 an unexpected error
+        (traceback on stderr), 2 a usage error.
     """
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m kiln_worker.runner SPEC.json", file=sys.stderr)
+    waiting = len(args) == 2 and args[0] == "--wait"
+    if not waiting and (len(args) != 1 or args[0].startswith("-")):
+        print("usage: python -m kiln_worker.runner SPEC.json | --wait BOX", file=sys.stderr)
         return 2
     events = EventChannel.take_stdout()
-    spec = JobSpec.read(Path(args[0]))
+    if waiting:
+        handoff = _wait_for_job(events)
+        if handoff is None:
+            return EXIT_OK
+        spec_path = Path(handoff.spec)
+    else:
+        spec_path = Path(args[0])
+    spec = JobSpec.read(spec_path)
     _configure_logging(spec.job_id)
     logger.info("job %s: compile child pid %d (target %s)", spec.job_id, os.getpid(), spec.target)
     try:
@@ -106,6 +120,47 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("job %s failed: %s: %s", spec.job_id, failure.code, failure.message)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _wait_for_job(events: EventChannel) -> Handoff | None:
+    """Load TensorFlow and Kiln, say ``ready``, then wait for the job on stdin (``None``: none).
+
+    Nothing of a job has run in this process yet, so everything before the handoff is Kiln's
+    own code; the job's limits are applied before its spec is even read.
+    """
+    _warm_up()
+    events.send("ready")
+    line = sys.stdin.readline()
+    # Nothing more comes on stdin: the job's code gets /dev/null there, as a cold child does.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    if not line.strip():
+        return None  # the worker discarded this process (shutting down)
+    handoff = Handoff.decode(line)
+    apply_rlimits(handoff.rlimits)
+    os.environ.update(handoff.environment)  # the job's trace context, when traced
+    if handoff.attempt:
+        os.environ["KILN_JOB_ATTEMPT"] = str(handoff.attempt)
+    return handoff
+
+
+def _warm_up() -> None:
+    """Import what every compile uses and run one XLA compile, so a job finds them done."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tensorflow as tf
+    import tf_keras  # noqa: F401  (Keras 2, the tracer's model class)
+
+    import kiln_service.logs  # noqa: F401
+    import kiln_worker._inputs
+    import kiln_worker._speed
+    import kiln_worker.manifest
+    import kiln_worker.tracer.api
+    import kiln_worker.tracer.reference
+    import kiln_worker.tracer.tolerance  # noqa: F401
+
+    # The first XLA compile of a process sets up the JIT; a constant of Kiln's own, no job data.
+    tf.function(lambda x: x * 2.0 + 1.0, jit_compile=True)(tf.ones([2]))
 
 
 def _configure_logging(job_id: str) -> None:
@@ -338,5 +393,17 @@ def _versions(tf: Any) -> dict[str, str]:
     return versions
 
 
+def _exit(code: int) -> None:
+    """End the process without the interpreter's teardown, everything being written.
+
+    Unloading TensorFlow takes a second or more and does nothing the job needs: its outputs
+    are closed files, and events and log lines were flushed as they were written.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

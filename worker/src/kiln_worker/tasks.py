@@ -1,7 +1,9 @@
 """The ``kiln.compile`` Celery task: thin, idempotent, job id in and a small dict out.
 
 All the work is in :mod:`kiln_worker._compile_job`; the task only finds this process's stores
-(opened once per pool process, after the fork) and hands over the job id.
+(opened once per pool process, after the fork) and hands over the job id. Each pool process
+keeps one compile process started ahead (:mod:`kiln_worker._warm`): started when the pool
+process starts and after each job, stopped when it shuts down.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 from typing import Any
 
 from celery import Celery, current_task
+from celery.signals import worker_process_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
 
 from kiln_service.config import Settings
@@ -18,6 +21,7 @@ from kiln_service.queue import COMPILE_TASK, enqueue_compile
 from kiln_service.tracing import configure_tracing, force_flush
 from kiln_worker._compile_job import WorkerContext, run_compile_job
 from kiln_worker._tracing import task_span
+from kiln_worker._warm import WarmSlot
 from kiln_worker.config import WorkerSettings
 
 __all__ = ["compile_job", "register_tasks"]
@@ -26,6 +30,8 @@ logger: logging.Logger = get_task_logger(__name__)
 _context: WorkerContext | None = None
 _configured: tuple[Settings | None, WorkerSettings | None] = (None, None)
 _app: Celery | None = None
+#: this pool process's compile process started ahead of its next job
+_warm = WarmSlot()
 
 
 def _worker_context() -> WorkerContext:
@@ -58,12 +64,26 @@ def compile_job(job_id: str) -> dict[str, Any]:
         ctx = _worker_context()
         try:
             with task_span(job_id, current_task.request if current_task else None) as span:
-                result = run_compile_job(ctx, job_id)
+                result = run_compile_job(ctx, job_id, warm=_warm)
                 span.set({"kiln.job_status": result["status"]})
         finally:
             force_flush()  # a recycled pool process must not take the job's spans with it
+            _warm.fill(ctx)  # the next job's, started now (this is the main thread)
         logger.info("job %s: %s", job_id, result["status"])
     return result
+
+
+def _start_warm(**_: Any) -> None:
+    """``worker_process_init``: a new pool process starts its first compile process ahead."""
+    try:
+        _warm.fill(_worker_context())
+    except Exception as exc:  # the stores are down, say: the first job starts its own
+        logger.warning("could not start a compile process ahead: %s", exc)
+
+
+def _stop_warm(**_: Any) -> None:
+    """``worker_process_shutdown``: stop the waiting compile process and remove its folder."""
+    _warm.close()
 
 
 def register_tasks(
@@ -81,3 +101,5 @@ def register_tasks(
     _app = app
     app.task(name=COMPILE_TASK, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)(compile_job)
+    worker_process_init.connect(_start_warm, weak=False)
+    worker_process_shutdown.connect(_stop_warm, weak=False)
