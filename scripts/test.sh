@@ -19,5 +19,10 @@ export KILN_TEST_POSTGRES_URL="${KILN_TEST_POSTGRES_URL:-postgresql+psycopg://po
 
 echo "== ruff"
 .venv/bin/ruff check client service worker tests bench scripts
+# Two xdist workers (KILN_TEST_WORKERS=1 runs serially): each has its own Redis server, and a
+# directory whose session fixtures are costly stays on one worker (tests/conftest.py).
+workers="${KILN_TEST_WORKERS:-2}"
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadgroup); fi
 echo "== pytest"
-exec .venv/bin/python -m pytest -p no:cacheprovider -ra --durations=25 "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -ra --durations=40 "${parallel[@]}" "$@"
