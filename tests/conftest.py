@@ -47,9 +47,9 @@ def _start_private_redis() -> str:
         try:
             client.ping()
             break
-        except redis.ConnectionError:
+        except redis.ConnectionError as exc:
             if time.monotonic() > deadline or _private.poll() is not None:
-                raise pytest.UsageError(f"a private redis-server on port {port} did not start")
+                raise pytest.UsageError(f"a private redis-server on port {port} did not start") from exc
             time.sleep(0.05)
     return f"redis://127.0.0.1:{port}"
 
