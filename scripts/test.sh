@@ -19,9 +19,11 @@ export KILN_TEST_POSTGRES_URL="${KILN_TEST_POSTGRES_URL:-postgresql+psycopg://po
 
 echo "== ruff"
 .venv/bin/ruff check client service worker tests bench scripts
-# Two xdist workers (KILN_TEST_WORKERS=1 runs serially): each has its own Redis server, and a
-# directory whose session fixtures are costly stays on one worker (tests/conftest.py).
-workers="${KILN_TEST_WORKERS:-2}"
+# KILN_TEST_WORKERS=N runs the tests on N pytest-xdist workers, each with its own Redis server;
+# a directory whose session fixtures are costly stays on one worker (tests/conftest.py). The
+# default is one process: most long tests wait on services rather than use the CPU, so two
+# workers did not shorten the suite on a 2-core machine.
+workers="${KILN_TEST_WORKERS:-1}"
 parallel=()
 if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadgroup); fi
 echo "== pytest"
