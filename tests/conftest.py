@@ -74,6 +74,8 @@ _SHARED_SESSION_DIRS = {"deploy", "integration", "pipeline", "service", "ui", "w
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group tests for ``--dist loadgroup``: a directory with costly session fixtures runs on
     one worker; other files spread over the workers one file at a time."""
+    if config.getoption("dist", "no") == "no":  # one process: nothing to group
+        return
     root = config.rootpath / "tests"
     for item in items:
         if item.get_closest_marker("xdist_group"):

@@ -55,7 +55,8 @@ def venv310(python310: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([python310, "-m", "venv", str(venv)], check=True, timeout=300)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     # The machine's pip configuration (index, find-links, certificates) applies as usual.
-    run = subprocess.run([*pip, str(REPO / "client"), str(REPO / "service")],
+    # The service with the stores an Inf1 worker talks to, as docker/worker-inf1.Dockerfile has it.
+    run = subprocess.run([*pip, str(REPO / "client"), f"{REPO / 'service'}[redis,postgres,s3]"],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, f"pip install of client and service failed:\n{run.stderr[-4000:]}"
     # The worker without its TensorFlow requirements, as in docker/worker-inf1.Dockerfile.
