@@ -54,6 +54,7 @@ from fault_support import (
 
 from _support.postgres import conninfo, fresh_database
 from kiln_service.stores.artifacts import LocalArtifactStore, list_attempts
+from kiln_worker._job_dirs import is_orphaned
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -149,9 +150,12 @@ class Chaos:
         return dict(row)
 
     def job_folders(self) -> list[Path]:
-        """``kiln-job-*`` folders in the folders the workers (and their children) write to."""
+        """``kiln-job-*`` folders in the folders the workers (and their children) write to,
+        but for the folder of a compile process that a live worker keeps waiting for its next
+        job (``kiln-job-warm-*`` of an owner still running)."""
         places = (self.root / "work", self.root / "tmp")
-        return sorted(p for place in places if place.is_dir() for p in place.glob("kiln-job-*"))
+        return sorted(p for place in places if place.is_dir() for p in place.glob("kiln-job-*")
+                      if not (p.name.startswith("kiln-job-warm-") and not is_orphaned(p.name)))
 
     def worker_log_text(self) -> str:
         return "".join(p.read_text(errors="replace")

@@ -21,8 +21,8 @@ from pathlib import Path
 from kiln_worker._cgroups import CgroupSupport
 
 __all__ = [
-    "UnsafeOutputError", "compiled_file", "job_dir", "owner_tag", "sweep_job_cgroups",
-    "sweep_job_dirs",
+    "UnsafeOutputError", "compiled_file", "is_orphaned", "job_dir", "owner_tag",
+    "sweep_job_cgroups", "sweep_job_dirs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def compiled_file(box: Path, path: Path) -> Path:
     return path
 
 
-def _orphaned(name: str) -> bool:
+def is_orphaned(name: str) -> bool:
+    """Whether ``name`` is a job folder (or cgroup) whose owning process is gone."""
     match = _OWNER.search(name) if name.startswith(PREFIX) else None
     if match is None:
         return False  # not ours to judge (another version's folder, or not a job folder)
@@ -95,7 +96,7 @@ def sweep_job_dirs(parent: Path | None) -> list[str]:
     removed: list[str] = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(root):
-            if entry.is_dir(follow_symlinks=False) and _orphaned(entry.name):
+            if entry.is_dir(follow_symlinks=False) and is_orphaned(entry.name):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
     if removed:
@@ -112,7 +113,7 @@ def sweep_job_cgroups(support: CgroupSupport) -> int:
             continue
         with contextlib.suppress(OSError):
             for entry in os.scandir(controller.parent):
-                if entry.is_dir() and _orphaned(entry.name):
+                if entry.is_dir() and is_orphaned(entry.name):
                     with contextlib.suppress(OSError):  # still has processes: next time
                         os.rmdir(entry.path)
                         removed += 1
