@@ -41,7 +41,7 @@ def test_each_batch_size_runs_its_own_choice(
     results = [replace(r, measurement=faster, large_measurement=slower) for r in results]
     rewritten = passes.rewrite(frozen, results, dump)
     compiled = passes.Decision(results, rewritten, passes.wrap(traced, frozen, rewritten, flags))
-    larger = passes.larger_examples(traced)
+    larger = passes.larger_examples(traced, frozen)
     assert larger is not None and larger[0].shape == (8, 32)
 
     decision = passes.measure_model(traced, frozen, flags, compiled, larger)
@@ -62,3 +62,26 @@ def test_each_batch_size_runs_its_own_choice(
     for x in batches:  # after save and reload, both branches still answer
         (out,) = serve(tf.constant(x)).values()
         assert max_rel_diff(model(x), out) < 1e-5
+
+
+def test_a_graph_fixed_to_its_batch_is_timed_at_that_batch_only(rng: np.random.Generator) -> None:
+    """A signature that takes any batch over a graph that does not (a reshape to a fixed
+    shape, as hand-written encoders have): measured placement times the example batch only."""
+    import tensorflow as tf
+
+    import kiln_worker
+    from kiln_client.flags import parse_flags
+    from kiln_worker.tracer import passes
+    from kiln_worker.tracer.workdir import WorkdirDumper
+
+    @tf.function
+    def fixed(x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(tf.reshape(x, [4, 8]) @ tf.ones([8, 3]))
+
+    example = rng.normal(size=(1, 4, 8)).astype("float32")
+    dump = WorkdirDumper(None)
+    traced = passes.trace_inputs(fixed, example, dump)
+    frozen = passes.freeze_graph(traced, parse_flags(""), dump)
+    assert traced.batch_relaxed and passes.larger_examples(traced, frozen) is None
+    model = kiln_worker.trace(fixed, example, placement="measured")
+    assert max_rel_diff(fixed(example).numpy(), model(example).numpy()) < 1e-5

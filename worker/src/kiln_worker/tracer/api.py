@@ -167,7 +167,7 @@ def trace(
     placed = run("place", passes.place_nodes, frozen, xla, subgraph_builder_function, mode)
     partitioning = run("partition", passes.partition, placed, frozen,
                        "measured" if measured else "all")
-    larger = passes.larger_examples(traced) if measured else None
+    larger = passes.larger_examples(traced, frozen) if measured else None
     results = run(
         "compile",
         passes.compile_subgraphs,

@@ -16,9 +16,10 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 from kiln_worker.tracer import freeze as freezing
-from kiln_worker.tracer.compile import SubgraphResult, compile_partitions
+from kiln_worker.tracer.compile import SubgraphResult, compile_partitions, run_graph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
 from kiln_worker.tracer.measure import compare
@@ -123,12 +124,21 @@ def wrap(traced: TracedFunction, frozen: FrozenGraph, rewritten: Rewritten, flag
     )
 
 
-def larger_examples(traced: TracedFunction) -> list[np.ndarray] | None:
+def larger_examples(traced: TracedFunction, frozen: FrozenGraph) -> list[np.ndarray] | None:
     """The example inputs repeated ``LARGE_BATCH_FACTOR`` times along axis 0, when the function
-    was traced with a relaxed batch axis (else ``None``: the model is timed at one batch only)."""
+    was traced with a relaxed batch axis and its graph runs at that batch (else ``None``: the
+    model is timed at one batch only). A signature may take any batch while its graph does not
+    (a reshape to a fixed shape), so the graph is run once to find out."""
     if not traced.batch_relaxed or not traced.examples or any(x.ndim == 0 for x in traced.examples):
         return None
-    return [np.concatenate([x] * LARGE_BATCH_FACTOR) for x in traced.examples]
+    large = [np.concatenate([x] * LARGE_BATCH_FACTOR) for x in traced.examples]
+    try:
+        run_graph(frozen, frozen.graph_def, frozen.output_names, large)
+    except (tf.errors.OpError, ValueError) as exc:
+        logger.info("measure: the graph does not run at %d rows (%s); timed at the example "
+                    "batch only", len(large[0]), str(exc).splitlines()[0][:200])
+        return None
+    return large
 
 
 def measure_model(
