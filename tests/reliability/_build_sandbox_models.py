@@ -6,7 +6,8 @@ graph scan looks. Run in a subprocess of the tests (the test process never impor
 
 Usage: python _build_sandbox_models.py OUT_DIR SPEC.json, where SPEC holds
 ``{"read": [paths], "globs": [patterns], "write": [paths]}``. Writes OUT_DIR/<name>/model.tar.gz
-and example_inputs.npz for ``reader``, ``writer`` and ``threads`` (a thread bomb).
+and example_inputs.npz for ``reader``, ``writer``, ``threads`` (a thread bomb) and ``plain`` (a
+stand-in the op scan accepts).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class ThreadBomb(tf.Module):
         return {"y": x + tf.cast(total, tf.float32) * 0.0}
 
 
+class Plain(tf.Module):
+    """The same signature doing plain arithmetic: what a job is submitted with before its stored
+    upload is swapped for an escaping model (the op scan refuses those at upload)."""
+
+    @tf.function(input_signature=SPEC)
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x * 2.0}
+
+
 def _save(module: tf.Module, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     tf.saved_model.save(module, os.path.join(out, "model"),
@@ -95,6 +105,7 @@ def main(out: str, spec_path: str) -> None:
     if spec.get("write"):
         _save(Hidden(_writer_graph(spec["write"])), os.path.join(out, "writer"))
     _save(ThreadBomb(), os.path.join(out, "threads"))
+    _save(Plain(), os.path.join(out, "plain"))
 
 
 if __name__ == "__main__":
