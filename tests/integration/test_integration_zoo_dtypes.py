@@ -38,7 +38,7 @@ def test_16_bit_and_cpu_kernel_less_models_compile_through_the_service(
     assert reports["float16"]["inputs"] == {"x": {"dtype": "float16", "shape": [2, 8]}}
     assert reports["bfloat16"]["inputs"] == {"x": {"dtype": "bfloat16", "shape": [2, 8]}}
     assert reports["float16"]["verify"]["reference"] == "tensorflow"
-    # TensorFlow cannot run a float16 NCHW convolution on CPU: XLA gave the reference outputs.
+    # TensorFlow cannot run float16 NCHW pooling on CPU: XLA gave the reference outputs.
     assert reports["nchw_float16"]["verify"]["reference"] == "xla"
     assert reports["nchw_float16"]["tracer"]["ops_on_accelerator"] > 0
     # The compiled float16 model, reloaded in a fresh interpreter, matches the original.

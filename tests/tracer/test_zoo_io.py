@@ -345,12 +345,14 @@ def test_list_holding_a_tuple_is_passed_whole() -> None:
 
 
 def _conv_nchw_float16() -> _Signature:
-    """A float16 NCHW convolution: TensorFlow has no CPU kernel for it, XLA compiles it."""
+    """A float16 NCHW convolution and average pooling: TensorFlow has no CPU kernel for the
+    pooling (oneDNN, on CPUs where it is on, runs only the convolution), XLA compiles both."""
     kernel = tf.constant(_uniform(3, 3, 4, 8, dtype="float16"))
 
     def fn(x: tf.Tensor) -> dict[str, Any]:
         conv = tf.nn.conv2d(x, kernel, 1, "SAME", data_format="NCHW")
-        return {"y": tf.nn.relu(conv) * 0.5}
+        pooled = tf.nn.avg_pool2d(tf.nn.relu(conv), 2, 2, "VALID", data_format="NCHW")
+        return {"y": pooled * 0.5}
 
     return _Signature(fn, [tf.TensorSpec([None, 4, 8, 8], tf.float16, name="x")])
 
@@ -358,7 +360,7 @@ def _conv_nchw_float16() -> _Signature:
 def test_function_without_cpu_kernels_traces_against_an_xla_reference(tmp_path: Path) -> None:
     module = _conv_nchw_float16()
     x, x_other = _uniform(1, 4, 8, 8, dtype="float16"), _uniform(3, 4, 8, 8, dtype="float16")
-    with pytest.raises(tf.errors.UnimplementedError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="only supports NHWC"):
         module(x)  # the premise: TensorFlow's CPU kernels cannot run it
     xla = tf.function(module.__call__, jit_compile=True)
     traced = kiln_worker.trace(module.__call__, x)

@@ -20,8 +20,9 @@ import TensorFlow themselves. Kinds:
 - ``bad_reshape``: x float32[None, 6] → {"y"} reshaped to [-1, 4]: a batch of one (the .npz
   written here) cannot be reshaped, so the model raises TensorFlow's own error.
 - ``float16``, ``bfloat16``: x [None, 8] → {"y": [None, 4]} of that dtype (two MatMuls, Relu).
-- ``nchw_float16``: x float16[None, 4, 8, 8] → a float16 NCHW Conv2D, which TensorFlow's CPU
-  kernels cannot run (the reference outputs then come from XLA).
+- ``nchw_float16``: x float16[None, 4, 8, 8] → a float16 NCHW Conv2D and AvgPool; TensorFlow's
+  CPU kernels cannot run the pooling on any CPU (oneDNN, where on, runs only the convolution), so
+  the reference outputs come from XLA.
 - ``strings``: x float32[None, 3], words string[None] → {"y"}.
 """
 
@@ -118,7 +119,8 @@ class _Half(tf.Module):
 
 
 class _NchwHalf(tf.Module):
-    """A float16 NCHW convolution: TensorFlow has no CPU kernel for it, XLA compiles it."""
+    """A float16 NCHW convolution and average pooling: TensorFlow has no CPU kernel for the
+    pooling (oneDNN, on CPUs where it is on, runs only the convolution), XLA compiles both."""
 
     def __init__(self) -> None:
         rng = np.random.default_rng(6)
@@ -126,7 +128,8 @@ class _NchwHalf(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4, 8, 8], tf.float16, name="x")])
     def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"y": tf.nn.relu(tf.nn.conv2d(x, self.k, 1, "SAME", data_format="NCHW"))}
+        conv = tf.nn.relu(tf.nn.conv2d(x, self.k, 1, "SAME", data_format="NCHW"))
+        return {"y": tf.nn.avg_pool2d(conv, 2, 2, "VALID", data_format="NCHW")}
 
 
 class _Strings(tf.Module):

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer.errors import TraceInputError, model_error_text
+from kiln_worker.tracer.graphs import not_autograph
 from kiln_worker.tracer.reference import run_reference
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Structure:
         _collect_paths(self.template, "", found)
         return [found.get(i, str(i)) for i in range(len(tf.nest.flatten(self.template)))]
 
+    @not_autograph
     def flatten(self, value: Any) -> list[Any]:
         """Flatten ``value`` (of this structure) into a list of leaves.
 
@@ -64,6 +66,7 @@ class Structure:
             ) from e
         return list(tf.nest.flatten(value))
 
+    @not_autograph
     def pack(self, leaves: Sequence[Any]) -> Any:
         """Rebuild a value of this structure from its leaves."""
         if self.kind == "tensor":
@@ -86,6 +89,7 @@ def _collect_paths(node: Any, prefix: str, found: dict[int, str]) -> None:
         _collect_paths(child, f"{prefix}/{key}" if prefix else str(key), found)
 
 
+@not_autograph
 def structure_of(value: Any) -> Structure:
     """The :class:`Structure` of a (possibly nested) value."""
     if isinstance(value, dict):
@@ -124,6 +128,19 @@ def _is_keras_model(func: Any) -> bool:
         and c.__module__.split(".")[0] in ("keras", "tf_keras")
         for c in type(func).__mro__
     )
+
+
+def _needs_autograph(func: Any) -> bool:
+    """Only a plain Python callable may branch on tensors in Python: AutoGraph converts it.
+
+    A ConcreteFunction (a loaded signature) and a tf.function carry their own graph or their
+    own AutoGraph setting, and tf_keras converts a subclassed model's ``call`` itself.
+    """
+    if isinstance(func, tf.types.experimental.ConcreteFunction):
+        return False
+    if callable(getattr(func, "get_concrete_function", None)):  # a tf.function
+        return False
+    return not any(c.__module__.split(".")[0] == "tf_keras" for c in type(func).__mro__)
 
 
 def _keras_takes_dict(model: Any) -> bool:
@@ -268,6 +285,7 @@ def make_caller(func: Any, structure: Structure) -> Callable[[list[Any]], Any]:
     return _plain_caller(func, structure)
 
 
+@not_autograph
 def split_outputs(outputs: Any) -> tuple[Structure, list[Any]]:
     """Split a function's outputs (any ``tf.nest`` nest of tensors) into a structure and tensors.
 
@@ -317,11 +335,13 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
         out_holder[:] = [structure]
         return [tf.identity(t) for t in outs]
 
+    autograph = _needs_autograph(func)
     concrete, relaxed, first_error = None, False, None
     all_ranked = all(x.ndim > 0 for x in examples)
     for relax in [True, False] if all_ranked else [False]:
         try:
-            concrete = tf.function(flat_fn).get_concrete_function(*example_specs(examples, relax))
+            specs = example_specs(examples, relax)
+            concrete = tf.function(flat_fn, autograph=autograph).get_concrete_function(*specs)
             relaxed = relax
             break
         except TraceInputError:

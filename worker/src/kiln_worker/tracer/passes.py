@@ -27,7 +27,7 @@ from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
 from kiln_worker.tracer.workdir import WorkdirDumper
-from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model
+from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model, only_calls
 
 logger = logging.getLogger(__name__)
 #: ``placement="measured"`` times a model that takes any batch also at this many times its
@@ -159,9 +159,13 @@ def measure_model(
     """
     if not any(r.status == "compiled" for r in compiled.results):
         return compiled
+    dynamic = compiled.wrapped.batch_mode == "dynamic"
+    reused = _one_call_model(traced, compiled, large_examples if dynamic else None)
+    if reused:
+        return compiled._replace(whole_model=reused)
     plain = _plain(traced, frozen, flags)
     small = _choose(traced, frozen, flags, compiled, plain, traced.examples, large=False)
-    if large_examples is None or compiled.wrapped.batch_mode != "dynamic":
+    if large_examples is None or not dynamic:
         return small
     large = _choose(traced, frozen, flags, compiled, plain, large_examples, large=True)
     records = small.whole_model + large.whole_model
@@ -173,6 +177,30 @@ def measure_model(
     wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
     logger.debug("measure: dispatch at %d rows: %s", split, [r.batches for r in results])
     return Decision(results, small.rewritten, wrapped, records, split)
+
+
+def _one_call_model(
+    traced: TracedFunction, compiled: Decision, large_examples: list[np.ndarray] | None
+) -> tuple[dict[str, Any], ...]:
+    """The whole-model records when the model is nothing but one compiled subgraph that was
+    not clearly slower at either batch: timing the model again would time the same call (it
+    is compiled whole, so it runs no slower), so that subgraph's measurements stand for it.
+    Empty when the model has more than that one call."""
+    kept = [r for r in compiled.results if r.status == "compiled"]
+    if len(kept) != 1 or not only_calls(compiled.rewritten.graph_def):
+        return ()
+    batches = [(False, traced.examples)]
+    if large_examples is not None:
+        batches.append((True, large_examples))
+    records = []
+    for large, examples in batches:
+        timing = kept[0].measured_at(large)
+        if timing is None or timing.clearly_slower:
+            return ()
+        records.append({"candidate": "all compiled subgraphs", "batch": len(examples[0]),
+                        **timing.as_dict(), "decision": "kept",
+                        "measured_as": "its one subgraph (the model runs nothing else)"})
+    return tuple(records)
 
 
 def _kept(results: list[SubgraphResult]) -> list[str]:

@@ -40,7 +40,11 @@ def lacks_cpu_kernel(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)):
         text = str(exc)
-        return "OpKernel" in text or ("kernel" in text and "registered" in text)
+        if "OpKernel" in text or ("kernel" in text and "registered" in text):
+            return True
+        # A CPU kernel that exists for other layouts only ("Default AvgPoolingOp only supports
+        # NHWC on device type CPU", "... only supports the NHWC tensor format on CPU").
+        return "NHWC" in text and "CPU" in text
     return False
 
 

@@ -31,7 +31,7 @@ FUNCTIONAL_OPS = frozenset(
 
 def _ensure_xla_devices() -> None:
     """XLA registers its JIT kernels lazily: one tiny compile makes them queryable."""
-    tf.function(lambda x: x + 1.0, jit_compile=True)(tf.constant(1.0))
+    tf.function(lambda x: x + 1.0, jit_compile=True, autograph=False)(tf.constant(1.0))
 
 
 class XlaBackend:
