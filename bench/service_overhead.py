@@ -14,8 +14,8 @@ Compiles the bundled example (``examples/mlp``) in interleaved rounds, each roun
   calls ``kiln_worker.trace`` and saves the result (no verification);
 - ``trace, warm``: ``kiln_worker.trace`` + save in this already-warm process.
 
-The services run with the compile cache off, so every job compiles. ``--cache`` measures the cache
-instead (:func:`cache_hit_vs_miss`): submit → succeeded of a cache hit vs. a miss.
+The services run with the compile cache off, so every job compiles (``bench/compile_cache.py``
+measures the cache).
 
 Prints the median and min of each, and the service overhead = service - runner child (the
 child's work is the compile itself; everything else is the service). Target: under one second.
@@ -32,12 +32,7 @@ Target: under 1.5 s median with warm processes, at most half the time without.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,16 +42,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from _stack import BIN, INPUTS, MODEL, Service, bench_env, embedded, free_port
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
-INPUTS = ROOT / "examples" / "mlp" / "example_inputs.npz"
 REDIS_URL = "redis://127.0.0.1:6379/5"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -71,77 +58,6 @@ kiln_worker.trace(fn, x).save(sys.argv[3])
 """
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    # The benchmark measures the service's own overhead: no keys, no fairness throttling.
-    env.update(KILN_AUTH="off", KILN_RATE_LIMIT_PER_MINUTE="0", KILN_MAX_ACTIVE_JOBS_PER_TENANT="0")
-    env.update(KILN_CACHE_MAX_BYTES="0")  # every job compiles (cache_hit_vs_miss turns it on)
-    env.update(extra)
-    return env
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Service:
-    """A running Kiln (processes started here, stopped by pid and group)."""
-
-    def __init__(self, name: str, argvs: list[list[str]], env: dict[str, str], port: int,
-                 logs: Path) -> None:
-        self.name, self.url = name, f"http://127.0.0.1:{port}"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.procs = []
-        for i, argv in enumerate(argvs):
-            with open(logs / f"{name.replace('/', '-')}-{i}.log", "ab") as out:
-                self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                                   env=env, start_new_session=True))
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        #: per job: the worker's own account of where the time went (Job.report["worker_timings"])
-        self.breakdowns: list[dict[str, float]] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"{name} did not start; see {logs}")
-        self.compile()  # warm-up: the worker's first job pays one-off costs
-        self.breakdowns.clear()
-
-    def compile(self) -> float:
-        """Submit the example and wait until it succeeded; return the seconds taken."""
-        start = time.perf_counter()
-        resp = self.client.post("/v1/compile", files={
-            "model": ("mlp.tar.gz", MODEL.read_bytes()), "example_inputs": ("x.npz", INPUTS.read_bytes())})
-        resp.raise_for_status()
-        job_id = resp.json()["id"]
-        while True:
-            job = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] == "succeeded" and job["artifacts"]:
-                total = time.perf_counter() - start
-                self.breakdowns.append({**job["report"]["worker_timings"], "total": total})
-                return total
-            if job["status"] in ("failed", "cancelled"):
-                raise RuntimeError(f"{self.name}: job {job_id} {job['status']}: {job['failure']}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.client.close()
-        for proc in reversed(self.procs):
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _runner_child(work: Path, model_dir: Path) -> float:
     from kiln_worker._protocol import JobSpec
 
@@ -151,8 +67,8 @@ def _runner_child(work: Path, model_dir: Path) -> float:
             error_file=str(run / "error.json"), example_inputs=str(INPUTS)).write(run / "spec.json")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "kiln_worker.runner", str(run / "spec.json")],
-                   check=True, capture_output=True, env=_env(TF_USE_LEGACY_KERAS="1",
-                                                             TF_CPP_MIN_LOG_LEVEL="2"))
+                   check=True, capture_output=True, env=bench_env(TF_USE_LEGACY_KERAS="1",
+                                                                  TF_CPP_MIN_LOG_LEVEL="2"))
     return time.perf_counter() - start
 
 
@@ -160,8 +76,8 @@ def _fresh_trace(work: Path, model_dir: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=work)) / "compiled"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", FRESH_TRACE, str(model_dir), str(INPUTS), str(out)],
-                   check=True, capture_output=True, env=_env(TF_USE_LEGACY_KERAS="1",
-                                                             TF_CPP_MIN_LOG_LEVEL="2"))
+                   check=True, capture_output=True, env=bench_env(TF_USE_LEGACY_KERAS="1",
+                                                                  TF_CPP_MIN_LOG_LEVEL="2"))
     return time.perf_counter() - start
 
 
@@ -185,65 +101,11 @@ def _warm_trace(work: Path, model_dir: Path) -> Callable[[], float]:
     return once
 
 
-def _submit_and_wait(client: httpx.Client, files: dict[str, tuple[str, bytes]]
-                     ) -> tuple[float, dict[str, object]]:
-    """Submit, then poll every 20 ms until the job ended; return the seconds and the job."""
-    start = time.perf_counter()
-    resp = client.post("/v1/compile", files=files)
-    resp.raise_for_status()
-    job = resp.json()
-    while job["status"] not in ("succeeded", "failed", "cancelled"):
-        time.sleep(0.02)
-        job = client.get(f"/v1/jobs/{job['id']}").json()
-    return time.perf_counter() - start, job
-
-
-def cache_hit_vs_miss(work: Path, runs: int = 5) -> dict[str, float]:
-    """Median submit → ``succeeded`` of the bundled MLP: a compile cache hit vs. a miss.
-
-    One ``kiln-service up`` with the cache on (after its warm-up compile). Each of ``runs``
-    rounds submits, interleaved, a miss (example inputs never sent before: a real compile) and
-    then the same request again (a hit, answered by ``POST /v1/compile`` itself).
-
-    Returns:
-        ``{"hit": median s, "miss": median s, "ratio": miss / hit}``.
-    """
-    import numpy as np
-
-    port = _port()
-    service = Service("service/cache", [[str(BIN / "kiln-service"), "up", "--port", str(port),
-                                         "--data-dir", str(work / "cache")]],
-                      _env(KILN_CACHE_MAX_BYTES=str(1 << 30)), port, work / "logs")
-    times: dict[str, list[float]] = {"miss": [], "hit": []}
-    try:
-        with np.load(INPUTS) as arrays:
-            base = {k: np.asarray(v) for k, v in arrays.items()}
-        for rnd in range(runs):
-            buf = io.BytesIO()
-            np.savez(buf, **{k: (v + (rnd + 1) * 1e-3).astype(v.dtype) for k, v in base.items()})
-            files = {"model": ("mlp.tar.gz", MODEL.read_bytes()),
-                     "example_inputs": ("x.npz", buf.getvalue())}
-            for kind in ("miss", "hit"):
-                seconds, job = _submit_and_wait(service.client, files)
-                cache = job.get("cache") or {}
-                if job["status"] != "succeeded" or cache.get("hit") != (kind == "hit"):
-                    raise RuntimeError(f"{kind}: unexpected job {job}")
-                times[kind].append(seconds)
-            print(f"round {rnd + 1}: miss {times['miss'][-1]:.3f}s, hit {times['hit'][-1]:.3f}s",
-                  flush=True)
-    finally:
-        service.stop()
-    hit, miss = statistics.median(times["hit"]), statistics.median(times["miss"])
-    print(f"\nbundled MLP, submit → succeeded, median of {runs} (interleaved): cache hit "
-          f"{hit:.3f} s (target < 0.3 s), miss {miss:.2f} s, miss/hit {miss / hit:.0f}x")
-    return {"hit": hit, "miss": miss, "ratio": miss / hit}
-
-
 def _redis_stack(work: Path, db_name: str) -> Service:
-    env = _env(KILN_DATA_DIR=str(work / "redis-data"), KILN_BROKER_URL=REDIS_URL,
-               KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}")
+    env = bench_env(KILN_DATA_DIR=str(work / "redis-data"), KILN_BROKER_URL=REDIS_URL,
+                    KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}")
     subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env, check=True, capture_output=True)
-    port = _port()
+    port = free_port()
     return Service("service/redis", [[str(BIN / "kiln-service"), "serve", "--port", str(port),
                                       "--log-level", "warning"],
                                      [str(BIN / "kiln-worker"), "--targets", "xla",
@@ -261,20 +123,17 @@ def _warm_stacks(work: Path, redis_url: str, db_name: str | None) -> list[Servic
     services: list[Service] = []
     for warm in ("on", "off"):
         flag = "true" if warm == "on" else "false"
-        port = _port()
-        services.append(Service(f"embedded/warm {warm}", [[
-            str(BIN / "kiln-service"), "up", "--port", str(port), "--data-dir",
-            str(work / f"emb-{warm}")]], _env(KILN_WORKER_WARM_PROCESSES=flag), port,
-            work / "logs"))
+        services.append(embedded(f"embedded/warm {warm}", work,
+                                 bench_env(KILN_WORKER_WARM_PROCESSES=flag)))
         if db_name is None:
             continue
         # Each stack has its own Redis database and PostgreSQL database.
-        env = _env(KILN_DATA_DIR=str(work / f"redis-{warm}"), KILN_WORKER_WARM_PROCESSES=flag,
-                   KILN_BROKER_URL=_second_db(redis_url) if warm == "off" else redis_url,
-                   KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}_{warm}")
+        env = bench_env(KILN_DATA_DIR=str(work / f"redis-{warm}"), KILN_WORKER_WARM_PROCESSES=flag,
+                        KILN_BROKER_URL=_second_db(redis_url) if warm == "off" else redis_url,
+                        KILN_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}_{warm}")
         subprocess.run([str(BIN / "kiln-service"), "migrate"], env=env, check=True,
                        capture_output=True)
-        port = _port()
+        port = free_port()
         services.append(Service(f"redis+pg/warm {warm}", [
             [str(BIN / "kiln-service"), "serve", "--port", str(port), "--log-level", "warning"],
             [str(BIN / "kiln-worker"), "--targets", "xla", "--loglevel", "WARNING"]],
@@ -329,16 +188,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis/PostgreSQL stack")
-    parser.add_argument("--cache", action="store_true", help="only: compile cache hit vs. miss")
     parser.add_argument("--warm-vs-cold", action="store_true",
                         help="compile processes started ahead on vs. off (see above)")
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis for --warm-vs-cold")
     args = parser.parse_args()
     if args.warm_vs_cold:
         warm_vs_cold(args.repeat, not args.no_redis, args.redis_url)
-        return
-    if args.cache:
-        cache_hit_vs_miss(Path(tempfile.mkdtemp(prefix="kiln-bench-")), max(args.repeat, 5))
         return
     import psycopg
     import redis
@@ -351,10 +206,7 @@ def main() -> None:
     db_name = f"kiln_bench_{secrets.token_hex(4)}"
     services: list[Service] = []
     try:
-        port = _port()
-        services.append(Service("service/embedded", [[str(BIN / "kiln-service"), "up", "--port",
-                                                      str(port), "--data-dir", str(work / "emb")]],
-                                _env(), port, work / "logs"))
+        services.append(embedded("service/embedded", work, bench_env()))
         if not args.no_redis:
             redis.Redis.from_url(REDIS_URL).flushdb()
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
