@@ -23,7 +23,9 @@ The rounds are interleaved: the MLP miss, a pause of ``--settle`` seconds (the w
 again: after a compile it starts its next compile process ahead, which takes a core for a few
 seconds), then the three hits in an order that rotates each round. Every hit must say
 ``cache: {hit: true, job: <the miss>}`` and end as its miss did, and every miss
-``cache: {hit: false}``; anything else stops the benchmark with an error.
+``cache: {hit: false}``; anything else stops the benchmark with an error. Each round ends
+with the ResNet50 upload alone: the same request with ``target=none``, which the API refuses
+(422) once it has received the body, for the share of a hit that is the upload itself.
 
 Prints, per case, the median and min seconds of the hits and of the misses, their counts and
 the target: a hit's median under 0.3 s.
@@ -131,6 +133,16 @@ def _hit(service: Service, case: Case) -> None:
     case.hits.append(seconds)
 
 
+def _upload_only(service: Service, case: Case) -> float:
+    """Seconds to send ``case``'s upload to a request refused once its body is received."""
+    start = time.perf_counter()
+    resp = service.client.post("/v1/compile", files=case.files, data={"target": "none"})
+    seconds = time.perf_counter() - start
+    if resp.status_code != 422 or resp.json().get("code") != "unknown_target":
+        raise RuntimeError(f"upload only: expected 422 unknown_target, got {resp.text}")
+    return seconds
+
+
 def _shifted_mlp_inputs(shift: float) -> bytes:
     """The MLP's example inputs plus ``shift``: arrays no job has sent before."""
     import numpy as np
@@ -142,13 +154,17 @@ def _shifted_mlp_inputs(shift: float) -> bytes:
     return buf.getvalue()
 
 
-def run(work: Path, models: Path, repeat: int, settle: float) -> list[Case]:
-    """Start the service, time the misses and ``repeat`` interleaved rounds of hits."""
+def run(work: Path, models: Path, repeat: int, settle: float) -> tuple[list[Case], list[float]]:
+    """Start the service, time the misses and ``repeat`` interleaved rounds of hits.
+
+    Returns:
+        The cases, and the seconds the ResNet50 upload alone took in each round.
+    """
     resnet = Case("resnet50", {"model": ("resnet50.tar.gz", (models / "resnet50.tar.gz").read_bytes())})
     failing = Case("client failure", {
         "model": ("failing.tar.gz", (models / "failing.tar.gz").read_bytes()),
         "example_inputs": ("x.npz", (models / "failing.npz").read_bytes())}, status="failed")
-    mlp = Case("mlp", {})
+    mlp, uploads = Case("mlp", {}), []
     service = embedded("compile-cache", work, bench_env(KILN_CACHE_MAX_BYTES=str(64 << 30)))
     try:
         for case in (resnet, failing):
@@ -163,11 +179,13 @@ def run(work: Path, models: Path, repeat: int, settle: float) -> list[Case]:
             order = hit_cases[rnd % 3:] + hit_cases[:rnd % 3]
             for case in order:
                 _hit(service, case)
+            uploads.append(_upload_only(service, resnet))
             print(f"round {rnd + 1}: mlp miss {mlp.misses[-1]:.2f}s, hits "
-                  + ", ".join(f"{c.name} {c.hits[-1]:.3f}s" for c in order), flush=True)
+                  + ", ".join(f"{c.name} {c.hits[-1]:.3f}s" for c in order)
+                  + f", resnet50 upload alone {uploads[-1]:.3f}s", flush=True)
     finally:
         service.stop()
-    return hit_cases
+    return hit_cases, uploads
 
 
 def _stats(values: list[float]) -> str:
@@ -176,7 +194,7 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.median(values):>9.3f}{min(values):>9.3f}{len(values):>4}"
 
 
-def print_table(cases: list[Case]) -> None:
+def print_table(cases: list[Case], uploads: list[float]) -> None:
     """Per case: the hits' and the misses' median, min and count, and the hits' verdict."""
     print(f"\nsubmit → final state, seconds (target: hit median < {TARGET_SECONDS} s)")
     print(f"{'case':<16}{'hit med':>9}{'hit min':>9}{'n':>4}{'miss med':>9}{'miss min':>9}"
@@ -184,6 +202,8 @@ def print_table(cases: list[Case]) -> None:
     for case in cases:
         verdict = "ok" if statistics.median(case.hits) < TARGET_SECONDS else "MISSED"
         print(f"{case.name:<16}{_stats(case.hits)}{_stats(case.misses)}  {verdict}")
+    print(f"{'resnet50 upload':<16}{_stats(uploads)}  (alone: the same POST refused with 422 "
+          "once its body arrived)")
 
 
 def main() -> None:
@@ -200,12 +220,12 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-cache-"))
     try:
-        cases = run(work, _models(args.keep or work / "models"), args.repeat, args.settle)
+        cases, uploads = run(work, _models(args.keep or work / "models"), args.repeat, args.settle)
     except BaseException:
         print(f"the service's log and data are kept in {work}", file=sys.stderr)
         raise
     shutil.rmtree(work)
-    print_table(cases)
+    print_table(cases, uploads)
 
 
 if __name__ == "__main__":
