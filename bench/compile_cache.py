@@ -3,7 +3,7 @@
     .venv/bin/python bench/compile_cache.py [--repeat 5] [--keep DIR] [--settle 2]
 
 One ``kiln-service up`` (filesystem broker, SQLite, local artifacts; no keys, no rate limits)
-with the compile cache on (``KILN_CACHE_MAX_BYTES`` 64 GiB), after its warm-up compile. Three
+with the compile cache on (``KILN_CACHE_MAX_BYTES`` 64 GiB), after its warm-up compile. The
 cases, timed from ``POST /v1/compile`` (with the upload) to the job's final state, polled every
 20 ms:
 
@@ -14,6 +14,8 @@ cases, timed from ``POST /v1/compile`` (with the upload) to the job's final stat
   saved as a SavedModel and packed once as ``kiln compile`` packs a folder (``.tar.gz``, level
   1; about 90 MB), submitted without example inputs (the worker generates them from the
   signature). One compile first (the miss, timed once: a minute or two), then one hit per round.
+- ``resnet50 .tar``: the same SavedModel packed as a plain ``.tar`` (no gzip): the cache keys the
+  files, not the archive, so the ``.tar.gz``'s entry answers it; one hit per round.
 - ``client failure``: a small model whose signature asserts that its input exceeds 100, sent
   with inputs in [0, 1): the compile fails with ``ModelError`` (the user's fault, deterministic,
   so cached). The first submission fails compiling (the miss, timed once); each round's
@@ -21,7 +23,7 @@ cases, timed from ``POST /v1/compile`` (with the upload) to the job's final stat
 
 The rounds are interleaved: the MLP miss, a pause of ``--settle`` seconds (the worker is idle
 again: after a compile it starts its next compile process ahead, which takes a core for a few
-seconds), then the three hits in an order that rotates each round. Every hit must say
+seconds), then the four hits in an order that rotates each round. Every hit must say
 ``cache: {hit: true, job: <the miss>}`` and end as its miss did, and every miss
 ``cache: {hit: false}``; anything else stops the benchmark with an error. Each round ends
 with the ResNet50 upload alone: the same request with ``target=none``, which the API refuses
@@ -52,6 +54,9 @@ TARGET_SECONDS = 0.3
 #: the failing model's assertion message, as its failure quotes it
 FAILURE_TEXT = "kiln-bench: every input must exceed one hundred"
 
+#: what :func:`build_models` writes
+MODEL_FILES = ("resnet50.tar.gz", "resnet50.tar", "failing.tar.gz", "failing.npz")
+
 Files = dict[str, tuple[str, bytes]]
 Job = dict[str, object]
 
@@ -69,7 +74,7 @@ class Case:
 
 
 def build_models(out: Path) -> None:
-    """Write ``resnet50.tar.gz``, ``failing.tar.gz`` and ``failing.npz`` into ``out``.
+    """Write ``resnet50.tar.gz`` and ``.tar``, ``failing.tar.gz`` and ``failing.npz`` into ``out``.
 
     Runs in a child process (``--build``), so that this one never imports TensorFlow.
     """
@@ -88,16 +93,18 @@ def build_models(out: Path) -> None:
     module.serve = serve
     tf.saved_model.save(module, str(out / "failing"), signatures={"serving_default": serve})
     np.savez(out / "failing.npz", x=np.random.default_rng(0).random((2, 4), dtype=np.float32))
-    for name in ("resnet50", "failing"):
-        with tarfile.open(out / f"{name}.tar.gz", "w:gz", compresslevel=1) as tar:
+    for name, suffix in (("resnet50", "tar.gz"), ("resnet50", "tar"), ("failing", "tar.gz")):
+        with tarfile.open(out / f"{name}.{suffix}", "w:gz" if suffix == "tar.gz" else "w",
+                          **({"compresslevel": 1} if suffix == "tar.gz" else {})) as tar:
             tar.add(out / name, arcname="model")
+    for name in ("resnet50", "failing"):
         shutil.rmtree(out / name)
 
 
 def _models(directory: Path) -> Path:
     """``directory`` with the models of :func:`build_models`, built by a child if missing."""
     directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / "failing.npz").is_file():
+    if not all((directory / n).is_file() for n in MODEL_FILES):
         print(f"building ResNet50 and the failing model in {directory} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--build", str(directory)], check=True,
                        env=bench_env())
@@ -164,19 +171,22 @@ def run(work: Path, models: Path, repeat: int, settle: float) -> tuple[list[Case
     failing = Case("client failure", {
         "model": ("failing.tar.gz", (models / "failing.tar.gz").read_bytes()),
         "example_inputs": ("x.npz", (models / "failing.npz").read_bytes())}, status="failed")
+    resnet_tar = Case("resnet50 .tar", {
+        "model": ("resnet50.tar", (models / "resnet50.tar").read_bytes())})
     mlp, uploads = Case("mlp", {}), []
     service = embedded("compile-cache", work, bench_env(KILN_CACHE_MAX_BYTES=str(64 << 30)))
     try:
         for case in (resnet, failing):
             _miss(service, case)
             print(f"{case.name}: miss {case.misses[-1]:.2f}s ({case.source['status']})", flush=True)
-        hit_cases = [mlp, resnet, failing]
+        resnet_tar.source = resnet.source  # the same files: the .tar.gz's entry answers it
+        hit_cases = [mlp, resnet, resnet_tar, failing]
         for rnd in range(repeat):
             mlp.files = {"model": ("mlp.tar.gz", MODEL.read_bytes()),
                          "example_inputs": ("x.npz", _shifted_mlp_inputs((rnd + 1) * 1e-3))}
             _miss(service, mlp)
             time.sleep(settle)
-            order = hit_cases[rnd % 3:] + hit_cases[:rnd % 3]
+            order = hit_cases[rnd % 4:] + hit_cases[:rnd % 4]
             for case in order:
                 _hit(service, case)
             uploads.append(_upload_only(service, resnet))
