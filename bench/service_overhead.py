@@ -141,7 +141,7 @@ def _warm_stacks(work: Path, redis_url: str, db_name: str | None) -> list[Servic
     return services
 
 
-def warm_vs_cold(repeat: int, with_redis: bool, redis_url: str) -> None:
+def warm_vs_cold(repeat: int, with_redis: bool, redis_url: str, settle: float) -> None:
     """Submit → succeeded with warm compile processes on vs. off, interleaved (``--warm-vs-cold``)."""
     import psycopg
     import redis
@@ -158,15 +158,17 @@ def warm_vs_cold(repeat: int, with_redis: bool, redis_url: str) -> None:
         times: dict[str, list[float]] = {s.name: [] for s in services}
         for rnd in range(repeat):
             for service in services:
-                time.sleep(2.0)  # the worker has finished its previous job and is idle
+                time.sleep(settle)  # the worker has finished its previous job and is idle
                 times[service.name].append(service.compile())
             print(f"round {rnd + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()),
                   flush=True)
-        print(f"\n{'stack':<22}{'median s':>10}{'min s':>9}{'child s':>9}   (n={repeat})")
+        print(f"\n{'stack':<22}{'median s':>10}{'min s':>9}{'child s':>9}{'ready':>7}   (n={repeat})")
         for service in services:
             child = statistics.median(b["child_seconds"] for b in service.breakdowns)
+            ready = sum(int(b["warm_ready"]) for b in service.breakdowns)
             print(f"{service.name:<22}{statistics.median(times[service.name]):>10.2f}"
-                  f"{min(times[service.name]):>9.2f}{child:>9.2f}")
+                  f"{min(times[service.name]):>9.2f}{child:>9.2f}{ready:>5}/{repeat}")
+        print("(ready: jobs taken by a compile process started ahead with TensorFlow loaded)")
         for stack in ("embedded", "redis+pg"):
             on, off = times.get(f"{stack}/warm on"), times.get(f"{stack}/warm off")
             if on and off:
@@ -191,9 +193,12 @@ def main() -> None:
     parser.add_argument("--warm-vs-cold", action="store_true",
                         help="compile processes started ahead on vs. off (see above)")
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis for --warm-vs-cold")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="--warm-vs-cold: idle seconds before each job (default 5: the "
+                             "compile process started after the previous job has loaded TF)")
     args = parser.parse_args()
     if args.warm_vs_cold:
-        warm_vs_cold(args.repeat, not args.no_redis, args.redis_url)
+        warm_vs_cold(args.repeat, not args.no_redis, args.redis_url, args.settle)
         return
     import psycopg
     import redis
