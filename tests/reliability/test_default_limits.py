@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def big_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("big")
-    for name in ("resnet50", "bert_base"):  # one process each: each gets the builder's time limit
-        build(str(HERE / "_build_big_models.py"), out, name)
+    # One process each, both at once: each gets the builder's time limit.
+    with ThreadPoolExecutor(2) as pool:
+        built = [pool.submit(build, str(HERE / "_build_big_models.py"), out, name)
+                 for name in ("resnet50", "bert_base")]
+        for future in built:
+            future.result()
     return out
 
 

@@ -244,7 +244,7 @@ def _fresh(folder: Path) -> None:
 
 def _archive(folder: Path, target: Path) -> ReceivedFile:
     """Pack ``folder`` as ``model/…`` into a ``.tar.gz`` (what an upload would be)."""
-    with tarfile.open(target, "w:gz") as tar:
+    with tarfile.open(target, "w:gz", compresslevel=1) as tar:
         tar.add(folder, arcname="model")
     digest = hashlib.sha256()
     with open(target, "rb") as f:

@@ -108,7 +108,7 @@ def pack_dir(directory: Path, archive: Path, arcname: str) -> int:
         How many files were packed.
     """
     count = 0
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         tar.add(directory, arcname=arcname, recursive=False)
         for root, dirs, files in os.walk(directory, followlinks=False):
             rel = Path(root).relative_to(directory)
