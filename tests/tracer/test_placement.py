@@ -106,6 +106,27 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     assert split is None or split == 2  # each choice serves the batch sizes nearer its own
 
 
+def test_a_model_of_one_compiled_call_reuses_its_subgraph_timing() -> None:
+    import tensorflow as tf
+
+    import kiln_worker
+
+    report = kiln_worker.trace(_seed_model(), tf.ones([2, 3]), placement="measured").report
+    (entry,) = report["subgraphs"]  # MatMul and BiasAdd: the whole model is one subgraph
+    whole = report["placement"]["whole_model"]
+    timings = [entry["measurement"], entry["large_batch_measurement"]]
+    if entry["status"] == "compiled" and not any(m["clearly_slower"] for m in timings):
+        # Not timed again: the entries are the subgraph's own figures, and say so.
+        assert [w["batch"] for w in whole] == [2, 16]
+        for record, timing in zip(whole, timings, strict=True):
+            assert record["measured_as"].startswith("its one subgraph")
+            assert record["decision"] == "kept"
+            assert record["compiled_ms"] == timing["compiled_ms"]
+            assert record["plain_ms"] == timing["plain_ms"]
+    else:  # slower at some batch: the whole model was timed as usual
+        assert all("measured_as" not in w for w in whole)
+
+
 def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Generator) -> None:
     import tensorflow as tf
 
