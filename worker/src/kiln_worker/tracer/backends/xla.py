@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,8 +30,10 @@ FUNCTIONAL_OPS = frozenset(
 )
 
 
+@functools.cache
 def _ensure_xla_devices() -> None:
-    """XLA registers its JIT kernels lazily: one tiny compile makes them queryable."""
+    """XLA registers its JIT kernels lazily: one tiny compile (once per process) makes them
+    queryable."""
     tf.function(lambda x: x + 1.0, jit_compile=True, autograph=False)(tf.constant(1.0))
 
 
