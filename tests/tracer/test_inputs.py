@@ -128,3 +128,40 @@ def test_loaded_saved_model_signature_takes_keywords(
     assert max_rel_diff(model(x), next(iter(out.values()))) < 1e-5
     traced_by_name = kiln_worker.trace(signature, {"features": x})
     assert max_rel_diff(model(x), next(iter(traced_by_name({"features": x}).values()))) < 1e-5
+
+
+def test_python_branches_on_tensors_become_graph_branches() -> None:
+    """Python ``if`` on a tensor (in a plain function, a custom layer of a functional model and
+    a subclassed model) is converted by AutoGraph: traced on positive inputs, the traced model
+    takes the other branch on negative ones."""
+    import tensorflow as tf
+
+    import kiln_worker
+
+    class Branchy(tf.keras.layers.Layer):  # type: ignore[misc]
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            if tf.reduce_sum(x) > 0:
+                return x * 2.0
+            return x * 3.0
+
+    class Subclassed(tf.keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = tf.keras.layers.Dense(3)
+
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            if tf.reduce_sum(x) > 0:
+                return self.dense(x)
+            return -self.dense(x)
+
+    def plain(x: tf.Tensor) -> tf.Tensor:
+        if tf.reduce_sum(x) > 0:
+            return x * 2.0
+        return x * 3.0
+
+    inputs = tf.keras.Input((4,))
+    functional = tf.keras.Model(inputs, tf.keras.layers.Dense(4)(Branchy()(inputs)))
+    for func in (plain, functional, Subclassed()):
+        traced = kiln_worker.trace(func, np.ones((2, 4), np.float32))
+        negative = np.full((2, 4), -1.0, np.float32)
+        assert max_rel_diff(func(negative), traced(negative)) < 1e-5, func

@@ -131,16 +131,12 @@ def _is_keras_model(func: Any) -> bool:
 
 
 def _needs_autograph(func: Any) -> bool:
-    """Only a plain Python callable may branch on tensors in Python: AutoGraph converts it.
-
-    A ConcreteFunction (a loaded signature) and a tf.function carry their own graph or their
-    own AutoGraph setting, and tf_keras converts a subclassed model's ``call`` itself.
-    """
+    """Whether to trace ``func`` with AutoGraph: Python code (a function, a Keras model and its
+    layers) may branch on tensors; a ConcreteFunction (a loaded signature) is a graph already,
+    and a tf.function applies its own AutoGraph setting."""
     if isinstance(func, tf.types.experimental.ConcreteFunction):
         return False
-    if callable(getattr(func, "get_concrete_function", None)):  # a tf.function
-        return False
-    return not any(c.__module__.split(".")[0] == "tf_keras" for c in type(func).__mro__)
+    return not callable(getattr(func, "get_concrete_function", None))
 
 
 def _keras_takes_dict(model: Any) -> bool:
