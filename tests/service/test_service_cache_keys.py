@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from service_helpers import make_tar, make_zip
 
 from kiln_client.manifest import content_digest
 from kiln_client.models import CompileRequest
-from kiln_service._cache_key import entry_key, inputs_digest, model_digest, request_key
+from kiln_service._cache_key import entry_key, inputs_digest, request_key
 from kiln_service.ingest import inspect_archive
 
 TOOLCHAIN = {"kiln-worker": "0.1.0", "tensorflow": "2.21.0", "tf-keras": "2.21.0",
@@ -20,8 +21,9 @@ TOOLCHAIN = {"kiln-worker": "0.1.0", "tensorflow": "2.21.0", "tf-keras": "2.21.0
 
 
 def _model_key(archive: Path) -> str:
-    info = inspect_archive(archive, max_members=1000, max_total_bytes=1 << 30)
-    return model_digest(archive, kind=info.kind, root=info.root)
+    with tempfile.TemporaryDirectory() as scratch:
+        return inspect_archive(archive, max_members=1000, max_total_bytes=1 << 30,
+                               scratch=Path(scratch)).digest
 
 
 def _shuffled_tar(src: Path, dest: Path) -> Path:
