@@ -20,12 +20,18 @@ from typing import Any, TypeVar
 import httpx
 
 from kiln_client import models
+from kiln_client._digest_first import DigestRequest, digest_request, upload_required
 from kiln_client._forms import compile_form, model_sources, multipart, upload_files
 from kiln_client._jobs import AsyncJob, Job
 from kiln_client._resources import AsyncCache, AsyncJobs, Cache, Jobs
 from kiln_client._retry import IDEMPOTENCY_HEADER, RetryPolicy
 from kiln_client._upload import prepare_upload
-from kiln_client.errors import APIConnectionError, APITimeoutError, make_status_error
+from kiln_client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    make_status_error,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client"]
 
@@ -190,6 +196,16 @@ class Client(_BaseClient):
         finally:
             response.close()
 
+    def _ask_cache(self, ask: DigestRequest, headers: dict[str, str]) -> httpx.Response | None:
+        """The digest-only request's answer on a cache hit; ``None`` when the model must be sent."""
+        try:
+            return self._request("POST", "/v1/compile", headers=headers,
+                                 **multipart(ask.form, ask.files))
+        except APIStatusError as exc:
+            if upload_required(exc):
+                return None
+            raise
+
     def compile(
         self, model: Any = None, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
@@ -235,7 +251,8 @@ class Client(_BaseClient):
             output_location: ``s3://bucket/prefix`` the artifacts are also written to.
             cache: answer from your compile cache when this model, inputs, flags and toolchain
                 were compiled before (the job then ends at once, ``job.cache.hit``); ``False``
-                always compiles.
+                always compiles. A model on disk is first asked for by its content digest
+                alone: a hit uploads nothing; on a miss the model is uploaded as usual.
 
         Returns:
             The job: finished when ``wait`` is true, else just queued.
@@ -256,10 +273,15 @@ class Client(_BaseClient):
         # One key per compile() call: retries of this upload can never start a second job.
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
-            upload = prepare_upload(model, example_inputs, signature=signature, workdir=Path(tmp))
-            with upload_files(upload, progress) as files:
-                resp = self._request("POST", "/v1/compile", headers=headers,
-                                     **multipart(form, files))
+            # First the digest alone: a cache hit then needs no upload (see _digest_first).
+            ask = digest_request(model, example_inputs, form, signature=signature, workdir=Path(tmp))
+            resp = self._ask_cache(ask, headers) if ask is not None else None
+            if resp is None:
+                upload = prepare_upload(model, ask.example_inputs if ask and ask.example_inputs
+                                        else example_inputs, signature=signature, workdir=Path(tmp))
+                with upload_files(upload, progress) as files:
+                    resp = self._request("POST", "/v1/compile", headers=headers,
+                                         **multipart(form, files))
         job = Job._bind(self, resp.json())
         logger.info("submitted job %s", job.id)
         if wait:
@@ -338,6 +360,17 @@ class AsyncClient(_BaseClient):
         finally:
             await response.aclose()
 
+    async def _ask_cache(self, ask: DigestRequest,
+                         headers: dict[str, str]) -> httpx.Response | None:
+        """The digest-only request's answer on a cache hit; see :meth:`Client._ask_cache`."""
+        try:
+            return await self._request("POST", "/v1/compile", headers=headers,
+                                       **multipart(ask.form, ask.files))
+        except APIStatusError as exc:
+            if upload_required(exc):
+                return None
+            raise
+
     async def compile(
         self, model: Any = None, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
@@ -360,13 +393,17 @@ class AsyncClient(_BaseClient):
                             cache=cache)
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
-            # Packing (and saving a keras model) blocks: keep it off the event loop.
-            upload = await asyncio.to_thread(
-                prepare_upload, model, example_inputs, signature=signature, workdir=Path(tmp)
-            )
-            with upload_files(upload, progress) as files:
-                resp = await self._request("POST", "/v1/compile", headers=headers,
-                                           **multipart(form, files))
+            # Digesting, packing (and saving a keras model) block: keep them off the event loop.
+            ask = await asyncio.to_thread(digest_request, model, example_inputs, form,
+                                          signature=signature, workdir=Path(tmp))
+            resp = await self._ask_cache(ask, headers) if ask is not None else None
+            if resp is None:
+                upload = await asyncio.to_thread(
+                    prepare_upload, model, ask.example_inputs if ask and ask.example_inputs
+                    else example_inputs, signature=signature, workdir=Path(tmp))
+                with upload_files(upload, progress) as files:
+                    resp = await self._request("POST", "/v1/compile", headers=headers,
+                                               **multipart(form, files))
         job = AsyncJob._bind(self, resp.json())
         logger.info("submitted job %s", job.id)
         if wait:

@@ -1,0 +1,73 @@
+"""Ask the compile cache with the model's digest before uploading the model.
+
+``compile()`` on a model on disk (a SavedModel folder or an archive) with the cache on first
+sends ``POST /v1/compile`` with every field as usual and ``model_digest`` (the SavedModel's
+content digest, :func:`kiln_client.digest.model_digest`) instead of the ``model`` part. A hit in
+the tenant's cache answers at once, as an upload's hit would; a miss is a 409
+``upload_required`` (the service stored nothing), and ``compile()`` then packs and uploads the
+model under the same ``Idempotency-Key``. The user sees one job either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln_client._upload import prepare_inputs
+from kiln_client.digest import model_digest
+from kiln_client.errors import ConflictError
+from kiln_client.problem_codes import ProblemCode
+
+__all__ = ["DigestRequest", "digest_request", "upload_required"]
+
+logger = logging.getLogger(__name__)
+#: requests whose outcome the worker completes (exports): they always compile, so a digest-only
+#: request could only miss
+_ALWAYS_COMPILE = ("output_location", "mlflow_register")
+
+
+@dataclass(frozen=True)
+class DigestRequest:
+    """The digest-only ``POST /v1/compile``: its fields and files, and the inputs it wrote."""
+
+    form: dict[str, str]
+    files: dict[str, Any]
+    example_inputs: Path | None
+    """The ``.npz`` written for it, reused by the upload after a miss."""
+
+
+def digest_request(model: Any, example_inputs: Any, form: Mapping[str, str], *, signature: str,
+                   workdir: Path) -> DigestRequest | None:
+    """The digest-only request for ``model``, or ``None`` when the model must be uploaded.
+
+    ``None`` when the cache is off (``cache=false``), the request always compiles, the model is
+    not on disk (a keras object, ``model_url``) or cannot be digested (the upload then reports
+    what is wrong with it).
+
+    Raises:
+        InputError: ``example_inputs`` cannot be written (as the upload would raise).
+    """
+    if form.get("cache") == "false" or any(f in form for f in _ALWAYS_COMPILE):
+        return None
+    if not isinstance(model, (str, os.PathLike)) or not Path(model).exists():
+        return None
+    try:
+        digest = model_digest(Path(model))
+    except (ValueError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        logger.debug("no digest-first request: %s", exc)
+        return None
+    inputs = prepare_inputs(Path(model), example_inputs, signature=signature, workdir=workdir)
+    files = {} if inputs is None else {
+        "example_inputs": ("example_inputs.npz", inputs.read_bytes(), "application/octet-stream")}
+    return DigestRequest(form={**form, "model_digest": digest}, files=files, example_inputs=inputs)
+
+
+def upload_required(exc: Exception) -> bool:
+    """Whether ``exc`` is the service's answer to a digest-only request that missed the cache."""
+    return isinstance(exc, ConflictError) and exc.code == ProblemCode.UPLOAD_REQUIRED.value
