@@ -1,4 +1,8 @@
-"""``POST /v1/compile``: receive, check and store an upload, create the job, queue it."""
+"""``POST /v1/compile``: receive, check and store an upload, create the job, queue it.
+
+A request may send ``model_digest`` instead of the model: it is answered from the tenant's
+compile cache, or refused with 409 ``upload_required`` having stored nothing (docs/cache.md).
+"""
 
 from __future__ import annotations
 
@@ -213,8 +217,8 @@ def _check_store_and_queue(
     On any failure nothing of the job stays stored.
     """
     if req.model_digest is not None:
-        return _answer_from_digest(services, form, req, job_id, tenant, idempotency_key,
-                                   request_sha256)
+        return _answer_from_digest(services, form, req, req.model_digest, job_id, tenant,
+                                   idempotency_key, request_sha256)
     settings, artifacts = services.settings, services.artifact_store
     with span("kiln.ingest", {"kiln.job_id": job_id}):
         info = _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
@@ -251,8 +255,8 @@ def _check_store_and_queue(
 
 
 def _answer_from_digest(
-    services: Services, form: ReceivedForm, req: CompileRequest, job_id: str, tenant: str,
-    idempotency_key: str | None, request_sha256: str | None,
+    services: Services, form: ReceivedForm, req: CompileRequest, digest: str, job_id: str,
+    tenant: str, idempotency_key: str | None, request_sha256: str | None,
 ) -> JobRecord:
     """Answer a request that sent ``model_digest`` instead of the model from the tenant's cache.
 
@@ -260,7 +264,6 @@ def _answer_from_digest(
         UploadRejectedError: The cache is off for the request, or the inputs are unusable.
         UploadRequiredError: A miss: nothing was stored, the client sends the model.
     """
-    assert req.model_digest is not None
     _check_inputs_given(form, req)
     if not req.cache:
         raise UploadRejectedError("model_digest asks the compile cache, which cache=false turns "
@@ -272,7 +275,7 @@ def _answer_from_digest(
     webhooks = WebhookStore(services.job_store.engine)
     endpoint = register_job_webhook(webhooks, job_id=job_id, tenant=tenant, req=req)
     with span("kiln.cache_lookup", {"kiln.job_id": job_id}):
-        cached = cache.lookup(services, form, req, req.model_digest, job_id=job_id,
+        cached = cache.lookup(services, form, req, digest, job_id=job_id,
                               tenant=tenant, idempotency_key=idempotency_key,
                               request_sha256=request_sha256)
     if cached.job is not None:
