@@ -7,6 +7,7 @@ is deleted. (Misses on any change: tests/service/test_service_cache_keys.py.)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tarfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from integration_support import Stack
 
 from _support.archives import tar_gz_as_zip
-from kiln_client import Client, cli
+from kiln_client import AsyncClient, AsyncJob, Client, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the compile cache on (the stacks of other tests have it off)
@@ -77,6 +78,18 @@ def test_sdk_asks_by_digest_then_uploads_on_a_miss(embedded_stack: Stack, tmp_pa
         assert sent[3:] == [(True, 202)] and again.cache is None
         again.cancel()
     http.close()
+
+    async def async_hit() -> AsyncJob:
+        async def hook(response: httpx.Response) -> None:
+            record(response)
+
+        async with httpx.AsyncClient(event_hooks={"response": [hook]}) as async_http, \
+                AsyncClient(embedded_stack.url, http_client=async_http) as async_client:
+            return await async_client.compile(model_dir, example_inputs=inputs, progress=False)
+
+    hit_async = asyncio.run(async_hit())
+    assert sent[4:] == [(False, 202)] and hit_async.cache is not None
+    assert (hit_async.cache.hit, hit_async.cache.job) == (True, first.id)
 
 
 def test_cli_no_cache_uploads(embedded_stack: Stack, tmp_path: Path,

@@ -22,7 +22,8 @@ COMPILE_OPENAPI: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "model": {"type": "string", "format": "binary",
-                          "description": "SavedModel folder as .tar.gz/.tgz/.tar/.zip (root or one folder down)"},
+                          "description": "SavedModel folder as .tar.gz/.tgz/.tar/.zip (root or one folder "
+                                         "down); or `model_url`, `mlflow_model` or `model_digest`"},
                 "example_inputs": {"type": "string", "format": "binary",
                                    "description": ".npz keyed by signature input name (no pickle)"},
                 "flags": {"type": "string", "description": "NEURON_CC_FLAGS"},
