@@ -5,11 +5,13 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
-from kiln_client._digest_first import digest_request
+from kiln_client._digest_first import digest_request, upload_required
 from kiln_client.digest import model_digest
+from kiln_client.errors import make_status_error
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "mlp" / "mlp.tar.gz"
@@ -50,3 +52,19 @@ def test_no_digest_request_for_what_is_not_a_model_on_disk(tmp_path: Path) -> No
     for model in (None, object(), tmp_path / "missing", broken):
         assert digest_request(model, None, FORM, signature="serving_default",
                               workdir=tmp_path) is None
+
+
+@pytest.mark.parametrize(("status", "problem", "send_the_model"), [
+    (409, {"code": "upload_required", "detail": "no outcome for this model_digest"}, True),
+    (422, {"code": "unknown_field", "detail": "unknown form field 'model_digest'; known: …"}, True),
+    (409, {"code": "idempotency_key_in_flight", "detail": "retry"}, False),
+    (422, {"code": "unknown_field", "detail": "unknown form field 'colour'"}, False),
+    (422, {"code": "invalid_flags", "detail": "model_digest"}, False),
+])
+def test_what_sends_the_model_after_a_digest_only_request(
+        status: int, problem: dict[str, str], send_the_model: bool) -> None:
+    # A miss, or a Kiln older than model_digest, means "upload"; any other error is the answer.
+    request = httpx.Request("POST", "http://kiln.test/v1/compile")
+    response = httpx.Response(status, json={"status": status, **problem}, request=request,
+                              headers={"content-type": "application/problem+json"})
+    assert upload_required(make_status_error(response)) is send_the_model

@@ -5,7 +5,8 @@ sends ``POST /v1/compile`` with every field as usual and ``model_digest`` (the S
 content digest, :func:`kiln_client.digest.model_digest`) instead of the ``model`` part. A hit in
 the tenant's cache answers at once, as an upload's hit would; a miss is a 409
 ``upload_required`` (the service stored nothing), and ``compile()`` then packs and uploads the
-model under the same ``Idempotency-Key``. The user sees one job either way.
+model under the same ``Idempotency-Key``; so it does when a Kiln older than ``model_digest``
+refuses the field (422 ``unknown_field``). The user sees one job either way.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from kiln_client._upload import prepare_inputs
 from kiln_client.digest import model_digest
-from kiln_client.errors import ConflictError
+from kiln_client.errors import APIStatusError, ConflictError
 from kiln_client.problem_codes import ProblemCode
 
 __all__ = ["DigestRequest", "digest_request", "upload_required"]
@@ -68,6 +69,10 @@ def digest_request(model: Any, example_inputs: Any, form: Mapping[str, str], *, 
     return DigestRequest(form={**form, "model_digest": digest}, files=files, example_inputs=inputs)
 
 
-def upload_required(exc: Exception) -> bool:
-    """Whether ``exc`` is the service's answer to a digest-only request that missed the cache."""
-    return isinstance(exc, ConflictError) and exc.code == ProblemCode.UPLOAD_REQUIRED.value
+def upload_required(exc: APIStatusError) -> bool:
+    """Whether ``exc`` answers a digest-only request with "send the model": a cache miss, or a
+    Kiln older than ``model_digest`` refusing the field it does not know."""
+    if isinstance(exc, ConflictError):
+        return bool(exc.code == ProblemCode.UPLOAD_REQUIRED.value)
+    detail = exc.problem.detail if exc.problem is not None else None
+    return exc.code == ProblemCode.UNKNOWN_FIELD.value and "model_digest" in (detail or "")
