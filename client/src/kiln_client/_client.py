@@ -20,18 +20,13 @@ from typing import Any, TypeVar
 import httpx
 
 from kiln_client import models
-from kiln_client._digest_first import DigestRequest, digest_request, upload_required
+from kiln_client._digest_first import ask_cache, ask_cache_async, digest_request
 from kiln_client._forms import compile_form, model_sources, multipart, upload_files
 from kiln_client._jobs import AsyncJob, Job
 from kiln_client._resources import AsyncCache, AsyncJobs, Cache, Jobs
 from kiln_client._retry import IDEMPOTENCY_HEADER, RetryPolicy
 from kiln_client._upload import prepare_upload
-from kiln_client.errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    make_status_error,
-)
+from kiln_client.errors import APIConnectionError, APITimeoutError, make_status_error
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client"]
 
@@ -196,16 +191,6 @@ class Client(_BaseClient):
         finally:
             response.close()
 
-    def _ask_cache(self, ask: DigestRequest, headers: dict[str, str]) -> httpx.Response | None:
-        """The digest-only request's answer on a cache hit; ``None`` when the model must be sent."""
-        try:
-            return self._request("POST", "/v1/compile", headers=headers,
-                                 **multipart(ask.form, ask.files))
-        except APIStatusError as exc:
-            if upload_required(exc):
-                return None
-            raise
-
     def compile(
         self, model: Any = None, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
@@ -275,7 +260,7 @@ class Client(_BaseClient):
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
             # First the digest alone: a cache hit then needs no upload (see _digest_first).
             ask = digest_request(model, example_inputs, form, signature=signature, workdir=Path(tmp))
-            resp = self._ask_cache(ask, headers) if ask is not None else None
+            resp = ask_cache(self, ask, headers) if ask is not None else None
             if resp is None:
                 upload = prepare_upload(model, ask.example_inputs if ask and ask.example_inputs
                                         else example_inputs, signature=signature, workdir=Path(tmp))
@@ -360,17 +345,6 @@ class AsyncClient(_BaseClient):
         finally:
             await response.aclose()
 
-    async def _ask_cache(self, ask: DigestRequest,
-                         headers: dict[str, str]) -> httpx.Response | None:
-        """The digest-only request's answer on a cache hit; see :meth:`Client._ask_cache`."""
-        try:
-            return await self._request("POST", "/v1/compile", headers=headers,
-                                       **multipart(ask.form, ask.files))
-        except APIStatusError as exc:
-            if upload_required(exc):
-                return None
-            raise
-
     async def compile(
         self, model: Any = None, example_inputs: Any = None, flags: str | Sequence[str] | None = None,
         target: str = "xla", signature: str = "serving_default",
@@ -396,7 +370,7 @@ class AsyncClient(_BaseClient):
             # Digesting, packing (and saving a keras model) block: keep them off the event loop.
             ask = await asyncio.to_thread(digest_request, model, example_inputs, form,
                                           signature=signature, workdir=Path(tmp))
-            resp = await self._ask_cache(ask, headers) if ask is not None else None
+            resp = await ask_cache_async(self, ask, headers) if ask is not None else None
             if resp is None:
                 upload = await asyncio.to_thread(
                     prepare_upload, model, ask.example_inputs if ask and ask.example_inputs

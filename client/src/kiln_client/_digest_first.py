@@ -18,14 +18,20 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
+
+from kiln_client._forms import multipart
 from kiln_client._upload import prepare_inputs
 from kiln_client.digest import model_digest
 from kiln_client.errors import APIStatusError, ConflictError
 from kiln_client.problem_codes import ProblemCode
 
-__all__ = ["DigestRequest", "digest_request", "upload_required"]
+if TYPE_CHECKING:
+    from kiln_client._client import AsyncClient, Client
+
+__all__ = ["DigestRequest", "ask_cache", "ask_cache_async", "digest_request", "upload_required"]
 
 logger = logging.getLogger(__name__)
 #: requests whose outcome the worker completes (exports): they always compile, so a digest-only
@@ -67,6 +73,29 @@ def digest_request(model: Any, example_inputs: Any, form: Mapping[str, str], *, 
     files = {} if inputs is None else {
         "example_inputs": ("example_inputs.npz", inputs.read_bytes(), "application/octet-stream")}
     return DigestRequest(form={**form, "model_digest": digest}, files=files, example_inputs=inputs)
+
+
+def ask_cache(client: Client, ask: DigestRequest, headers: dict[str, str]) -> httpx.Response | None:
+    """Send the digest-only request: its answer on a hit, ``None`` when the model must be sent."""
+    try:
+        return client._request("POST", "/v1/compile", headers=headers,
+                               **multipart(ask.form, ask.files))
+    except APIStatusError as exc:
+        if upload_required(exc):
+            return None
+        raise
+
+
+async def ask_cache_async(client: AsyncClient, ask: DigestRequest,
+                          headers: dict[str, str]) -> httpx.Response | None:
+    """:func:`ask_cache` for the async client."""
+    try:
+        return await client._request("POST", "/v1/compile", headers=headers,
+                                     **multipart(ask.form, ask.files))
+    except APIStatusError as exc:
+        if upload_required(exc):
+            return None
+        raise
 
 
 def upload_required(exc: APIStatusError) -> bool:
