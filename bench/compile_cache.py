@@ -16,6 +16,10 @@ cases, timed from ``POST /v1/compile`` (with the upload) to the job's final stat
   signature). One compile first (the miss, timed once: a minute or two), then one hit per round.
 - ``resnet50 .tar``: the same SavedModel packed as a plain ``.tar`` (no gzip): the cache keys the
   files, not the archive, so the ``.tar.gz``'s entry answers it; one hit per round.
+- ``resnet50 SDK``: the same SavedModel as a folder (the ``.tar.gz`` unpacked once), compiled
+  as a user would: ``kiln_client.Client.compile(folder)``, timed from the call to its return.
+  The SDK digests the folder and asks the cache with the digest alone (``model_digest``), so a
+  hit uploads and packs nothing; one hit per round.
 - ``client failure``: a small model whose signature asserts that its input exceeds 100, sent
   with inputs in [0, 1): the compile fails with ``ModelError`` (the user's fault, deterministic,
   so cached). The first submission fails compiling (the miss, timed once); each round's
@@ -23,7 +27,7 @@ cases, timed from ``POST /v1/compile`` (with the upload) to the job's final stat
 
 The rounds are interleaved: the MLP miss, a pause of ``--settle`` seconds (the worker is idle
 again: after a compile it starts its next compile process ahead, which takes a core for a few
-seconds), then the four hits in an order that rotates each round. Every hit must say
+seconds), then the five hits in an order that rotates each round. Every hit must say
 ``cache: {hit: true, job: <the miss>}`` and end as its miss did, and every miss
 ``cache: {hit: false}``; anything else stops the benchmark with an error. Each round ends
 with the ResNet50 upload alone: the same request with ``target=none``, which the API refuses
@@ -49,6 +53,8 @@ from pathlib import Path
 
 from _stack import INPUTS, MODEL, Service, bench_env, embedded, submit_and_wait
 
+from kiln_client import Client
+
 #: a hit's median submit → final state must be under this many seconds (issue 11)
 TARGET_SECONDS = 0.3
 #: the failing model's assertion message, as its failure quotes it
@@ -71,6 +77,8 @@ class Case:
     source: Job = field(default_factory=dict)
     hits: list[float] = field(default_factory=list)
     misses: list[float] = field(default_factory=list)
+    folder: Path | None = None
+    """A SavedModel folder the hits send through the SDK instead of ``files``."""
 
 
 def build_models(out: Path) -> None:
@@ -135,9 +143,22 @@ def _miss(service: Service, case: Case) -> None:
 
 
 def _hit(service: Service, case: Case) -> None:
-    seconds, job = submit_and_wait(service.client, case.files)
+    if case.folder is not None:
+        with Client(service.url) as sdk:
+            start = time.perf_counter()
+            answered = sdk.compile(case.folder, progress=False)
+            seconds, job = time.perf_counter() - start, answered.model_dump(mode="json")
+    else:
+        seconds, job = submit_and_wait(service.client, case.files)
     _check(case, job, hit=True)
     case.hits.append(seconds)
+
+
+def _unpacked(archive: Path, work: Path) -> Path:
+    """The SavedModel folder of ``archive``, unpacked under ``work``."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(work / "resnet50-folder", filter="data")
+    return next((work / "resnet50-folder").rglob("saved_model.pb")).parent
 
 
 def _upload_only(service: Service, case: Case) -> float:
@@ -173,20 +194,22 @@ def run(work: Path, models: Path, repeat: int, settle: float) -> tuple[list[Case
         "example_inputs": ("x.npz", (models / "failing.npz").read_bytes())}, status="failed")
     resnet_tar = Case("resnet50 .tar", {
         "model": ("resnet50.tar", (models / "resnet50.tar").read_bytes())})
+    resnet_sdk = Case("resnet50 SDK", {}, folder=_unpacked(models / "resnet50.tar.gz", work))
     mlp, uploads = Case("mlp", {}), []
     service = embedded("compile-cache", work, bench_env(KILN_CACHE_MAX_BYTES=str(64 << 30)))
     try:
         for case in (resnet, failing):
             _miss(service, case)
             print(f"{case.name}: miss {case.misses[-1]:.2f}s ({case.source['status']})", flush=True)
-        resnet_tar.source = resnet.source  # the same files: the .tar.gz's entry answers it
-        hit_cases = [mlp, resnet, resnet_tar, failing]
+        # the same files: the .tar.gz's entry answers them
+        resnet_tar.source = resnet_sdk.source = resnet.source
+        hit_cases = [mlp, resnet, resnet_tar, resnet_sdk, failing]
         for rnd in range(repeat):
             mlp.files = {"model": ("mlp.tar.gz", MODEL.read_bytes()),
                          "example_inputs": ("x.npz", _shifted_mlp_inputs((rnd + 1) * 1e-3))}
             _miss(service, mlp)
             time.sleep(settle)
-            order = hit_cases[rnd % 4:] + hit_cases[:rnd % 4]
+            order = hit_cases[rnd % len(hit_cases):] + hit_cases[:rnd % len(hit_cases)]
             for case in order:
                 _hit(service, case)
             uploads.append(_upload_only(service, resnet))

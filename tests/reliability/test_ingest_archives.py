@@ -41,8 +41,10 @@ SIG = Signature(inputs={"x": TensorSpec(name="serving_default_x:0", dtype="float
 def _inspect(tmp_path: Path, data: bytes, **caps: int) -> ingest.ArchiveInfo:
     path = tmp_path / "upload"
     path.write_bytes(data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
     return ingest.inspect_archive(path, max_members=caps.get("max_members", 1000),
-                                  max_total_bytes=caps.get("max_total_bytes", GIB))
+                                  max_total_bytes=caps.get("max_total_bytes", GIB), scratch=scratch)
 
 
 def _refused(tmp_path: Path, data: bytes, code: str, words: str, **caps: int) -> str:

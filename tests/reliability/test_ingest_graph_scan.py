@@ -51,10 +51,10 @@ def test_ingest_scan_print_to_file_only(stream: bytes, refused: bool) -> None:
 def _read(tmp_path: Path, pb: bytes) -> None:
     archive = tmp_path / "m.tar.gz"
     archive.write_bytes(tar_bytes([file_entry("model/saved_model.pb", pb)]))
-    info = ingest.inspect_archive(archive, max_members=10, max_total_bytes=1 << 30)
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
-    ingest.select_signature(ingest.read_signatures(archive, info, scratch=scratch), "serving_default")
+    info = ingest.inspect_archive(archive, max_members=10, max_total_bytes=1 << 30, scratch=scratch)
+    ingest.select_signature(ingest.read_signatures(info), "serving_default")
 
 
 def test_ingest_deeply_nested_function_attrs_refused(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from _support.archives import tar_gz_as_zip
 from _support.cache_jobs import TOOLCHAIN, finish_like_a_worker
 from _support.postgres import fresh_database
 from kiln_client.codes import FailureCode
+from kiln_client.digest import model_digest
 from kiln_client.models import Artifact, Failure, Job
 from kiln_service import cache, migrations
 from kiln_service.config import Settings
@@ -181,3 +182,48 @@ def test_eviction_keeps_the_newest_within_the_bound(store: JobStore, tmp_path: P
     assert kept == set(ids[2:])
     assert _stored(artifacts, ids[0]) == [], "evicted and unreferenced: deleted"
     assert _stored(artifacts, ids[1]), "evicted, but its own job still serves the files"
+
+
+async def test_model_digest_alone_hits_or_asks_for_the_upload_per_tenant(env: Env) -> None:
+    # POST /v1/compile with model_digest instead of the model: the client's digest of the
+    # archive it would upload, and every other part (the example inputs too) as usual.
+    async def by_digest(tenant: str, **fields: str) -> httpx.Response:
+        files = {"example_inputs": ("x.npz", INPUTS.read_bytes())}
+        return await env.http.post("/v1/compile", files=files, headers=env.auth(tenant),
+                                   data={"model_digest": model_digest(MODEL), **fields})
+
+    async def jobs_of(tenant: str) -> list[Any]:
+        listed = await env.http.get("/v1/jobs", headers=env.auth(tenant))
+        return list(listed.json()["items"])
+
+    missed = await by_digest("a", webhook_url="https://93.184.215.14/hook")
+    assert missed.status_code == 409 and missed.json()["code"] == "upload_required", missed.text
+    assert missed.headers["content-type"].startswith("application/problem+json")
+    assert await jobs_of("a") == [] and env.artifacts.list_prefix("jobs/") == []
+    with env.store.engine.begin() as conn:
+        hooks = conn.exec_driver_sql("SELECT count(*) FROM webhook_endpoints").scalar()
+    assert hooks == 0, "the job's webhook endpoint is not kept on a miss"
+
+    first = await env.submit("a")
+    arts = env.finish(first.id)
+    hit = await by_digest("a")
+    assert hit.status_code == 202, hit.text
+    job = Job.model_validate(hit.json())
+    assert job.status.value == "succeeded" and job.cache is not None
+    assert (job.cache.hit, job.cache.job, job.artifacts) == (True, first.id, arts)
+    got = await env.http.get(f"/v1/jobs/{job.id}/artifacts/compiled_model.tar.gz",
+                             headers=env.auth("a"))
+    assert got.content == b"compiled " + first.id.encode()
+
+    other_tenant = await by_digest("b")
+    assert other_tenant.status_code == 409 and await jobs_of("b") == []
+    changed = await by_digest("a", flags="--dynamic-batch-size")
+    assert changed.status_code == 409
+    assert len(await jobs_of("a")) == 2  # the upload and the hit only
+
+    off = await by_digest("a", cache="false")
+    assert off.status_code == 422 and off.json()["code"] == "invalid_field"
+    both = await env.http.post(
+        "/v1/compile", headers=env.auth("a"), data={"model_digest": model_digest(MODEL)},
+        files={"model": (MODEL.name, MODEL.read_bytes())})
+    assert both.status_code == 422 and both.json()["code"] == "invalid_model_source"

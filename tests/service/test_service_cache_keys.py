@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from service_helpers import make_tar, make_zip
 
+from kiln_client.digest import model_digest as client_model_digest
 from kiln_client.manifest import content_digest
 from kiln_client.models import CompileRequest
-from kiln_service._cache_key import entry_key, inputs_digest, model_digest, request_key
+from kiln_service._cache_key import entry_key, inputs_digest, request_key
 from kiln_service.ingest import inspect_archive
 
 TOOLCHAIN = {"kiln-worker": "0.1.0", "tensorflow": "2.21.0", "tf-keras": "2.21.0",
@@ -20,8 +22,9 @@ TOOLCHAIN = {"kiln-worker": "0.1.0", "tensorflow": "2.21.0", "tf-keras": "2.21.0
 
 
 def _model_key(archive: Path) -> str:
-    info = inspect_archive(archive, max_members=1000, max_total_bytes=1 << 30)
-    return model_digest(archive, kind=info.kind, root=info.root)
+    with tempfile.TemporaryDirectory() as scratch:
+        return inspect_archive(archive, max_members=1000, max_total_bytes=1 << 30,
+                               scratch=Path(scratch)).digest
 
 
 def _shuffled_tar(src: Path, dest: Path) -> Path:
@@ -53,6 +56,23 @@ def test_rearchived_model_has_the_same_key(models_dir: Path, tmp_path: Path) -> 
     assert len(set(digests.values())) == 1, digests
     # the same digest the manifest records for a folder (one definition of "content")
     assert set(digests.values()) == {content_digest(src)}
+
+
+def test_the_client_digests_a_model_as_the_service_does(models_dir: Path, tmp_path: Path) -> None:
+    # The SDK asks the cache with model_digest(...) of what the user has on disk (a folder or an
+    # archive); the service keys an upload by the digest its ingest pass computes: they must agree.
+    src = shutil.copytree(models_dir / "two_inputs", tmp_path / "folder")
+    (src / "assets.extra").mkdir()
+    (src / "assets.extra" / "kiln-manifest.json").write_text("{}")  # counts for the cache
+    archives = [make_tar(src, tmp_path / "a.tar.gz"), make_zip(src, tmp_path / "b.zip"),
+                make_zip(src, tmp_path / "c.zip", folder="exported")]
+    client_side = {client_model_digest(src)} | {client_model_digest(a) for a in archives}
+    service_side = {_model_key(a) for a in archives}
+    assert len(client_side) == 1 and client_side == service_side
+    assert content_digest(src) != client_model_digest(src), "the manifest's digest leaves it out"
+    weights = next((src / "variables").glob("variables.data-*"))
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    assert client_model_digest(src) not in service_side
 
 
 def test_changed_weights_miss(models_dir: Path, tmp_path: Path) -> None:

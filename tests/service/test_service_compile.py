@@ -204,7 +204,7 @@ def test_zip_with_dotdot_member_rejected(tmp_path: Path) -> None:
         zf.writestr("saved_model.pb", b"")
         zf.writestr("../../x", b"evil")
     with pytest.raises(UploadRejectedError) as exc:
-        inspect_archive(path, max_members=10, max_total_bytes=10**6)
+        inspect_archive(path, max_members=10, max_total_bytes=10**6, scratch=tmp_path)
     assert exc.value.code == "unsafe_archive" and "'..'" in exc.value.detail
 
 

@@ -29,11 +29,11 @@ def test_decoder_matches_tensorflow(model: str, models_dir: Path, tf_signatures:
 
 def test_read_signatures_from_an_archive(models_dir: Path, tmp_path: Path) -> None:
     archive = make_tar(models_dir / "two_inputs", tmp_path / "m.tgz", folder="exported")
-    info = inspect_archive(archive, max_members=100, max_total_bytes=10**9)
-    assert info.kind == "tar" and info.root == "exported"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    sigs = read_signatures(archive, info, scratch=scratch)
+    info = inspect_archive(archive, max_members=100, max_total_bytes=10**9, scratch=scratch)
+    assert info.kind == "tar" and info.root == "exported"
+    sigs = read_signatures(info)
     assert sorted(sigs) == ["other", "serving_default"]
     assert sigs["serving_default"].inputs["x"].name == "serving_default_x:0"
 

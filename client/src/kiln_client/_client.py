@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from kiln_client import models
+from kiln_client._digest_first import ask_cache, ask_cache_async, digest_request
 from kiln_client._forms import compile_form, model_sources, multipart, upload_files
 from kiln_client._jobs import AsyncJob, Job
 from kiln_client._resources import AsyncCache, AsyncJobs, Cache, Jobs
@@ -235,7 +236,8 @@ class Client(_BaseClient):
             output_location: ``s3://bucket/prefix`` the artifacts are also written to.
             cache: answer from your compile cache when this model, inputs, flags and toolchain
                 were compiled before (the job then ends at once, ``job.cache.hit``); ``False``
-                always compiles.
+                always compiles. A model on disk is first asked for by its content digest
+                alone: a hit uploads nothing; on a miss the model is uploaded as usual.
 
         Returns:
             The job: finished when ``wait`` is true, else just queued.
@@ -256,10 +258,15 @@ class Client(_BaseClient):
         # One key per compile() call: retries of this upload can never start a second job.
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
-            upload = prepare_upload(model, example_inputs, signature=signature, workdir=Path(tmp))
-            with upload_files(upload, progress) as files:
-                resp = self._request("POST", "/v1/compile", headers=headers,
-                                     **multipart(form, files))
+            # First the digest alone: a cache hit then needs no upload (see _digest_first).
+            ask = digest_request(model, example_inputs, form, signature=signature, workdir=Path(tmp))
+            resp = ask_cache(self, ask, headers) if ask is not None else None
+            if resp is None:
+                upload = prepare_upload(model, ask.example_inputs if ask and ask.example_inputs
+                                        else example_inputs, signature=signature, workdir=Path(tmp))
+                with upload_files(upload, progress) as files:
+                    resp = self._request("POST", "/v1/compile", headers=headers,
+                                         **multipart(form, files))
         job = Job._bind(self, resp.json())
         logger.info("submitted job %s", job.id)
         if wait:
@@ -360,13 +367,17 @@ class AsyncClient(_BaseClient):
                             cache=cache)
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
-            # Packing (and saving a keras model) blocks: keep it off the event loop.
-            upload = await asyncio.to_thread(
-                prepare_upload, model, example_inputs, signature=signature, workdir=Path(tmp)
-            )
-            with upload_files(upload, progress) as files:
-                resp = await self._request("POST", "/v1/compile", headers=headers,
-                                           **multipart(form, files))
+            # Digesting, packing (and saving a keras model) block: keep them off the event loop.
+            ask = await asyncio.to_thread(digest_request, model, example_inputs, form,
+                                          signature=signature, workdir=Path(tmp))
+            resp = await ask_cache_async(self, ask, headers) if ask is not None else None
+            if resp is None:
+                upload = await asyncio.to_thread(
+                    prepare_upload, model, ask.example_inputs if ask and ask.example_inputs
+                    else example_inputs, signature=signature, workdir=Path(tmp))
+                with upload_files(upload, progress) as files:
+                    resp = await self._request("POST", "/v1/compile", headers=headers,
+                                               **multipart(form, files))
         job = AsyncJob._bind(self, resp.json())
         logger.info("submitted job %s", job.id)
         if wait:

@@ -27,7 +27,9 @@ import numpy as np
 from kiln_client._savedmodel import ProtoDecodeError, signature_inputs
 from kiln_client.errors import InputError
 
-__all__ = ["ARCHIVE_SUFFIXES", "PreparedUpload", "prepare_upload", "signature_input_names"]
+__all__ = [
+    "ARCHIVE_SUFFIXES", "PreparedUpload", "prepare_inputs", "prepare_upload", "signature_input_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,20 @@ def prepare_upload(
     if example_inputs is not None:
         inputs = _write_inputs(example_inputs, archive, signature, positional_names, workdir)
     return PreparedUpload(model=archive, example_inputs=inputs)
+
+
+def prepare_inputs(model: Path, example_inputs: Any, *, signature: str, workdir: Path) -> Path | None:
+    """Write ``example_inputs`` for a model on disk (a folder or an archive), without packing it.
+
+    Returns:
+        The ``.npz`` (a given ``.npz`` path as it is), ``None`` without inputs.
+
+    Raises:
+        InputError: The inputs cannot be written.
+    """
+    if example_inputs is None:
+        return None
+    return _write_inputs(example_inputs, model, signature, None, workdir)
 
 
 def _pack_path(path: Path, workdir: Path) -> Path:

@@ -13,14 +13,14 @@ ignores ``assets.extra``). This module reads and checks it without TensorFlow, f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from kiln_client.digest import combine_file_digests, model_digest
 
 __all__ = [
     "MANIFEST_PATH",
@@ -135,36 +135,9 @@ def content_digest(saved_model_dir: str | Path) -> str:
     """sha256 over the SavedModel's files: each relative path and its bytes, in sorted order.
 
     Independent of how the directory was archived (tar order, mtimes, owners); the manifest
-    itself is left out so it can carry the digest.
+    itself is left out so it can carry the digest (:func:`kiln_client.digest.model_digest`).
     """
-    root = Path(saved_model_dir)
-    files: dict[str, bytes] = {}
-    for path in (p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        if relative == MANIFEST_PATH:
-            continue
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(block)
-        files[relative] = inner.digest()
-    return combine_file_digests(files)
-
-
-def combine_file_digests(files: Mapping[str, bytes]) -> str:
-    """The content digest of a set of files: each relative path and its bytes' sha256.
-
-    Args:
-        files: relative POSIX path → sha256 digest (raw bytes) of the file's content.
-
-    Returns:
-        The hex sha256 over the paths in sorted order, each with its digest; the same whatever
-        order or archive format the files came in (the compile cache keys uploads by it).
-    """
-    outer = hashlib.sha256()
-    for relative in sorted(files, key=lambda name: name.split("/")):  # as paths sort
-        outer.update(relative.encode("utf-8", "surrogateescape") + b"\0" + files[relative])
-    return outer.hexdigest()
+    return model_digest(saved_model_dir, exclude={MANIFEST_PATH})
 
 
 def _major_minor(version: str) -> tuple[int, int]:

@@ -211,6 +211,11 @@ class CompileRequest(BaseModel):
     """Answer from the tenant's compile cache when the same model, inputs, flags, target,
     signature, placement, shapes and toolchain were compiled before (``false``: always compile,
     and do not add the outcome to the cache)."""
+    model_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Instead of the ``model`` part: the SavedModel's content digest
+    (:func:`kiln_client.digest.model_digest`), asking for an answer from the tenant's compile
+    cache without uploading the model. A hit answers as an upload's would; a miss is a 409
+    ``upload_required`` (nothing stored), and the client then sends the model."""
 
 
 class Export(BaseModel):

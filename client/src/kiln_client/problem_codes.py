@@ -86,6 +86,11 @@ class ProblemCode(str, Enum):
     IDEMPOTENCY_KEY_IN_FLIGHT = ("idempotency_key_in_flight", 409, "A request with the same "
                                  "`Idempotency-Key` is still being processed; retry after "
                                  "`Retry-After` to get its answer.")
+    #: POST /v1/compile with model_digest alone: this tenant's compile cache does not hold it
+    UPLOAD_REQUIRED = ("upload_required", 409, "The compile cache holds no outcome for this "
+                       "`model_digest` and request (nothing was stored, no job was created); "
+                       "send the same request again with the `model` file part instead of "
+                       "`model_digest`. The SDK and `kiln compile` do this by themselves.")
     # -- 408, 413, 415, 416 -------------------------------------------------------------------
     #: the request body stopped arriving
     UPLOAD_STALLED = ("upload_stalled", 408, "The upload stopped arriving for longer than the "
@@ -196,8 +201,9 @@ class ProblemCode(str, Enum):
                           "the operator to add it to KILN_S3_ALLOWED_BUCKETS.")
     #: a malformed or unusable model_url, mlflow_model, mlflow_register or output_location
     INVALID_MODEL_SOURCE = ("invalid_model_source", 422, "Give the model one way: a `model` file, "
-                            "`model_url` (s3://bucket/key) or `mlflow_model` "
-                            "(models:/NAME/VERSION); the detail says what is wrong.")
+                            "`model_url` (s3://bucket/key), `mlflow_model` "
+                            "(models:/NAME/VERSION) or `model_digest` (a compile cache look-up); "
+                            "the detail says what is wrong.")
     #: the s3:// object or MLflow model version does not exist (or cannot be read)
     MODEL_SOURCE_NOT_FOUND = ("model_source_not_found", 422, "Check the s3:// key or the MLflow "
                               "model name and version; the service reads them with its own "

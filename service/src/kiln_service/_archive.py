@@ -9,14 +9,20 @@ import stat
 import tarfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
+from kiln_client.digest import zip_member_name
 from kiln_service.errors import UploadRejectedError
 
 __all__ = [
-    "Tally", "archive_kind", "check_zip_info", "open_tar", "reject", "safe_name", "tar_members",
+    "FileReader", "Tally", "archive_kind", "check_zip_info", "open_tar", "reject", "safe_name", "tar_members",
     "zip_member_name", "zip_members",
 ]
+
+#: reads one archive member: its normalised name and an open stream of its bytes
+FileReader = Callable[[str, IO[bytes]], None]
 
 MAX_NAME_BYTES = 1024
 MAX_PATH_DEPTH = 32
@@ -108,8 +114,14 @@ class Tally:
                           "system one would overwrite the other: rename one of them")
 
 
-def tar_members(path: Path, tally: Tally) -> None:
+def tar_members(path: Path, tally: Tally, on_file: FileReader | None = None) -> None:
     """List a tar's entries from their headers into ``tally``, refusing unsafe ones.
+
+    Args:
+        path: The archive.
+        tally: Counts and checks each entry.
+        on_file: Given each regular file's name and contents once its header passed, in the
+            same pass (a compressed tar is decompressed once).
 
     Raises:
         UploadRejectedError: An unsafe entry or a cap passed.
@@ -124,10 +136,19 @@ def tar_members(path: Path, tally: Tally) -> None:
                 raise reject("unsafe_archive", f"archive member {member.name!r} is a device, "
                               "FIFO or other special file; only regular files and folders are accepted")
             tally.add(name, member.isdir(), member.size if member.isfile() else 0)
+            contents = tar.extractfile(member) if member.isfile() and on_file else None
+            if contents is not None and on_file is not None:
+                with contents:
+                    on_file(name, contents)
 
 
-def zip_members(path: Path, tally: Tally) -> None:
+def zip_members(path: Path, tally: Tally, on_file: FileReader | None = None) -> None:
     """List a zip's entries from its central directory into ``tally``, refusing unsafe ones.
+
+    Args:
+        path: The archive.
+        tally: Counts and checks each entry.
+        on_file: Given each file's name and contents, once every entry passed the checks.
 
     Raises:
         UploadRejectedError: An unsafe entry or a cap passed.
@@ -138,24 +159,22 @@ def zip_members(path: Path, tally: Tally) -> None:
         raise reject("unsafe_archive", "an archive member name is marked UTF-8 but is not valid "
                       f"UTF-8 ({exc.object[:200]!r}); re-create the archive with UTF-8 names") from exc
     with zf:
+        files: list[tuple[str, zipfile.ZipInfo]] = []
         for info in zf.infolist():
             name = safe_name(zip_member_name(info))
             check_zip_info(info)
             tally.add(name, info.is_dir(), 0 if info.is_dir() else info.file_size)
+            if not info.is_dir():
+                files.append((name, info))
+        for name, info in files:
+            if on_file is not None:
+                with zf.open(info) as contents:
+                    on_file(name, contents)
 
 
 def open_tar(path: Path) -> tarfile.TarFile:
     """Open a (compressed) tar whose names are read as UTF-8, invalid bytes kept as escapes."""
     return tarfile.open(path, mode="r:*", encoding="utf-8", errors="surrogateescape")
-
-
-def zip_member_name(info: zipfile.ZipInfo) -> str:
-    """The member's name as text: names not flagged UTF-8 are decoded from their raw bytes as
-    UTF-8 (as the tools that write them mean), invalid bytes kept as escapes."""
-    name = info.filename
-    if info.flag_bits & 0x800 or name.isascii():
-        return name
-    return name.encode("cp437").decode("utf-8", "surrogateescape")
 
 
 def check_zip_info(info: zipfile.ZipInfo) -> None:

@@ -1,8 +1,9 @@
 """The compile cache's keys: what a compile's outcome depends on, digested.
 
 A key has two halves. The *request key* is computed by the API from the upload and the form:
-the SavedModel's content digest (each file's path relative to the SavedModel folder and its
-bytes, so tar order, mtimes, owners and .zip vs .tar.gz do not matter), the example inputs'
+the SavedModel's content digest (:mod:`kiln_client.digest`: each file's path relative to the
+SavedModel folder and its bytes, so tar order, mtimes, owners and .zip vs .tar.gz do not matter;
+read from the upload, or sent by the client alone to ask for a hit before uploading), the example inputs'
 digest (each array's name and ``.npy`` bytes, not the ``.npz`` container's timestamps) or the
 generated inputs' shapes, the canonical flags, target, signature, placement and Kiln's key
 version. The *toolchain* is what the workers advertise for the target in the worker registry
@@ -19,62 +20,20 @@ import json
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from kiln_client.digest import combine_file_digests, file_sha256
 from kiln_client.flags import parse_flags
-from kiln_client.manifest import combine_file_digests
 from kiln_client.models import CompileRequest
-from kiln_service._archive import open_tar, safe_name, zip_member_name
 
-__all__ = ["KEY_VERSION", "entry_key", "inputs_digest", "model_digest", "request_key"]
+__all__ = ["KEY_VERSION", "entry_key", "inputs_digest", "request_key"]
 
 #: bumped when what a compile depends on changes in a way the other parts do not show
 KEY_VERSION = 1
-_CHUNK = 1024 * 1024
 
 
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _file_digest(handle: IO[bytes]) -> bytes:
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(_CHUNK), b""):
-        digest.update(block)
-    return digest.digest()
-
-
-def model_digest(path: Path, *, kind: str, root: str) -> str:
-    """The content digest of the SavedModel in an (already checked) archive.
-
-    Args:
-        path: The archive.
-        kind: ``tar`` or ``zip`` (``ingest.ArchiveInfo.kind``).
-        root: The SavedModel's folder in the archive (``""`` for the archive's root).
-
-    Returns:
-        :func:`kiln_client.manifest.combine_file_digests` over the files under ``root``, named
-        relative to it: the manifest's ``content_sha256`` of the same folder.
-    """
-    head = f"{root}/" if root else ""
-    files: dict[str, bytes] = {}
-    if kind == "zip":
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                name = safe_name(zip_member_name(info))
-                if not info.is_dir() and name.startswith(head):
-                    with zf.open(info) as member:
-                        files[name[len(head):]] = _file_digest(member)
-        return combine_file_digests(files)
-    with open_tar(path) as tar:
-        for entry in tar:
-            name = safe_name(entry.name)
-            if entry.isfile() and name.startswith(head):
-                extracted = tar.extractfile(entry)
-                if extracted is not None:
-                    with extracted:
-                        files[name[len(head):]] = _file_digest(extracted)
-    return combine_file_digests(files)
 
 
 def inputs_digest(path: Path) -> str:
@@ -88,7 +47,7 @@ def inputs_digest(path: Path) -> str:
         for info in zf.infolist():
             if not info.is_dir():
                 with zf.open(info) as member:
-                    files[info.filename] = _file_digest(member)
+                    files[info.filename] = file_sha256(member)
     return combine_file_digests(files)
 
 
@@ -97,7 +56,8 @@ def request_key(req: CompileRequest, *, model: str, inputs: str | None) -> str:
 
     Args:
         req: The validated form fields (flags already checked).
-        model: :func:`model_digest` of the upload.
+        model: The SavedModel's content digest (:mod:`kiln_client.digest`): read from the
+            upload (``ingest.ArchiveInfo.digest``) or sent by the client (``model_digest``).
         inputs: :func:`inputs_digest` of the example inputs, ``None`` when generated from
             ``req.input_shapes``.
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kiln_client.models import CompileRequest
-from kiln_service._cache_key import entry_key, inputs_digest, model_digest, request_key
+from kiln_service._cache_key import entry_key, inputs_digest, request_key
 from kiln_service.errors import StoreError
 from kiln_service.stores.artifacts import (
     ArtifactStore,
@@ -37,7 +37,6 @@ from kiln_service.stores.jobs import JobRecord, JobStore, new_job_row
 
 if TYPE_CHECKING:  # the worker imports this module: no FastAPI at run time
     from kiln_service.deps import Services
-    from kiln_service.ingest import ArchiveInfo
     from kiln_service.uploads import ReceivedForm
 
 __all__ = ["Lookup", "delete_job", "lookup", "purge", "record_outcome"]
@@ -55,7 +54,7 @@ class Lookup:
     """The job answered from the cache (already finished), on a hit."""
 
 
-def lookup(services: Services, form: ReceivedForm, req: CompileRequest, info: ArchiveInfo, *,
+def lookup(services: Services, form: ReceivedForm, req: CompileRequest, model: str, *,
            job_id: str, tenant: str, idempotency_key: str | None = None,
            request_sha256: str | None = None) -> Lookup:
     """Answer a checked submission from the tenant's cache, or return the key to compile under.
@@ -64,7 +63,8 @@ def lookup(services: Services, form: ReceivedForm, req: CompileRequest, info: Ar
         services: The API's services.
         form: The received form (files checked).
         req: Its fields.
-        info: The model archive's :func:`kiln_service.ingest.inspect_archive` result.
+        model: The SavedModel's content digest: the upload's (``ingest.ArchiveInfo.digest``) or
+            the one the client sent instead of the model (``model_digest``).
         job_id: The new job's id.
         tenant: The submitting tenant.
         idempotency_key: The request's ``Idempotency-Key``, kept on a cached job too.
@@ -83,8 +83,7 @@ def lookup(services: Services, form: ReceivedForm, req: CompileRequest, info: Ar
     if not req.cache or settings.cache_max_bytes == 0:
         return Lookup(None)
     inputs = form.files.get("example_inputs")
-    key = request_key(req, model=model_digest(form.files["model"].path, kind=info.kind,
-                                              root=info.root),
+    key = request_key(req, model=model,
                       inputs=inputs_digest(inputs.path) if inputs is not None else None)
     store = services.job_store
     keys = [entry_key(key, t) for t in store.live_toolchains(

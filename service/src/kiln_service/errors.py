@@ -11,6 +11,7 @@ Tree::
     ├── ConflictError                409 conflict
     │   ├── JobStateError            409 job_state_conflict
     │   ├── IdempotencyInFlightError 409 idempotency_key_in_flight
+    │   ├── UploadRequiredError      409 upload_required (``model_digest`` missed the cache)
     │   └── DuplicateIdempotencyKeyError 409 (a race, resolved by the route)
     ├── RequestTimeoutError          408 upload_stalled (the body stopped arriving)
     ├── PayloadTooLargeError         413 payload_too_large
@@ -60,6 +61,7 @@ __all__ = [
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UploadRejectedError",
+    "UploadRequiredError",
     "install_error_handlers",
     "problem_response",
     "problem_type",
@@ -166,6 +168,13 @@ class DuplicateIdempotencyKeyError(ConflictError):
     def __init__(self, key: str) -> None:
         super().__init__(f"a job with Idempotency-Key {key!r} was created concurrently; retry")
         self.key = key
+
+
+class UploadRequiredError(ConflictError):
+    """``POST /v1/compile`` sent ``model_digest`` instead of the model, and the tenant's compile
+    cache does not answer it: nothing was stored; the client sends the model."""
+
+    code = "upload_required"
 
 
 class RequestTimeoutError(KilnServiceError):

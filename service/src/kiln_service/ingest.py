@@ -3,7 +3,8 @@
 * :func:`inspect_archive`: the model file is a real tar (optionally gzip) or zip archive whose
   members are all safe (regular files and folders only; no ``..``, absolute paths, links, devices
   or duplicates; capped count and declared size) and which holds one ``saved_model.pb`` at its
-  root or one folder down.
+  root or one folder down. The same read digests the SavedModel's files (the compile cache's
+  key) and copies out its ``saved_model.pb``: a compressed archive is decompressed once.
 * :func:`read_signatures`: decode that ``saved_model.pb`` (see :mod:`._savedmodel_proto`).
 * :func:`check_example_inputs`: the ``.npz`` loads without pickle and its arrays fit the signature.
 * :func:`check_input_shapes`: without example inputs, every unknown dimension but a leading batch
@@ -18,25 +19,16 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import numpy as np
 
-from kiln_service._archive import (
-    Tally,
-    archive_kind,
-    open_tar,
-    reject,
-    safe_name,
-    tar_members,
-    zip_member_name,
-    zip_members,
-)
+from kiln_client.digest import SAVED_MODEL_PB, ContentDigest, saved_model_root
+from kiln_service._archive import Tally, archive_kind, reject, tar_members, zip_members
 from kiln_service._graph_scan import FORBIDDEN_OPS
 from kiln_service._npz import read_npz_headers
 from kiln_service._savedmodel_proto import (
@@ -59,7 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-SAVED_MODEL_PB = "saved_model.pb"
 _SHOWN_FINDINGS = 5
 
 
@@ -75,21 +66,50 @@ class ArchiveInfo:
     """Number of entries."""
     total_bytes: int
     """Sum of the entries' declared sizes."""
+    digest: str
+    """The SavedModel's content digest (:mod:`kiln_client.digest`), keying the compile cache."""
+    saved_model_pb: Path
+    """Its ``saved_model.pb``, copied into the scratch folder during the same pass."""
 
 
-def inspect_archive(path: Path, *, max_members: int, max_total_bytes: int) -> ArchiveInfo:
-    """Check an uploaded model archive and locate its SavedModel.
+class _Pass:
+    """What one read of the archive keeps: every file's sha256, and each candidate
+    ``saved_model.pb`` (at the root or one folder down) copied into ``scratch``."""
 
-    Every entry is checked from the archive's headers before anything is extracted: the caps,
-    names, types and duplicates are judged as the entries are listed.
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.digest = ContentDigest()
+        self.pbs: dict[str, Path] = {}
+
+    def read(self, name: str, contents: IO[bytes]) -> None:
+        if not saved_model_root([name]):
+            self.digest.add(name, contents)
+            return
+        target = self.scratch / f"{len(self.pbs)}-{SAVED_MODEL_PB}"
+        with open(target, "wb") as copy:
+            self.digest.add(name, contents, copy_to=copy)
+        self.pbs[name] = target
+
+
+def inspect_archive(path: Path, *, max_members: int, max_total_bytes: int,
+                    scratch: Path) -> ArchiveInfo:
+    """Check an uploaded model archive, locate its SavedModel and digest it, in one read.
+
+    Every entry is checked from its header before its contents are read (for a zip, every
+    entry from the central directory first): the caps, names, types and duplicates are judged
+    as the entries are listed. The same pass hashes each file (the content digest) and copies
+    ``saved_model.pb`` to ``scratch`` for :func:`read_signatures`, so a compressed archive is
+    decompressed once.
 
     Args:
         path: The uploaded file.
         max_members: Most entries allowed.
         max_total_bytes: Largest total declared size of the entries.
+        scratch: An existing private folder (removed by the caller).
 
     Returns:
-        The archive's kind, SavedModel root, entry count and declared size.
+        The archive's kind, SavedModel root, entry count, declared size, content digest and
+        the copy of its ``saved_model.pb``.
 
     Raises:
         UploadRejectedError: Not an archive (``invalid_archive``), an unsafe member
@@ -98,24 +118,21 @@ def inspect_archive(path: Path, *, max_members: int, max_total_bytes: int) -> Ar
     """
     kind = archive_kind(path)
     tally = Tally(max_members=max_members, max_total_bytes=max_total_bytes)
+    read = _Pass(scratch)
     try:
-        if kind == "tar":
-            tar_members(path, tally)
-        else:
-            zip_members(path, tally)
+        (tar_members if kind == "tar" else zip_members)(path, tally, read.read)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, UploadRejectedError):
-            raise
+        if isinstance(exc, UploadRejectedError) or is_disk_full(exc):
+            raise  # a disk-full copy is the server's fault: the route answers 507
         raise reject("invalid_archive", f"the model archive is damaged or truncated ({exc})") from exc
-    return ArchiveInfo(kind=kind, root=_find_root(tally.files), members=tally.count,
-                       total_bytes=tally.total)
+    root = _find_root(tally.files)
+    return ArchiveInfo(kind=kind, root=root, members=tally.count, total_bytes=tally.total,
+                       digest=read.digest.hexdigest(root),
+                       saved_model_pb=read.pbs[f"{root}/{SAVED_MODEL_PB}" if root else SAVED_MODEL_PB])
 
 
 def _find_root(names: set[str]) -> str:
-    roots = sorted(
-        n[: -len(SAVED_MODEL_PB)].rstrip("/") for n in names
-        if n == SAVED_MODEL_PB or (n.endswith("/" + SAVED_MODEL_PB) and n.count("/") == 1)
-    )
+    roots = saved_model_root(names)
     if not roots:
         raise reject("no_saved_model", "no saved_model.pb at the archive's root or one folder down; "
                       "archive the folder written by tf.saved_model.save / model.save")
@@ -125,13 +142,11 @@ def _find_root(names: set[str]) -> str:
     return roots[0]
 
 
-def read_signatures(path: Path, info: ArchiveInfo, *, scratch: Path) -> dict[str, Signature]:
-    """Extract ``saved_model.pb`` to ``scratch`` and decode the serving meta graph's signatures.
+def read_signatures(info: ArchiveInfo) -> dict[str, Signature]:
+    """Decode the signatures of the serving meta graph of the archive's ``saved_model.pb``.
 
     Args:
-        path: The uploaded archive (already checked by :func:`inspect_archive`).
-        info: What :func:`inspect_archive` returned.
-        scratch: A private folder for the extracted file (removed by the caller).
+        info: What :func:`inspect_archive` returned (its copy of ``saved_model.pb``).
 
     Returns:
         Signature name → signature (internal ``__…`` entries left out).
@@ -139,11 +154,8 @@ def read_signatures(path: Path, info: ArchiveInfo, *, scratch: Path) -> dict[str
     Raises:
         UploadRejectedError: ``saved_model.pb`` cannot be decoded (``invalid_saved_model``).
     """
-    member = f"{info.root}/{SAVED_MODEL_PB}" if info.root else SAVED_MODEL_PB
-    target = scratch / SAVED_MODEL_PB
-    _extract_member(path, info.kind, member, target)
     error: str | None = None
-    with open(target, "rb") as f:
+    with open(info.saved_model_pb, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             error = "empty file"
         else:
@@ -165,31 +177,6 @@ def _pick_signatures(metas: list[MetaGraph]) -> dict[str, Signature]:
     # parse_saved_model gives the scanning Signature subclass for every signature
     return {k: cast(Signature, v) for k, v in serving[0].signatures.items()
             if not k.startswith("__")}
-
-
-def _extract_member(path: Path, kind: str, member: str, target: Path) -> None:
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                name = next(i.filename for i in zf.infolist()
-                            if safe_name(zip_member_name(i)) == member)
-                with zf.open(name) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-            return
-        with open_tar(path) as tar:
-            for entry in tar:
-                if entry.isfile() and safe_name(entry.name) == member:
-                    member_file = tar.extractfile(entry)
-                    if member_file is None:
-                        break
-                    with member_file, open(target, "wb") as dst:
-                        shutil.copyfileobj(member_file, dst, 1024 * 1024)
-                    return
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        if is_disk_full(exc):
-            raise  # the route answers 507: the server's fault, not the archive's
-        raise reject("invalid_archive", f"could not read {member} from the archive ({exc})") from exc
-    raise reject("no_saved_model", f"could not read {member} from the archive")
 
 
 def select_signature(signatures: dict[str, Signature], name: str) -> Signature:

@@ -85,7 +85,8 @@ def check_sources(req: CompileRequest, settings: Settings, *, uploaded: bool) ->
             asked for on a Kiln without an MLflow server.
     """
     given = [name for name, on in (("a model file", uploaded), ("model_url", req.model_url),
-                                    ("mlflow_model", req.mlflow_model)) if on]
+                                    ("mlflow_model", req.mlflow_model),
+                                    ("model_digest", req.model_digest)) if on]
     if len(given) > 1:
         raise UploadRejectedError(f"give the model one way, not {' and '.join(given)}",
                                   code="invalid_model_source")

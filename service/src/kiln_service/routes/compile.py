@@ -1,4 +1,8 @@
-"""``POST /v1/compile``: receive, check and store an upload, create the job, queue it."""
+"""``POST /v1/compile``: receive, check and store an upload, create the job, queue it.
+
+A request may send ``model_digest`` instead of the model: it is answered from the tenant's
+compile cache, or refused with 409 ``upload_required`` having stored nothing (docs/cache.md).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pydantic import ValidationError
 from kiln_client.flags import FlagsError, parse_flags
 from kiln_client.models import CompileRequest, Job, PlacementMode
 from kiln_service import cache, idempotency, ingest, sources
+from kiln_service._npz import read_npz_headers
 from kiln_service.config import TARGETS, Settings
 from kiln_service.deps import Services, TenantDep, get_services
 from kiln_service.errors import (
@@ -27,10 +32,12 @@ from kiln_service.errors import (
     PayloadTooLargeError,
     StoreError,
     UploadRejectedError,
+    UploadRequiredError,
 )
 from kiln_service.fairness import check_active_jobs
 from kiln_service.logs import bind
 from kiln_service.queue import enqueue_compile
+from kiln_service.routes._compile_openapi import COMPILE_OPENAPI
 from kiln_service.stores._workers import unserved_target_message
 from kiln_service.stores.artifacts import ArtifactStore, job_prefix, upload_key
 from kiln_service.stores.jobs import JobRecord
@@ -50,56 +57,11 @@ PLACEMENT_MODES = frozenset(get_args(PlacementMode))
 TEXT_FIELDS = set(CompileRequest.model_fields)
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
 
-_OPENAPI_BODY: dict[str, Any] = {
-    "parameters": [{
-        "name": "Idempotency-Key", "in": "header", "required": False,
-        "schema": {"type": "string", "maxLength": 255},
-        "description": "Retry-safe submission: the same key and request return the first job "
-                       "(`Idempotent-Replayed: true`); the same key with another request is a 422; "
-                       "the same key while the first request is in flight is a 409.",
-    }],
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "properties": {
-                "model": {"type": "string", "format": "binary",
-                          "description": "SavedModel folder as .tar.gz/.tgz/.tar/.zip (root or one folder down)"},
-                "example_inputs": {"type": "string", "format": "binary",
-                                   "description": ".npz keyed by signature input name (no pickle)"},
-                "flags": {"type": "string", "description": "NEURON_CC_FLAGS"},
-                "target": {"type": "string", "enum": list(TARGETS), "default": "xla"},
-                "signature": {"type": "string", "default": "serving_default"},
-                "placement": {"type": "string",
-                              "description": "`measured` or `all`, or a JSON PlacementSpec "
-                                             "(`mode`, op and name rules)"},
-                "input_shapes": {"type": "string", "description": "JSON object: input name to shape"},
-                "name": {"type": "string"},
-                "labels": {"type": "string", "description": "JSON object of string labels"},
-                "timeout_seconds": {"type": "integer"},
-                "webhook_url": {"type": "string", "description": "http(s) URL for signed job events"},
-                "webhook_events": {"type": "string", "description": "JSON list of event types"},
-                "webhook_secret": {"type": "string", "description": "whsec_… (generated if omitted)"},
-                "model_url": {"type": "string", "description": "s3://bucket/key of the model "
-                              "archive, instead of the `model` part (allowed buckets only)"},
-                "mlflow_model": {"type": "string", "description": "models:/NAME/VERSION, instead "
-                                 "of the `model` part"},
-                "mlflow_register": {"type": "string", "description": "register the compiled "
-                                    "model as a new version of this MLflow model"},
-                "output_location": {"type": "string", "description": "s3://bucket/prefix to "
-                                    "write the artifacts to as well"},
-                "cache": {"type": "boolean", "default": True,
-                          "description": "`false`: compile even if the tenant's compile cache "
-                                         "holds this model, inputs, flags and toolchain"},
-            },
-        }}},
-    }
-}
-
-
 @router.post(
-    "/compile", status_code=202, response_model=Job, openapi_extra=_OPENAPI_BODY,
-    responses={202: {"description": "Accepted; `Location` names the job."}},
+    "/compile", status_code=202, response_model=Job, openapi_extra=COMPILE_OPENAPI,
+    responses={202: {"description": "Accepted; `Location` names the job."},
+               409: {"description": "`upload_required`: `model_digest` missed the compile cache; "
+                                    "send the model"}},
     summary="Submit a SavedModel for compilation",
 )
 async def create_compile_job(request: Request, response: Response, tenant: TenantDep) -> Job:
@@ -254,6 +216,9 @@ def _check_store_and_queue(
 
     On any failure nothing of the job stays stored.
     """
+    if req.model_digest is not None:
+        return _answer_from_digest(services, form, req, req.model_digest, job_id, tenant,
+                                   idempotency_key, request_sha256)
     settings, artifacts = services.settings, services.artifact_store
     with span("kiln.ingest", {"kiln.job_id": job_id}):
         info = _check_upload(form, req, settings, services.staging_dir / f"{job_id}-scratch")
@@ -262,7 +227,7 @@ def _check_store_and_queue(
     register_job_webhook(WebhookStore(services.job_store.engine), job_id=job_id,
                          tenant=tenant, req=req)
     with span("kiln.cache_lookup", {"kiln.job_id": job_id}):
-        cached = cache.lookup(services, form, req, info, job_id=job_id, tenant=tenant,
+        cached = cache.lookup(services, form, req, info.digest, job_id=job_id, tenant=tenant,
                               idempotency_key=idempotency_key, request_sha256=request_sha256)
     if cached.job is not None:
         return cached.job
@@ -287,6 +252,41 @@ def _check_store_and_queue(
             services.job_store.delete_job(job_id=job_id, only_finished=False)
         artifacts.delete_prefix(job_prefix(job_id))
         raise
+
+
+def _answer_from_digest(
+    services: Services, form: ReceivedForm, req: CompileRequest, digest: str, job_id: str,
+    tenant: str, idempotency_key: str | None, request_sha256: str | None,
+) -> JobRecord:
+    """Answer a request that sent ``model_digest`` instead of the model from the tenant's cache.
+
+    Raises:
+        UploadRejectedError: The cache is off for the request, or the inputs are unusable.
+        UploadRequiredError: A miss: nothing was stored, the client sends the model.
+    """
+    _check_inputs_given(form, req)
+    if not req.cache:
+        raise UploadRejectedError("model_digest asks the compile cache, which cache=false turns "
+                                  "off; send the model itself", code="invalid_field")
+    inputs = form.files.get("example_inputs")
+    if inputs is not None:  # only hashed here: checked against the model when it was compiled
+        read_npz_headers(inputs.path, services.settings.max_upload_bytes)
+    _check_served(services, req.target)
+    webhooks = WebhookStore(services.job_store.engine)
+    endpoint = register_job_webhook(webhooks, job_id=job_id, tenant=tenant, req=req)
+    with span("kiln.cache_lookup", {"kiln.job_id": job_id}):
+        cached = cache.lookup(services, form, req, digest, job_id=job_id,
+                              tenant=tenant, idempotency_key=idempotency_key,
+                              request_sha256=request_sha256)
+    if cached.job is not None:
+        return cached.job
+    if endpoint is not None:
+        webhooks.delete_endpoint(tenant=tenant, endpoint_id=endpoint)
+    raise UploadRequiredError(
+        "the compile cache holds no outcome for this model_digest with these inputs, flags, "
+        "target, signature and placement (or the request always compiles: output_location, "
+        "mlflow_register); nothing was stored: send the same request with the model file part "
+        "instead of model_digest")
 
 
 def _store_uploads(artifacts: ArtifactStore, form: ReceivedForm, job_id: str) -> dict[str, str]:
@@ -326,16 +326,14 @@ def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings,
     if model is None or model.size == 0:
         raise UploadRejectedError("the 'model' file part is missing or empty; send the SavedModel "
                                   "folder as a .tar.gz, .tar or .zip archive", code="missing_model")
+    _check_inputs_given(form, req)
     inputs = form.files.get("example_inputs")
-    if inputs is not None and req.input_shapes is not None:
-        raise UploadRejectedError("send either example_inputs or input_shapes, not both",
-                                  code="conflicting_inputs")
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         info = ingest.inspect_archive(model.path, max_members=settings.max_archive_members,
-                                      max_total_bytes=settings.max_archive_total_bytes)
-        signature = ingest.select_signature(
-            ingest.read_signatures(model.path, info, scratch=scratch), req.signature)
+                                      max_total_bytes=settings.max_archive_total_bytes,
+                                      scratch=scratch)
+        signature = ingest.select_signature(ingest.read_signatures(info), req.signature)
         if inputs is not None:
             ingest.check_example_inputs(inputs.path, signature,
                                         max_array_bytes=settings.max_upload_bytes)
@@ -344,3 +342,9 @@ def _check_upload(form: ReceivedForm, req: CompileRequest, settings: Settings,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return info
+
+
+def _check_inputs_given(form: ReceivedForm, req: CompileRequest) -> None:
+    if "example_inputs" in form.files and req.input_shapes is not None:
+        raise UploadRejectedError("send either example_inputs or input_shapes, not both",
+                                  code="conflicting_inputs")

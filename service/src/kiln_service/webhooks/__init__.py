@@ -63,10 +63,14 @@ def check_job_webhook(req: CompileRequest, settings: Settings) -> None:
 
 
 def register_job_webhook(store: WebhookStore, *, job_id: str, tenant: str,
-                         req: CompileRequest) -> None:
-    """Create the endpoint of a job submitted with ``webhook_url`` (before it is queued)."""
+                         req: CompileRequest) -> str | None:
+    """Create the endpoint of a job submitted with ``webhook_url`` (before it is queued).
+
+    Returns:
+        The endpoint's id, ``None`` without ``webhook_url``.
+    """
     if req.webhook_url is None:
-        return
-    store.create_endpoint(tenant=tenant, url=req.webhook_url.strip(), job_id=job_id,
-                          events=check_events(req.webhook_events) or list(DEFAULT_JOB_EVENTS),
-                          secret=req.webhook_secret)
+        return None
+    return store.create_endpoint(tenant=tenant, url=req.webhook_url.strip(), job_id=job_id,
+                                 events=check_events(req.webhook_events) or list(DEFAULT_JOB_EVENTS),
+                                 secret=req.webhook_secret).id
