@@ -16,7 +16,9 @@ from client_service import TF_ENV, RunningService
 from model_factory import example_input, run_saved_model, save_lookup_model, save_model
 
 import kiln_client
-from _support.processes import free_port
+from _support.processes import free_port, run_script
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -114,10 +116,20 @@ def test_wait_timeout_exits_4(kiln_service: RunningService, model_dir: Path) -> 
         client.jobs.get(job["id"]).wait(raise_on_failure=False)
 
 
-def test_cancelled_while_waiting_exits_5(kiln_service: RunningService, model_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The worker zoo's ``slow`` model: its while loop runs for minutes on its example inputs,
+    so a cancel always comes before the job could finish (a quick model raced it)."""
+    out = tmp_path_factory.mktemp("cli-slow")
+    run_script(ROOT / "tests" / "worker" / "model_zoo.py", str(out), "slow")
+    return out / "slow"
+
+
+def test_cancelled_while_waiting_exits_5(kiln_service: RunningService, slow_model: Path) -> None:
     name = f"cancel-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **TF_ENV, "KILN_URL": kiln_service.url}
-    proc = subprocess.Popen([*kiln_command(), "compile", str(model_dir), "--name", name],
+    proc = subprocess.Popen([*kiln_command(), "compile", str(slow_model / "model.tar.gz"),
+                             "--inputs", str(slow_model / "example_inputs.npz"), "--name", name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         with kiln_client.Client(kiln_service.url) as client:
