@@ -19,11 +19,11 @@ export KILN_TEST_POSTGRES_URL="${KILN_TEST_POSTGRES_URL:-postgresql+psycopg://po
 
 echo "== ruff"
 .venv/bin/ruff check client service worker tests bench scripts
-# KILN_TEST_WORKERS=N runs the tests on N pytest-xdist workers, each with its own Redis server;
-# a directory whose session fixtures are costly stays on one worker (tests/conftest.py). The
-# default is one process: most long tests wait on services rather than use the CPU, so two
-# workers did not shorten the suite on a 2-core machine.
-workers="${KILN_TEST_WORKERS:-1}"
+# KILN_TEST_WORKERS=N runs the tests on N pytest-xdist workers (default 2), each with its own
+# Redis server; a directory whose session fixtures are costly stays on one worker
+# (tests/conftest.py). From a fresh clone on a 2-core machine: one process 32 min (it left a core
+# idle most of the time), two workers 20 min. KILN_TEST_WORKERS=1 runs them in one process.
+workers="${KILN_TEST_WORKERS:-2}"
 parallel=()
 if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadgroup); fi
 echo "== pytest"
