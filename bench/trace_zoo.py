@@ -16,7 +16,8 @@ Phases:
    ``autojit`` (started with ``TF_XLA_FLAGS=--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit``,
    which TensorFlow reads once per process) serves the original signature under auto-clustering.
    Repetitions are interleaved round-robin: per repetition, per model and batch, every variant
-   runs one timed block (rotating the order, reversed every other repetition), so all variants see the same machine speed.
+   runs one timed block (see ``_order``: no variant always runs right after the other process),
+   so all variants see the same machine speed.
    The figure per cell is the median over repetitions of the block's mean latency; a verdict
    compares paired repetitions (see ``_paired``).
 """
@@ -145,7 +146,7 @@ def serve(root: Path, models: list[str], batches: list[int], autojit: bool) -> N
                 except Exception as err:
                     errors[key] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
     _reply({"ready": True})
-    blocks: dict[tuple[str, str, int], int] = {}
+    one_call: dict[tuple[str, str, int], float] = {}
     for line in sys.stdin:
         request = json.loads(line)
         key = (request["model"], request["variant"], request["batch"])
@@ -153,12 +154,11 @@ def serve(root: Path, models: list[str], batches: list[int], autojit: bool) -> N
             _reply({"error": errors[key]})
             continue
         func, feed = calls[key]
-        if key not in blocks:  # calibrate once: enough calls to fill the block duration
+        if key not in one_call:  # calibrate once: enough calls to fill the block duration
             started = time.perf_counter()
             func(**feed)
-            one = time.perf_counter() - started
-            blocks[key] = max(1, min(10_000, round(request["seconds"] / max(one, 1e-6))))
-        count = blocks[key]
+            one_call[key] = max(time.perf_counter() - started, 1e-6)
+        count = max(1, min(10_000, round(request["seconds"] / one_call[key])))
         started = time.perf_counter()
         for _ in range(count):
             func(**feed)
@@ -234,6 +234,18 @@ def run_prepare(name: str, out: Path, batches: list[int]) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _order(rep: int) -> list[str]:
+    """The variants' order in repetition ``rep``: the plain process's four rotate (reversed
+    every other repetition) and auto-clustering, in its own process, runs first or last in
+    turn. (Rotating all five kept the same neighbours: only ``traced`` and ``xla`` ever ran
+    right after the other process, and paid for its spinning threads.)"""
+    in_plain = [v for v in VARIANTS if v != "autoclust"]
+    shift = rep % len(in_plain)
+    order = in_plain[shift:] + in_plain[:shift]
+    order = order[::-1] if (rep // len(in_plain)) % 2 else order
+    return ["autoclust", *order] if rep % 2 else [*order, "autoclust"]
+
+
 def measure(root: Path, models: list[str], batches: list[int], reps: int,
             seconds: float) -> Results:
     """Interleaved timing: every repetition visits every (model, batch) and every variant."""
@@ -245,15 +257,14 @@ def measure(root: Path, models: list[str], batches: list[int], reps: int,
         for rep in range(reps):
             for name in models:
                 for batch in batches:
-                    # Rotate, and reverse every other repetition: no variant always follows
-                    # another (a process that just ran keeps its threads spinning for a while).
-                    shift = rep % len(VARIANTS)
-                    order = VARIANTS[shift:] + VARIANTS[:shift]
-                    order = order[::-1] if rep % 2 else order
-                    for variant in order:
+                    for variant in _order(rep):
                         worker = auto if variant == "autoclust" else plain
                         if worker is not last:
-                            time.sleep(0.05)  # let the other process's threads go idle
+                            # The other process's threads may still spin: let them go idle,
+                            # then run one untimed block, so no timed block pays for them.
+                            time.sleep(0.05)
+                            worker.ask_raw({"model": name, "variant": variant, "batch": batch,
+                                            "seconds": seconds / 5})
                             last = worker
                         answer = worker.ask_raw({"model": name, "variant": variant,
                                                  "batch": batch, "seconds": seconds})

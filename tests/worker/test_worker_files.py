@@ -58,6 +58,20 @@ def test_output_lines_arrive_while_the_child_runs(tmp_path: Path) -> None:
     assert child.poll() is not None and child.poll() < 0
 
 
+def test_the_end_of_the_output_wakes_the_reader_instead_of_its_timeout(tmp_path: Path) -> None:
+    # The worker polls next_line with a timeout; once both pipes end, it must see the exit at
+    # once, not after a timeout spent waiting for a line that never comes.
+    child = ChildProcess([sys.executable, "-c", "print('last', flush=True)"],
+                         env=dict(os.environ), cwd=tmp_path)
+    assert child.next_line(timeout=30) == ("stdout", "last")
+    start = time.monotonic()
+    while child.poll() is None:
+        assert child.next_line(timeout=30) is None  # the pipes' ends, never as lines
+        assert time.monotonic() - start < 20, "next_line waited out its timeout"
+    assert child.poll() == 0
+    assert child.finish() == []
+
+
 def test_child_environment_drops_credentials_and_settings(tmp_path: Path) -> None:
     base = {"PATH": "/bin", "KILN_DATABASE_URL": "postgresql://secret", "AWS_SECRET_ACCESS_KEY": "k",
             "TF_CPP_MIN_LOG_LEVEL": "1", "LANG": "C.UTF-8", "HOME": "/root"}

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["measure_speed"]
 
 #: repetitions per side: at least this many, more while under the time budget
-MIN_REPEATS, MAX_REPEATS = 5, 40
+MIN_REPEATS, MAX_REPEATS = 5, 20
 #: seconds of timing per batch size, both sides together (after warm-up)
 BUDGET_SECONDS = 0.5
 

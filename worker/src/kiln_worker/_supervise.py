@@ -64,6 +64,8 @@ def child_environment(home: Path, base: Mapping[str, str] | None = None) -> dict
 _PR_SET_PDEATHSIG = 1
 #: longest line of a compile's output kept (the rest of a longer line is dropped)
 MAX_LINE_BYTES = 64 * 1024
+#: what a reader queues when its pipe ends (never returned by next_line or finish)
+_CLOSED = ("", "")
 
 
 def apply_rlimits(limits: Mapping[int, int]) -> None:
@@ -130,6 +132,7 @@ class ChildProcess:
             preexec_fn=_child_preexec(rlimits or {}, cgroups),
         )
         self.pid = self.proc.pid
+        self._closed = 0  # pipes at their end (each reader queues _CLOSED there)
         self._readers = [
             threading.Thread(target=self._pump, args=(name, pipe), daemon=True)
             for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
@@ -150,6 +153,7 @@ class ChildProcess:
                     cut = "" if complete else f" [… line cut at {MAX_LINE_BYTES} bytes]"
                     self._lines.put((name, line + cut))
                 skipping = not complete
+        self._lines.put(_CLOSED)  # wakes next_line: the process is ending
 
     def send(self, text: str) -> None:
         """Write ``text`` to the child's stdin and close it (the child reads it once).
@@ -170,9 +174,16 @@ class ChildProcess:
     def next_line(self, timeout: float) -> tuple[str, str] | None:
         """The next ``(stream, line)`` read, or ``None`` if none came within ``timeout`` seconds."""
         try:
-            return self._lines.get(timeout=timeout)
+            item = self._lines.get(timeout=timeout)
         except queue.Empty:
             return None
+        if item is not _CLOSED:
+            return item
+        self._closed += 1
+        if self._closed == len(self._readers):  # no more output: wait for the exit instead
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        return None
 
     def poll(self) -> int | None:
         """The exit status (negative: killed by that signal), or ``None`` while running."""
@@ -196,9 +207,11 @@ class ChildProcess:
         rest: list[tuple[str, str]] = []
         while True:
             try:
-                rest.append(self._lines.get_nowait())
+                item = self._lines.get_nowait()
             except queue.Empty:
                 return rest
+            if item is not _CLOSED:
+                rest.append(item)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # The child leads its own session, so its pgid is its pid; a missing group is gone.

@@ -19,7 +19,7 @@ __all__ = ["create_worker_app", "worker_config"]
 
 #: how often the embedded (filesystem) transport looks for new messages; kombu's default of
 #: one second would add up to a second of latency to every job
-FILESYSTEM_POLL_SECONDS = 0.1
+FILESYSTEM_POLL_SECONDS = 0.05
 
 
 def worker_config(settings: Settings, options: WorkerSettings) -> dict[str, Any]:

@@ -128,7 +128,9 @@ def _wait_for_job(events: EventChannel) -> Handoff | None:
     Nothing of a job has run in this process yet, so everything before the handoff is Kiln's
     own code; the job's limits are applied before its spec is even read.
     """
-    _warm_up()
+    from kiln_worker._preload import preload
+
+    preload(rehearse=True)
     events.send("ready")
     line = sys.stdin.readline()
     # Nothing more comes on stdin: the job's code gets /dev/null there, as a cold child does.
@@ -143,26 +145,6 @@ def _wait_for_job(events: EventChannel) -> Handoff | None:
     if handoff.attempt:
         os.environ["KILN_JOB_ATTEMPT"] = str(handoff.attempt)
     return handoff
-
-
-def _warm_up() -> None:
-    """Import what every compile uses and run one XLA compile, so a job finds them done."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
-    import tf_keras  # noqa: F401  (Keras 2, the tracer's model class)
-
-    import kiln_service.logs  # noqa: F401
-    import kiln_worker._inputs
-    import kiln_worker._speed
-    import kiln_worker.manifest
-    import kiln_worker.tracer.api
-    import kiln_worker.tracer.backends.xla
-    import kiln_worker.tracer.passes
-    import kiln_worker.tracer.reference
-    import kiln_worker.tracer.tolerance  # noqa: F401
-
-    # The first XLA compile of a process sets up the JIT; a constant of Kiln's own, no job data.
-    tf.function(lambda x: x * 2.0 + 1.0, jit_compile=True)(tf.ones([2]))
 
 
 def _configure_logging(job_id: str) -> None:

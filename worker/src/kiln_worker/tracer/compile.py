@@ -108,13 +108,11 @@ def make_body(sub: Any, partition: Partition) -> Callable[..., list[tf.Tensor]]:
     return body
 
 
-def measure_subgraph(
-    compiled: Any, body: Callable[..., Any], specs: list[Any], args: list[Any]
-) -> Measurement:
-    """Time the compiled subgraph against the same subgraph in plain TensorFlow (``body``,
-    its loops and branches lowered as TensorFlow runs them)."""
-    plain = tf.function(body, autograph=False).get_concrete_function(*specs)
-    return compare(compiled, plain, args)
+def plain_function(sub: Any, partition: Partition, specs: list[Any]) -> Any:
+    """The subgraph in plain TensorFlow, as the model runs it on CPU (its loops and branches
+    lowered), to time a compiled subgraph against."""
+    body = make_body(with_lowering(sub), partition)
+    return tf.function(body, autograph=False).get_concrete_function(*specs)
 
 
 def compile_partitions(
@@ -145,8 +143,8 @@ def compile_partitions(
     results = []
     for i, partition in enumerate(partitions):
         progress(i, len(partitions))
-        result = _compile_one(backend, graph, frozen, partition, specs, values, measure)
-        results.append(_measure_large(result, large) if large is not None else result)
+        results.append(_compile_one(backend, graph, frozen, partition, specs, values,
+                                    measure, large))
     return results
 
 
@@ -158,6 +156,7 @@ def _compile_one(
     specs: dict[str, tf.TensorSpec],
     values: dict[str, Any],
     measure: bool,
+    large: dict[str, Any] | None,
 ) -> SubgraphResult:
     sub = subgraph_graph_def(graph, partition, frozen.graph_def.library)
     body = make_body(sub, partition)
@@ -174,8 +173,8 @@ def _compile_one(
         )
     result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
     if measure:
-        plain = make_body(with_lowering(sub), partition)
-        timing = measure_subgraph(compiled.function, plain, in_specs, args)
+        plain = plain_function(sub, partition, in_specs)
+        timing = compare(compiled.function, plain, args)
         result = replace(result, measurement=timing)
         if timing.clearly_slower:
             result = replace(
@@ -184,19 +183,20 @@ def _compile_one(
                 reason=f"measured clearly slower than plain TensorFlow on the example inputs: "
                 f"{timing.speedup:.2f}x, beyond the {timing.margin:.0%} margin",
             )
+        if large is not None:
+            result = _measure_large(result, plain, large)
     logger.debug("compile: %s %s", partition.name, result.status)
     return result
 
 
-def _measure_large(result: SubgraphResult, values: dict[str, Any]) -> SubgraphResult:
+def _measure_large(result: SubgraphResult, plain: Any, values: dict[str, Any]) -> SubgraphResult:
     """Time a compiled subgraph at the larger batch too. One clearly slower at the example
     batch but not at the larger one is compiled again (the model uses it at large batches)."""
     if result.compiled is None:
         return result
-    body = make_body(with_lowering(result.graph_def), result.partition)
     args = [values[t] for t in result.partition.inputs]
     try:
-        timing = measure_subgraph(result.compiled.function, body, result.specs, args)
+        timing = compare(result.compiled.function, plain, args)
     except Exception as e:  # a subgraph that cannot take another batch is judged at one only
         logger.info("%s not timed at the larger batch: %s", result.partition.name, e)
         return result
