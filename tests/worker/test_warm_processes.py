@@ -61,6 +61,10 @@ def _compile_pid(job_id: str) -> int:
     raise AssertionError(f"no compile process of {job_id}")
 
 
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def _cpu_limit(pid: int) -> str:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max cpu time"):
@@ -84,6 +88,7 @@ def test_a_job_adopts_the_waiting_process_which_runs_it_alone(ctx: WorkerContext
     runner = threading.Thread(target=lambda: seen.update(run_compile_job(ctx, job_id, warm=slot)))
     runner.start()
     pid = _compile_pid(job_id)
+    assert "--rehearse" in _cmdline(pid)  # started ahead: it rehearsed a compile while waiting
     deadline = time.monotonic() + 120  # handed over: the compile reached the test hook's sleep
     while "tracing the signature" not in messages and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -113,7 +118,12 @@ def test_a_job_adopts_the_waiting_process_which_runs_it_alone(ctx: WorkerContext
     assert second.limits.groups.memory is None or not second.limits.groups.memory.exists()
     # No process waiting: the job starts one and says so instead of "fetching the upload".
     cold = submit(ctx, zoo / "mlp" / "model.tar.gz", zoo / "mlp" / "example_inputs.npz")
-    assert run_compile_job(ctx, cold, warm=slot)["status"] == "succeeded"
+    seen.clear()
+    runner = threading.Thread(target=lambda: seen.update(run_compile_job(ctx, cold, warm=slot)))
+    runner.start()
+    assert "--rehearse" not in _cmdline(_compile_pid(cold))  # the job would wait for it
+    runner.join(timeout=300)
+    assert seen["status"] == "succeeded"
     assert "starting TensorFlow" in messages and slot.waiting is None
 
 

@@ -118,7 +118,7 @@ class CompileProcess:
 
 
 def start_compile_process(ctx: WorkerContext, found: Isolation, box: Path, *, name: str,
-                          timeout_seconds: int) -> CompileProcess:
+                          timeout_seconds: int, ahead: bool = False) -> CompileProcess:
     """Start ``python -m kiln_worker.runner --wait BOX`` in the sandbox, with its limits.
 
     Args:
@@ -127,6 +127,8 @@ def start_compile_process(ctx: WorkerContext, found: Isolation, box: Path, *, na
         box: the folder the compile may write (it holds ``home/``, its HOME and TMPDIR).
         name: its groups' name (``kiln-job-…-<owner>``, swept once the owner is gone).
         timeout_seconds: bounds its CPU time until the job's own limits are handed over.
+        ahead: started before any job wants it: it rehearses a compile while it waits
+            (``--rehearse``), which a job waiting for its process would only wait for.
     """
     opts, sandbox = ctx.options, found.sandbox
     home = box / "home"
@@ -139,7 +141,8 @@ def start_compile_process(ctx: WorkerContext, found: Isolation, box: Path, *, na
     limits = CompileLimits(opts, found.cgroups, name, timeout_seconds)
     try:
         child = ChildProcess(
-            sandbox.command([sys.executable, "-m", "kiln_worker.runner", "--wait", str(box)], box),
+            sandbox.command([sys.executable, "-m", "kiln_worker.runner", "--wait", str(box),
+                             *(["--rehearse"] if ahead else [])], box),
             env=env, cwd=box, rlimits=limits.rlimits(), cgroups=limits.procs_files, stdin=True)
     except BaseException:
         limits.close()
@@ -174,7 +177,7 @@ class WarmSlot:
             name = f"{PREFIX}{AHEAD_TAG}{self._count}-{owner_tag()}"
             process = start_compile_process(
                 ctx, isolation(ctx.settings, ctx.options), Path(folder.name) / "compile",
-                name=name, timeout_seconds=ctx.settings.max_timeout_seconds)
+                name=name, timeout_seconds=ctx.settings.max_timeout_seconds, ahead=True)
         except Exception as exc:
             logger.warning("could not start a compile process ahead (%s); the next job starts "
                            "its own", exc)

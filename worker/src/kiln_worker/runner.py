@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ``--wait BOX`` starts a process ahead of its job, in the job folder ``BOX`` (named only so
     that ``ps`` shows it): it imports TensorFlow and Kiln, sends ``ready``, then reads the
-    job's :class:`~kiln_worker._protocol.Handoff` from stdin and runs that one job.
+    job's :class:`~kiln_worker._protocol.Handoff` from stdin and runs that one job. With
+    ``--rehearse`` (a process started before any job wants it) it also compiles a small model
+    of its own first (:mod:`kiln_worker._preload`).
 
     Returns:
         The process exit code: 0 success (or a waiting process whose stdin closed without a
@@ -92,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         (traceback on stderr), 2 a usage error.
     """
     args = sys.argv[1:] if argv is None else argv
-    waiting = len(args) == 2 and args[0] == "--wait"
+    rehearse = args[2:] == ["--rehearse"]
+    waiting = len(args) in (2, 3) and args[0] == "--wait" and (len(args) == 2 or rehearse)
     if not waiting and (len(args) != 1 or args[0].startswith("-")):
-        print("usage: python -m kiln_worker.runner SPEC.json | --wait BOX", file=sys.stderr)
+        print("usage: python -m kiln_worker.runner SPEC.json | --wait BOX [--rehearse]",
+              file=sys.stderr)
         return 2
     events = EventChannel.take_stdout()
     if waiting:
-        handoff = _wait_for_job(events)
+        handoff = _wait_for_job(events, rehearse)
         if handoff is None:
             return EXIT_OK
         spec_path = Path(handoff.spec)
@@ -122,15 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _wait_for_job(events: EventChannel) -> Handoff | None:
-    """Load TensorFlow and Kiln, say ``ready``, then wait for the job on stdin (``None``: none).
+def _wait_for_job(events: EventChannel, rehearse: bool) -> Handoff | None:
+    """Load TensorFlow and Kiln (and rehearse a compile), say ``ready``, then wait for the job
+    on stdin (``None``: none).
 
     Nothing of a job has run in this process yet, so everything before the handoff is Kiln's
     own code; the job's limits are applied before its spec is even read.
     """
     from kiln_worker._preload import preload
 
-    preload(rehearse=True)
+    preload(rehearse)
     events.send("ready")
     line = sys.stdin.readline()
     # Nothing more comes on stdin: the job's code gets /dev/null there, as a cold child does.
