@@ -235,9 +235,9 @@ def run_prepare(name: str, out: Path, batches: list[int]) -> dict[str, Any]:
 
 
 def _order(rep: int) -> list[str]:
-    """The variants' order in repetition ``rep``: the plain process's four rotate (reversed
-    every other repetition) and auto-clustering, in its own process, runs first or last in
-    turn. (Rotating all five kept the same neighbours: only ``traced`` and ``xla`` ever ran
+    """The variants' order in repetition ``rep``: the plain process's four rotate (the
+    rotation reversed in repetitions 5-8, 13-16 ...) and auto-clustering, in its own process,
+    runs first or last in turn. (Rotating all five kept the same neighbours: only ``traced`` and ``xla`` ever ran
     right after the other process, and paid for its spinning threads.)"""
     in_plain = [v for v in VARIANTS if v != "autoclust"]
     shift = rep % len(in_plain)
