@@ -1,12 +1,16 @@
 """Timing for ``placement="measured"``: is a compiled subgraph (or model) clearly slower?
 
-Two callables run on the same arguments in interleaved rounds (the order alternates, so a drift
-in the machine's speed hits both alike); each round times one block of calls of each. The best
-round of each is the estimate (load only ever adds time, so the minimum is the least disturbed
-figure), and the spread of the rounds is the noise: ``(median - min) / min``, the larger of the
-two. A compiled version is *clearly slower* only when its best time exceeds plain TensorFlow's by
-more than ``max(MIN_MARGIN, noise)``; anything closer is kept. On a busy machine the noise grows
-and fewer subgraphs are rejected, never more, so a placement does not flip with the load.
+Two callables run on the same arguments in interleaved rounds (the order alternates); each round
+times one block of calls of each, back to back, so the two blocks of a round see the same machine.
+Each round therefore gives one paired ratio, compiled time over plain time, in which a change of
+the machine's speed between rounds cancels out. The estimate is the median ratio, and the noise is
+how much the rounds disagree: half the spread of the ratios left once the fastest and slowest
+quarter are set aside, relative to the median. (Comparing each side's best round instead, and
+their own spreads, took 5 ms blocks' scheduling jitter for noise: margins of 20-50% let subgraphs
+1.3x slower than TensorFlow through.) A compiled version is *clearly slower* only when its
+median ratio exceeds 1 by more than ``max(MIN_MARGIN, noise)``; anything closer is kept. On a
+busy machine the rounds disagree more and fewer subgraphs are rejected, never more, so a placement
+does not flip with the load.
 """
 
 from __future__ import annotations
@@ -36,14 +40,23 @@ class Measurement:
     calls_per_round: int
 
     @property
+    def ratios(self) -> list[float]:
+        """Each round's compiled time over its plain time, sorted."""
+        pairs = zip(self.compiled_seconds, self.plain_seconds, strict=True)
+        return sorted(c / max(p, 1e-12) for c, p in pairs)
+
+    @property
     def speedup(self) -> float:
-        """Plain time over compiled time, best round of each (above 1: compiled is faster)."""
-        return min(self.plain_seconds) / max(min(self.compiled_seconds), 1e-12)
+        """Plain time over compiled time, from the median round (above 1: compiled is faster)."""
+        return 1.0 / max(statistics.median(self.ratios), 1e-12)
 
     @property
     def noise(self) -> float:
-        """Relative spread of the rounds, ``(median - min) / min``, the larger of the two."""
-        return max(_spread(self.compiled_seconds), _spread(self.plain_seconds))
+        """Half the spread of the middle rounds' ratios, relative to the median ratio."""
+        ratios = self.ratios
+        trim = len(ratios) // 4
+        middle = ratios[trim:len(ratios) - trim]
+        return (middle[-1] - middle[0]) / 2 / max(statistics.median(ratios), 1e-12)
 
     @property
     def margin(self) -> float:
@@ -69,11 +82,6 @@ class Measurement:
             "margin": round(self.margin, 4),
             "clearly_slower": self.clearly_slower,
         }
-
-
-def _spread(samples: tuple[float, ...]) -> float:
-    best = min(samples)
-    return (statistics.median(samples) - best) / max(best, 1e-12)
 
 
 def _block(fn: Callable[..., Any], args: list[Any], calls: int) -> float:
