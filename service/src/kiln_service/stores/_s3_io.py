@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["MultipartUpload", "S3ObjectReader", "is_not_found", "make_client", "parse_s3_url"]
+from kiln_service.errors import ArtifactNotFoundError, StoreError
+
+__all__ = ["MultipartUpload", "S3ObjectReader", "is_not_found", "make_client", "parse_s3_url", "s3_call"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,31 @@ def is_not_found(error: BaseException) -> bool:
     code = str(response.get("Error", {}).get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in _NOT_FOUND_CODES or status == 404
+
+
+def s3_call(bucket: str, key: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one object-store call, translating botocore errors into the service's.
+
+    Args:
+        bucket: The bucket, named in the error message.
+        key: The artifact key the call is about, named in the error message.
+        call: The client method (or any callable) to run with ``args`` and ``kwargs``.
+
+    Returns:
+        What ``call`` returned.
+
+    Raises:
+        ArtifactNotFoundError: The object store answered "no such key".
+        StoreError: Any other botocore error.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call(*args, **kwargs)
+    except (BotoCoreError, ClientError) as e:
+        if is_not_found(e):
+            raise ArtifactNotFoundError(f"no artifact {key!r}") from e
+        raise StoreError(f"object store error on {key} in s3://{bucket}: {e}") from e
 
 
 class S3ObjectReader(io.RawIOBase):

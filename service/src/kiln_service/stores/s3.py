@@ -18,38 +18,28 @@ sha256 is computed while streaming and kept as object metadata (``x-amz-meta-sha
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from kiln_service.errors import ArtifactNotFoundError, PayloadTooLargeError, StoreError
-from kiln_service.stores._s3_io import (
-    MultipartUpload,
-    S3ObjectReader,
-    is_not_found,
-    make_client,
-    parse_s3_url,
-)
+from kiln_service.errors import ArtifactNotFoundError, StoreError
+from kiln_service.stores._s3_io import S3ObjectReader, make_client, parse_s3_url, s3_call
+from kiln_service.stores._s3_stream import MAX_COPY_OBJECT as MAX_COPY_OBJECT
+from kiln_service.stores._s3_stream import MIB, SHA256_META, download_verified, upload_stream
 from kiln_service.stores.artifacts import check_key
 
 __all__ = ["S3ArtifactStore"]
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 #: S3's smallest part (all but the last part of a multipart upload).
 MIN_PART_SIZE = 5 * MIB
 DEFAULT_PART_SIZE = 8 * MIB
-#: Largest object one CopyObject request may copy.
-MAX_COPY_OBJECT = 5 * 1024 * MIB
-SHA256_META = "sha256"
 _URL_OPTIONS = ("addressing_style", "part_size_mb", "tenant")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -183,51 +173,10 @@ class S3ArtifactStore:
             StoreError: The object store failed; nothing is left stored.
         """
         full_key = self.object_key(key)
-        digest, size, buffer = hashlib.sha256(), 0, bytearray()
-        upload: MultipartUpload | None = None
-        try:
-            for chunk in chunks:
-                size += len(chunk)
-                if max_bytes is not None and size > max_bytes:
-                    name = key.rsplit("/", 1)[-1]
-                    raise PayloadTooLargeError(f"{name} is over the limit of {max_bytes} bytes")
-                digest.update(chunk)
-                buffer += chunk
-                while len(buffer) >= self.part_size:
-                    upload = upload or self._s3(key, MultipartUpload, self._client, self.bucket, full_key)
-                    self._s3(key, upload.send, bytes(buffer[: self.part_size]))
-                    del buffer[: self.part_size]
-            sha = digest.hexdigest()
-            if upload is None:
-                self._s3(key, self._client.put_object, Bucket=self.bucket, Key=full_key,
-                         Body=bytes(buffer), Metadata={SHA256_META: sha})
-            else:
-                if buffer:
-                    self._s3(key, upload.send, bytes(buffer))
-                self._s3(key, upload.complete)
-                upload = None
-                self._set_sha256(key, full_key, size, sha)
-        except BaseException:
-            if upload is not None:
-                upload.abort()
-            raise
+        size, sha = upload_stream(self._client, self.bucket, key, full_key, chunks,
+                                  part_size=self.part_size, max_bytes=max_bytes)
         logger.debug("stored s3://%s/%s (%d bytes)", self.bucket, full_key, size)
         return size, sha
-
-    def _set_sha256(self, key: str, full_key: str, size: int, sha: str) -> None:
-        # A multipart upload's metadata is fixed when it starts, before the digest is known; a
-        # server-side copy onto itself with REPLACE sets it (no bytes pass through this process).
-        # CopyObject takes up to 5 GiB; past that boto3's managed copy goes part by part.
-        source = {"Bucket": self.bucket, "Key": full_key}
-        extra = {"Metadata": {SHA256_META: sha}, "MetadataDirective": "REPLACE"}
-        try:
-            if size <= MAX_COPY_OBJECT:
-                self._client.copy_object(CopySource=source, Bucket=self.bucket, Key=full_key, **extra)
-            else:
-                self._client.copy(source, self.bucket, full_key, ExtraArgs=extra)
-        except Exception as e:
-            self._s3(key, self._client.delete_object, Bucket=self.bucket, Key=full_key)
-            raise StoreError(f"could not record the sha256 of artifact {key}: {e}") from e
 
     def check_writable(self) -> None:
         """Write and remove a probe object (readiness check).
@@ -289,24 +238,7 @@ class S3ArtifactStore:
             ArtifactNotFoundError: No such artifact.
             StoreError: The download failed or the content does not match its sha256.
         """
-        target = Path(path)
-        response = self._s3(key, self._client.get_object, Bucket=self.bucket, Key=self.object_key(key))
-        expected = response.get("Metadata", {}).get(SHA256_META)
-        digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._s3(key, response["Body"].iter_chunks, MIB):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if expected and digest.hexdigest() != expected:
-                raise StoreError(f"artifact {key} is corrupt: sha256 {digest.hexdigest()} != recorded {expected}")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        finally:
-            response["Body"].close()
+        download_verified(self._client, self.bucket, key, self.object_key(key), Path(path))
 
     def exists(self, key: str) -> bool:
         """Return whether an artifact exists."""
@@ -420,11 +352,4 @@ class S3ArtifactStore:
 
     def _s3(self, key: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one object-store call, translating botocore errors into the service's."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return call(*args, **kwargs)
-        except (BotoCoreError, ClientError) as e:
-            if is_not_found(e):
-                raise ArtifactNotFoundError(f"no artifact {key!r}") from e
-            raise StoreError(f"object store error on {key} in s3://{self.bucket}: {e}") from e
+        return s3_call(self.bucket, key, call, *args, **kwargs)
