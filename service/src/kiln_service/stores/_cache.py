@@ -27,13 +27,12 @@ from kiln_client.models import JobStatus, Stage
 from kiln_service._cache_key import entry_key
 from kiln_service.errors import DuplicateIdempotencyKeyError, JobStateError, StoreError
 from kiln_service.stores._events import EventType, record_event
-from kiln_service.stores._records import JobRecord, row_to_record
+from kiln_service.stores._records import TERMINAL, JobRecord, row_to_record
 from kiln_service.stores._schema import compile_cache, job_logs, jobs, utcnow
 
 __all__ = ["CacheStoreMixin", "JobRemoval"]
 
 logger = logging.getLogger(__name__)
-_TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 class JobRemoval:
@@ -123,7 +122,7 @@ class CacheStoreMixin:
         with self._tx() as conn:
             row = conn.execute(
                 update(jobs).where(jobs.c.id == job_id, jobs.c.cache_key.is_not(None),
-                                   jobs.c.cache_source.is_(None), jobs.c.status.in_(_TERMINAL))
+                                   jobs.c.cache_source.is_(None), jobs.c.status.in_(TERMINAL))
                 .values(updated_at=jobs.c.updated_at).returning(*jobs.c)).mappings().one_or_none()
             if row is None or not _reusable(row):
                 return False
@@ -202,7 +201,7 @@ class CacheStoreMixin:
         owner = job.artifacts_job
         with self._tx() as conn:
             deleted = conn.execute(delete(jobs).where(jobs.c.id == job_id,
-                                                      jobs.c.status.in_(_TERMINAL))).rowcount
+                                                      jobs.c.status.in_(TERMINAL))).rowcount
             if not deleted:
                 raise JobStateError(f"job {job_id} is {job.status.value}; cancel it and wait for "
                                     "it to finish before deleting it", code="job_not_finished")

@@ -9,7 +9,10 @@ from typing import Any, NamedTuple
 from kiln_client.models import Job, JobStatus, PlacementSpec, Stage
 from kiln_service.stores._schema import utcnow
 
-__all__ = ["JobRecord", "LogLine", "new_job_row", "row_to_record"]
+#: the statuses a job ends in, as stored
+TERMINAL = tuple(status.value for status in JobStatus if status.is_terminal)
+
+__all__ = ["TERMINAL", "JobRecord", "LogLine", "new_job_row", "row_to_record"]
 
 
 class JobRecord(Job):

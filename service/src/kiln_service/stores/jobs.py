@@ -29,7 +29,7 @@ from kiln_service.stores._events import EventType, record_event, take_changed
 from kiln_service.stores._job_queries import JobQueriesMixin
 from kiln_service.stores._keys import ApiKeyMixin
 from kiln_service.stores._limits import SharedLimitsMixin
-from kiln_service.stores._records import JobRecord, LogLine, new_job_row, row_to_record
+from kiln_service.stores._records import TERMINAL, JobRecord, LogLine, new_job_row, row_to_record
 from kiln_service.stores._recovery_ops import RecoveryOpsMixin
 from kiln_service.stores._schema import job_logs, jobs, utcnow
 from kiln_service.stores._worker_ops import WorkerOpsMixin
@@ -41,7 +41,6 @@ __all__ = ["JobRecord", "JobRemoval", "JobStore", "LogLine", "WorkerInfo", "new_
            "normalize_database_url"]
 
 logger = logging.getLogger(__name__)
-TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 class JobStore(JobQueriesMixin, WorkerOpsMixin, WorkerRegistryMixin, RecoveryOpsMixin, ApiKeyMixin,
