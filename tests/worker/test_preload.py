@@ -49,6 +49,17 @@ def test_the_rehearsal_compiles_through_the_job_path_and_leaves_nothing(
     assert logging.getLogger().level == root_level
 
 
+def test_the_rehearsal_leaves_no_root_handler_for_the_job_to_find(
+        scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A waiting process has no root handler yet. absl's first log call then installs one
+    # (logging.basicConfig), and configure_logging, which defers to any installed handler,
+    # would leave the job's JSON or text lines unformatted or unwritten.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    _preload.rehearse_compile()
+    assert root.handlers == []
+
+
 def test_a_failed_rehearsal_costs_only_time(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(spec: Any, events: Any) -> None:
         (Path(spec.output_dir) / "partial").write_text("x")

@@ -83,9 +83,11 @@ def _compile_small_model(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
-    """No warning or log line of the rehearsal reaches the job's log."""
+    """No warning or log line of the rehearsal reaches the job's log, and logging is left as
+    it was: absl's first log call installs a root handler (``logging.basicConfig``) when there
+    is none, which would keep the job's own JSON or text handler out."""
     loggers = [logging.getLogger(), logging.getLogger("tensorflow")]
-    levels = [one.level for one in loggers]
+    saved = [(one.level, list(one.handlers)) for one in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for one in loggers:
@@ -93,5 +95,6 @@ def _silenced() -> Iterator[None]:
         try:
             yield
         finally:
-            for one, level in zip(loggers, levels, strict=True):
+            for one, (level, handlers) in zip(loggers, saved, strict=True):
                 one.setLevel(level)
+                one.handlers[:] = handlers
