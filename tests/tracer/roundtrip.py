@@ -81,7 +81,8 @@ def assert_close(label: str, expected: Any, actual: Any, rtol: float, atol: floa
         if a.dtype.kind in "OSU" or b.dtype.kind in "OSU":
             assert (a == b).all(), f"{label}: output {name} differs"
             continue
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        wide = np.complex128 if a.dtype.kind == "c" else np.float64  # keep imaginary parts
+        a64, b64 = a.astype(wide), b.astype(wide)
         diff = float(np.max(np.abs(a64 - b64), initial=0.0))
         bound = atol + rtol * float(np.max(np.abs(a64), initial=0.0))
         assert diff <= bound, f"{label}: output {name} max abs diff {diff:.3g} > {bound:.3g}"
