@@ -204,7 +204,7 @@ def _run_padded(run_graph: Any, args: list[tf.Tensor], serving: ServingGraph) ->
         split.append(tf.reshape(padded, tf.concat([[chunks, batch], tf.shape(arg)[1:]], 0)))
 
     def one_chunk(chunk: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
-        fixed = list(args)
+        fixed = [tf.identity(a) for a in args]  # captures the whole ones into the loop body
         for (i, _, spec), part in zip(batched, chunk, strict=True):
             fixed[i] = tf.ensure_shape(part, [batch, *spec.shape[1:]])
         return tuple(run_graph(fixed))
