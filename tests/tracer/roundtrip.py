@@ -19,6 +19,7 @@ Tolerances are relative to the largest output magnitude: ``|got - want| <= atol 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -89,12 +90,19 @@ def assert_close(label: str, expected: Any, actual: Any, rtol: float, atol: floa
 
 
 def call_like_seed(func: Any, example_inputs: Any) -> Any:
-    """Call ``func`` the way the seed says ``trace`` does: tuple → *args, dict → **kwargs."""
+    """Call ``func`` the way the seed says ``trace`` does: tuple → *args, dict → **kwargs.
+
+    A Keras model runs in inference mode (``training=False``), as ``trace`` runs it: layers whose
+    ``training`` defaults to True (``RandomFlip`` and the other augmentation layers) would
+    otherwise change the inputs at random.
+    """
+    keras = _is_keras_model(func)
+    call = functools.partial(func, training=False) if keras else func
     if isinstance(example_inputs, tuple):
-        return func(*example_inputs)
-    if isinstance(example_inputs, dict) and not _is_keras_model(func):
-        return func(**example_inputs)
-    return func(example_inputs)
+        return call(*example_inputs)
+    if isinstance(example_inputs, dict) and not keras:
+        return call(**example_inputs)
+    return call(example_inputs)
 
 
 def _is_keras_model(func: Any) -> bool:

@@ -164,6 +164,58 @@ def _multimodal_inputs(batch: int, seed: int) -> list[np.ndarray]:
             ints(0, 20, batch, 7, seed=seed)]
 
 
+def _augmented() -> Any:
+    """Data augmentation inside the model, as Keras tutorials put it (inactive at inference)."""
+    return tf.keras.Sequential([
+        tf.keras.Input((16, 16, 3)),
+        layers.RandomFlip("horizontal"),
+        layers.RandomRotation(0.1),
+        layers.RandomZoom(0.1),
+        layers.Conv2D(4, 3, activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(2),
+    ])
+
+
+def _tabular() -> Any:
+    """Bucketized and multi-hot features next to a normalised numeric column."""
+    age, tags, income = (tf.keras.Input((1,), name="age"), tf.keras.Input((3,), dtype="int32",
+                         name="tags"), tf.keras.Input((1,), name="income"))
+    buckets = layers.Discretization(bin_boundaries=[18.0, 30.0, 50.0])(age)
+    norm = layers.Normalization()
+    norm.adapt(np.array([[10.0], [20.0], [55.0], [80.0]], "float32"))
+    features = layers.Concatenate()([
+        layers.CategoryEncoding(4, output_mode="one_hot")(buckets),
+        layers.CategoryEncoding(10, output_mode="multi_hot")(tags),
+        norm(income),
+    ])
+    hidden = layers.Dense(8, activation="relu")(features)
+    return tf.keras.Model({"age": age, "tags": tags, "income": income}, layers.Dense(1)(hidden))
+
+
+def _tabular_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"age": rng.uniform(5, 70, (batch, 1)).astype("float32"),
+            "income": rng.uniform(0, 90, (batch, 1)).astype("float32"),
+            "tags": ints(0, 10, batch, 3, seed=seed)}
+
+
+def _causal_decoder() -> Any:
+    """A decoder block: token ids and a padding mask in, causal self-attention with both masks."""
+    ids, mask = tf.keras.Input((8,), dtype="int32", name="ids"), tf.keras.Input((8,), name="mask")
+    x = layers.Embedding(50, 16)(ids)
+    padding = tf.cast(mask[:, None, :], "bool")
+    attended = layers.MultiHeadAttention(2, 8)(x, x, attention_mask=padding, use_causal_mask=True)
+    x = layers.LayerNormalization()(x + attended)
+    return tf.keras.Model({"ids": ids, "mask": mask}, layers.Dense(50)(x))
+
+
+def _decoder_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
+    mask = np.ones((batch, 8), "float32")
+    mask[0, 5:] = 0.0
+    return {"ids": ints(1, 50, batch, 8, seed=seed), "mask": mask}
+
+
 # --- the cases ---------------------------------------------------------------------------------
 
 
@@ -206,6 +258,9 @@ CASES: dict[str, Case] = {
         lambda b, s: {"query": normal(b, 4, 8, seed=s), "value": normal(b, 6, 8, seed=s + 1)}),
     "preprocessing_layers": Case(_preprocessing, _pixels),
     "three_inputs_three_shapes": Case(_multimodal, _multimodal_inputs),
+    "augmentation_layers": Case(_augmented, _shaped(16, 16, 3)),
+    "discretization_category_encoding": Case(_tabular, _tabular_inputs),
+    "causal_decoder_padding_mask": Case(_causal_decoder, _decoder_inputs),
     "scan_and_foldl": Case(modules.Scan, _shaped(5, 3)),
     "tensor_array_loop": Case(modules.TensorArrayLoop, _shaped(5, 4), fresh_process=True),
     "unsorted_segment_sum_readout": Case(modules.GraphReadout, modules.graph_inputs),
