@@ -19,6 +19,7 @@ Tolerances are relative to the largest output magnitude: ``|got - want| <= atol 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -81,19 +82,27 @@ def assert_close(label: str, expected: Any, actual: Any, rtol: float, atol: floa
         if a.dtype.kind in "OSU" or b.dtype.kind in "OSU":
             assert (a == b).all(), f"{label}: output {name} differs"
             continue
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        wide = np.complex128 if a.dtype.kind == "c" else np.float64  # keep imaginary parts
+        a64, b64 = a.astype(wide), b.astype(wide)
         diff = float(np.max(np.abs(a64 - b64), initial=0.0))
         bound = atol + rtol * float(np.max(np.abs(a64), initial=0.0))
         assert diff <= bound, f"{label}: output {name} max abs diff {diff:.3g} > {bound:.3g}"
 
 
 def call_like_seed(func: Any, example_inputs: Any) -> Any:
-    """Call ``func`` the way the seed says ``trace`` does: tuple → *args, dict → **kwargs."""
+    """Call ``func`` the way the seed says ``trace`` does: tuple → *args, dict → **kwargs.
+
+    A Keras model runs in inference mode (``training=False``), as ``trace`` runs it: layers whose
+    ``training`` defaults to True (``RandomFlip`` and the other augmentation layers) would
+    otherwise change the inputs at random.
+    """
+    keras = _is_keras_model(func)
+    call = functools.partial(func, training=False) if keras else func
     if isinstance(example_inputs, tuple):
-        return func(*example_inputs)
-    if isinstance(example_inputs, dict) and not _is_keras_model(func):
-        return func(**example_inputs)
-    return func(example_inputs)
+        return call(*example_inputs)
+    if isinstance(example_inputs, dict) and not keras:
+        return call(**example_inputs)
+    return call(example_inputs)
 
 
 def _is_keras_model(func: Any) -> bool:

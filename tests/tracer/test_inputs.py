@@ -165,3 +165,31 @@ def test_python_branches_on_tensors_become_graph_branches() -> None:
         traced = kiln_worker.trace(func, np.ones((2, 4), np.float32))
         negative = np.full((2, 4), -1.0, np.float32)
         assert max_rel_diff(func(negative), traced(negative)) < 1e-5, func
+
+
+def test_batch_candidates_leave_scalars_and_side_inputs_out() -> None:
+    from kiln_worker.tracer.batching import batch_candidates
+
+    x, prototypes, scalar = np.zeros((2, 4)), np.zeros((5, 4)), np.asarray(np.float32(0.5))
+    assert batch_candidates([scalar, x, prototypes]) == [
+        (False, True, True), (False, True, False), (False, False, False)]
+    assert batch_candidates([x, x]) == [(True, True), (False, False)]
+    assert batch_candidates([scalar]) == [(False,)]
+
+
+def test_weight_matrix_input_stays_whole_while_the_batch_varies(rng: np.random.Generator) -> None:
+    """``func(a, b)`` with ``b`` a weight matrix: only ``a`` carries the batch, so the traced
+    model takes any batch of ``a`` (relaxing and doubling ``b`` too cannot run)."""
+    import tensorflow as tf
+
+    import kiln_worker
+
+    @tf.function
+    def func(a, b):  # type: ignore[no-untyped-def]
+        return tf.nn.relu(tf.matmul(a, b) + 1.0)
+
+    a, b = rng.normal(size=(2, 3)).astype("float32"), rng.normal(size=(3, 4)).astype("float32")
+    traced = kiln_worker.trace(func, (a, b))
+    assert traced.report["batch_mode"] == "dynamic"
+    more = rng.normal(size=(5, 3)).astype("float32")
+    assert max_rel_diff(func(more, b), traced((more, b))) < 1e-5

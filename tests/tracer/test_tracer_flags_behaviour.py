@@ -104,3 +104,20 @@ def test_extract_weights_keeps_weights_out_of_the_graph(
     traced.save(str(tmp_path / "m"))
     weights_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.variables)
     assert (tmp_path / "m" / "saved_model.pb").stat().st_size < weights_bytes / 4
+
+
+def test_dynamic_batch_flag_keeps_a_scalar_input_whole(rng: np.random.Generator) -> None:
+    """Padding and splitting cut the batched inputs only: a scalar goes whole to every chunk."""
+    import tensorflow as tf
+
+    import kiln_worker
+
+    def scaled(x: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+        return _batch_coupled(x * scale)
+
+    x = rng.normal(size=(2, 3)).astype("float32")
+    traced = kiln_worker.trace(scaled, (x, np.float32(0.5)), flags="--dynamic-batch-size")
+    assert traced.report["batch_mode"] == "pad"
+    big = rng.normal(size=(5, 3)).astype("float32")
+    expected = np.tanh(big * 0.5 * 3.0) * 2.0  # chunks of the traced batch (2)
+    assert max_rel_diff(expected, traced((big, np.float32(0.5)))) < 1e-5

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kiln_worker.tracer.batching import batch_candidates, batch_rows, runs_at_double
 from kiln_worker.tracer.errors import TraceInputError, model_error_text
 from kiln_worker.tracer.graphs import not_autograph
 from kiln_worker.tracer.reference import run_reference
@@ -109,6 +110,9 @@ class TracedFunction:
     ``reference_source`` is ``tensorflow`` when the reference outputs come from running the
     original with TensorFlow's own kernels, ``xla`` when those could not run it (then
     ``reference_reason`` says why) and the original was run compiled whole by XLA instead.
+
+    ``batched`` says, per input, whether its axis 0 is the batch (relaxed to ``None`` when
+    ``batch_relaxed``); scalars and side inputs of a fixed shape are not.
     """
 
     concrete: Any
@@ -120,6 +124,12 @@ class TracedFunction:
     input_names: list[str] = field(default_factory=list)
     reference_source: str = "tensorflow"
     reference_reason: str | None = None
+    batched: tuple[bool, ...] = ()
+
+    @property
+    def batch_rows(self) -> int | None:
+        """The example batch: axis 0 of the first batched input (``None``: none is batched)."""
+        return batch_rows(self.examples, self.batched)
 
 
 def _is_keras_model(func: Any) -> bool:
@@ -186,12 +196,16 @@ def leaf_dtype(array: np.ndarray) -> tf.DType:
     return tf.as_dtype(array.dtype)
 
 
-def example_specs(examples: list[np.ndarray], relax_batch: bool) -> list[tf.TensorSpec]:
-    """One TensorSpec per example leaf: its dtype and shape, axis 0 ``None`` if ``relax_batch``."""
+def example_specs(
+    examples: list[np.ndarray], relax_batch: bool | Sequence[bool]
+) -> list[tf.TensorSpec]:
+    """One TensorSpec per example leaf: its dtype and shape, axis 0 ``None`` if ``relax_batch``
+    (a bool for every leaf, or one per leaf)."""
+    relax = [relax_batch] * len(examples) if isinstance(relax_batch, bool) else relax_batch
     specs = []
-    for i, x in enumerate(examples):
+    for i, (x, relaxed) in enumerate(zip(examples, relax, strict=True)):
         shape = list(x.shape)
-        if relax_batch and shape:
+        if relaxed and shape:
             shape[0] = None
         specs.append(tf.TensorSpec(shape, leaf_dtype(x), name=f"input_{i}"))
     return specs
@@ -304,12 +318,46 @@ def split_outputs(outputs: Any) -> tuple[Structure, list[Any]]:
     return structure, leaves
 
 
+def _concrete(
+    flat_fn: Callable[..., Any],
+    autograph: bool,
+    examples: list[np.ndarray],
+    candidates: list[tuple[bool, ...]],
+) -> tuple[Any, tuple[bool, ...]]:
+    """Trace ``flat_fn`` with the first of ``candidates`` (inputs whose axis 0 is relaxed) that
+    traces; return the concrete function and that candidate.
+
+    Raises:
+        TraceInputError: no candidate traces, with the first failure's message.
+    """
+    first_error = None
+    for i, batched in enumerate(candidates):
+        try:
+            specs = example_specs(examples, batched)
+            function = tf.function(flat_fn, autograph=autograph)
+            concrete = function.get_concrete_function(*specs)
+        except TraceInputError:
+            raise
+        except Exception as e:  # any tracing failure: retry with fewer relaxed axes
+            logger.debug("tracing with batched=%s failed: %s", batched, e)
+            first_error = first_error or e
+            continue
+        # A fewer-batched candidate is left: this one must also run at another batch (a side
+        # input of another size, a weight matrix say, traced relaxed but not batched).
+        if i + 2 >= len(candidates) or runs_at_double(concrete, examples, batched):
+            return concrete, batched
+    error = first_error or RuntimeError("func could not be traced")
+    raise TraceInputError(
+        f"calling func with example_inputs failed: {model_error_text(error)}", _PASS
+    ) from error
+
+
 def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
     """Trace ``func`` on ``example_inputs`` into a concrete function over flat tensors.
 
-    It is first traced with axis 0 relaxed to ``None`` (dynamic batch), then, if that fails,
-    with the exact example shapes. The reference outputs come from running it with TensorFlow,
-    or compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
+    It is traced with axis 0 relaxed to ``None`` (dynamic batch) on as many inputs as it allows
+    (:func:`batch_candidates`), at worst none. The reference outputs come from running it with
+    TensorFlow, or compiled whole by XLA when TensorFlow's CPU kernels cannot run it.
 
     Args:
         func: a keras.Model (Keras 2 or 3), a tf.function, a ConcreteFunction or a callable.
@@ -331,27 +379,11 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
         out_holder[:] = [structure]
         return [tf.identity(t) for t in outs]
 
-    autograph = _needs_autograph(func)
-    concrete, relaxed, first_error = None, False, None
-    all_ranked = all(x.ndim > 0 for x in examples)
-    for relax in [True, False] if all_ranked else [False]:
-        try:
-            specs = example_specs(examples, relax)
-            concrete = tf.function(flat_fn, autograph=autograph).get_concrete_function(*specs)
-            relaxed = relax
-            break
-        except TraceInputError:
-            raise
-        except Exception as e:  # any tracing failure: retry with exact shapes
-            logger.debug("tracing with relax_batch=%s failed: %s", relax, e)
-            first_error = first_error or e
-    if concrete is None:
-        error = first_error or RuntimeError("func could not be traced")
-        raise TraceInputError(
-            f"calling func with example_inputs failed: {model_error_text(error)}", _PASS
-        ) from error
+    candidates = batch_candidates(examples)
+    concrete, batched = _concrete(flat_fn, _needs_autograph(func), examples, candidates)
+    relaxed = any(batched)
     reference = run_reference(concrete, [tf.constant(x) for x in examples])
-    logger.debug("inputs: %s in, %s out, batch relaxed=%s", in_structure, out_holder[0], relaxed)
+    logger.debug("inputs: %s in, %s out, batched=%s", in_structure, out_holder[0], batched)
     return TracedFunction(
         concrete,
         in_structure,
@@ -359,6 +391,8 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
         examples,
         reference.outputs,
         relaxed,
+        # traced at exact shapes: the inputs that look batched (for --dynamic-batch-size)
+        batched=batched if relaxed else candidates[max(len(candidates) - 2, 0)],
         reference_source=reference.source,
         reference_reason=reference.reason,
     )

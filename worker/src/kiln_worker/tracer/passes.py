@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer import freeze as freezing
+from kiln_worker.tracer.batching import batch_rows, repeat_batch
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions, run_graph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
@@ -125,20 +126,26 @@ def wrap(traced: TracedFunction, frozen: FrozenGraph, rewritten: Rewritten, flag
 
 
 def larger_examples(traced: TracedFunction, frozen: FrozenGraph) -> list[np.ndarray] | None:
-    """The example inputs repeated ``LARGE_BATCH_FACTOR`` times along axis 0, when the function
-    was traced with a relaxed batch axis and its graph runs at that batch (else ``None``: the
-    model is timed at one batch only). A signature may take any batch while its graph does not
-    (a reshape to a fixed shape), so the graph is run once to find out."""
-    if not traced.batch_relaxed or not traced.examples or any(x.ndim == 0 for x in traced.examples):
+    """The batched example inputs repeated ``LARGE_BATCH_FACTOR`` times along axis 0 (the others
+    as they are), when the function was traced with a relaxed batch axis and its graph runs at
+    that batch (else ``None``: the model is timed at one batch only). A signature may take any
+    batch while its graph does not (a reshape to a fixed shape), so the graph is run once to
+    find out."""
+    if not traced.batch_relaxed:
         return None
-    large = [np.concatenate([x] * LARGE_BATCH_FACTOR) for x in traced.examples]
+    large = repeat_batch(traced.examples, traced.batched, LARGE_BATCH_FACTOR)
     try:
         run_graph(frozen, frozen.graph_def, frozen.output_names, large)
     except (tf.errors.OpError, ValueError) as exc:
         logger.info("measure: the graph does not run at %d rows (%s); timed at the example "
-                    "batch only", len(large[0]), str(exc).splitlines()[0][:200])
+                    "batch only", _rows(traced, large), str(exc).splitlines()[0][:200])
         return None
     return large
+
+
+def _rows(traced: TracedFunction, examples: list[np.ndarray]) -> int:
+    """The batch size of ``examples`` (inputs shaped like the traced function's)."""
+    return batch_rows(examples, traced.batched) or 1
 
 
 def measure_model(
@@ -171,7 +178,7 @@ def measure_model(
     records = small.whole_model + large.whole_model
     if _kept(small.results) == _kept(large.results):
         return small._replace(whole_model=records)
-    rows = (len(traced.examples[0]), len(large_examples[0]))
+    rows = (_rows(traced, traced.examples), _rows(traced, large_examples))
     split = int(math.sqrt(rows[0] * rows[1]))
     results = [_batches(s, g, split) for s, g in zip(small.results, large.results, strict=True)]
     wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
@@ -197,7 +204,7 @@ def _one_call_model(
         timing = kept[0].measured_at(large)
         if timing is None or timing.clearly_slower:
             return ()
-        records.append({"candidate": "all compiled subgraphs", "batch": len(examples[0]),
+        records.append({"candidate": "all compiled subgraphs", "batch": _rows(traced, examples),
                         **timing.as_dict(), "decision": "kept",
                         "measured_as": "its one subgraph (the model runs nothing else)"})
     return tuple(records)
@@ -248,7 +255,8 @@ def _choose(
         timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args)
         verdict = "rejected" if timing.clearly_slower else "kept"
         records.append(
-            {"candidate": label, "batch": len(examples[0]), **timing.as_dict(), "decision": verdict}
+            {"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),
+             "decision": verdict}
         )
         if not timing.clearly_slower:
             return candidate._replace(whole_model=tuple(records))

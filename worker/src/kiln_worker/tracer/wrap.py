@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from kiln_worker.tracer.batching import repeat_batch
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.graphs import (
     XLA_MUST_COMPILE,
@@ -25,6 +26,7 @@ from kiln_worker.tracer.graphs import (
     without_feeds,
 )
 from kiln_worker.tracer.inputs import Structure, TracedFunction, example_specs
+from kiln_worker.tracer.reference import call_with_xla_fallback
 from kiln_worker.tracer.tolerance import compare_arrays
 
 logger = logging.getLogger(__name__)
@@ -45,11 +47,18 @@ class ServingGraph:
     traced_batch: int | None
     weights: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
+    #: per input, whether its axis 0 is the batch (scalars and fixed side inputs are not)
+    batched: tuple[bool, ...] = ()
 
     @property
     def fed_names(self) -> list[str]:
         """Placeholders fed at run time: the inputs, then the weights, then the tables."""
         return self.input_names + list(self.weights) + list(self.tables)
+
+    @property
+    def batch_arg(self) -> int:
+        """The position of the first batched input (whose rows are the batch size)."""
+        return self.batched.index(True) if True in self.batched else 0
 
 
 def only_calls(graph_def: Any) -> bool:
@@ -142,7 +151,7 @@ def _serve_function(serving: ServingGraph, large: tuple[ServingGraph, int] | Non
     second, split = _runner(large[0]), large[1]
 
     def dispatch(*args: tf.Tensor) -> Any:
-        rows = tf.shape(args[0])[0]
+        rows = tf.shape(args[serving.batch_arg])[0]
         return tf.cond(rows <= split, lambda: first(*args), lambda: second(*args))
 
     return tf.function(dispatch, input_signature=serving.input_specs, autograph=False)
@@ -167,7 +176,7 @@ def _make_runner(serving: ServingGraph, graph_def: Any) -> Any:
             return _run_padded(run_graph, list(args), serving)
         if serving.batch_mode == "fixed" and serving.traced_batch and args:
             check = tf.debugging.assert_equal(
-                tf.shape(args[0])[0],
+                tf.shape(args[serving.batch_arg])[0],
                 serving.traced_batch,
                 message=f"this model was traced at batch {serving.traced_batch} and its graph "
                 "does not allow another; trace with NEURON_CC_FLAGS=--dynamic-batch-size",
@@ -180,22 +189,24 @@ def _make_runner(serving: ServingGraph, graph_def: Any) -> Any:
 
 
 def _run_padded(run_graph: Any, args: list[tf.Tensor], serving: ServingGraph) -> list[tf.Tensor]:
-    """Pad axis 0 to a multiple of the traced batch, run chunk by chunk, cut the padding."""
+    """Pad the batched inputs' axis 0 to a multiple of the traced batch, run chunk by chunk
+    (the other inputs whole each time), cut the padding."""
     batch = int(serving.traced_batch or 1)
-    rows = tf.shape(args[0])[0]
+    rows = tf.shape(args[serving.batch_arg])[0]
     chunks = (rows + batch - 1) // batch
     pad = chunks * batch - rows
+    batched = [(i, a, s) for i, (a, s, b) in enumerate(
+        zip(args, serving.input_specs, serving.batched, strict=True)) if b]
     split = []
-    for arg, spec in zip(args, serving.input_specs, strict=True):
+    for _, arg, spec in batched:
         padding = [[0, pad]] + [[0, 0]] * (spec.shape.rank - 1)
         padded = tf.pad(arg, padding)
         split.append(tf.reshape(padded, tf.concat([[chunks, batch], tf.shape(arg)[1:]], 0)))
 
     def one_chunk(chunk: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
-        fixed = [
-            tf.ensure_shape(c, [batch, *s.shape[1:]])
-            for c, s in zip(chunk, serving.input_specs, strict=True)
-        ]
+        fixed = [tf.identity(a) for a in args]  # captures the whole ones into the loop body
+        for (i, _, spec), part in zip(batched, chunk, strict=True):
+            fixed[i] = tf.ensure_shape(part, [batch, *spec.shape[1:]])
         return tuple(run_graph(fixed))
 
     signature = tuple(tf.TensorSpec([batch, *s.shape[1:]], s.dtype) for s in serving.output_specs)
@@ -229,7 +240,7 @@ def build_model(
     example batch; otherwise ``pad`` (split/pad to the traced batch) with --dynamic-batch-size,
     else ``fixed``.
     """
-    traced_batch = _traced_batch(traced)
+    traced_batch = traced.batch_rows
 
     def make(mode: str) -> TracedModel:
         serving = _serving(traced, frozen, graph_def, output_names, mode)
@@ -250,11 +261,6 @@ def build_model(
     return Wrapped(make("fixed"), "fixed")
 
 
-def _traced_batch(traced: TracedFunction) -> int | None:
-    examples = traced.examples
-    return int(examples[0].shape[0]) if all(x.ndim for x in examples) else None
-
-
 def _serving(
     traced: TracedFunction, frozen: FrozenGraph, graph_def: Any, output_names: list[str], mode: str
 ) -> ServingGraph:
@@ -263,14 +269,15 @@ def _serving(
         graph_def,
         frozen.input_names,
         output_names,
-        example_specs(traced.examples, relax_batch=True),
+        example_specs(traced.examples, traced.batched),
         [out_specs[n] for n in frozen.output_names],
         traced.input_structure,
         traced.output_structure,
         mode,
-        _traced_batch(traced),
+        traced.batch_rows,
         dict(frozen.weights),
         dict(frozen.tables),
+        traced.batched,
     )
 
 
@@ -290,17 +297,40 @@ def build_dispatch(
 
 
 def _rows_consistent(model: TracedModel, traced: TracedFunction) -> bool:
-    """Whether running at twice the example batch gives the example rows twice."""
-    doubled = [np.concatenate([x, x]) for x in traced.examples]
+    """Whether the model takes another batch: run at twice the example batch, each output with
+    twice the example rows is the example rows twice (rows independent of each other, as a
+    batch's are), and every other output (a sum over the batch, a size that depends on the
+    values, a constant) is what the original gives at that batch."""
+    doubled = repeat_batch(traced.examples, traced.batched, 2)
     try:
         outs = traced.output_structure.flatten(model(traced.input_structure.pack(doubled)))
+        got = [np.asarray(o) for o in outs]
+        expected = _expected_at(doubled, traced, got)
     except Exception as e:  # any failure means "not dynamic"
         logger.debug("dynamic batch check failed: %s", e)
         return False
-    # An output whose axis 0 is static in the relaxed trace (a constant) does not grow.
-    grows = [t.shape.rank != 0 and t.shape[0] is None for t in traced.concrete.outputs]
-    for out, ref, batched in zip(outs, traced.reference_outputs, grows, strict=True):
-        expected = np.concatenate([ref, ref]) if batched else ref
-        if not compare_arrays(expected, np.asarray(out))["within_tolerance"]:
-            return False
-    return any(grows)
+    return all(
+        compare_arrays(want, have)["within_tolerance"]
+        for want, have in zip(expected, got, strict=True)
+    )
+
+
+def _expected_at(
+    doubled: list[np.ndarray], traced: TracedFunction, got: list[np.ndarray]
+) -> list[np.ndarray]:
+    """What each output must be on ``doubled``: the reference twice for an output that got
+    twice its rows, else the original's output there (run only when needed)."""
+    refs = traced.reference_outputs
+    twice = [
+        ref.ndim > 0 and have.shape == (2 * ref.shape[0], *ref.shape[1:])
+        for ref, have in zip(refs, got, strict=True)
+    ]
+    original: list[np.ndarray] = []
+    if not all(twice):
+        args = [tf.constant(x) for x in doubled]
+        outs, _ = call_with_xla_fallback(traced.concrete, args, "wrap", in_graph=False)
+        original = [np.asarray(t.numpy()) for t in outs]
+    return [
+        np.concatenate([ref, ref]) if rows else original[i]
+        for i, (ref, rows) in enumerate(zip(refs, twice, strict=True))
+    ]
