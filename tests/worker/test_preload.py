@@ -68,3 +68,4 @@ def test_a_failed_rehearsal_costs_only_time(scratch: Path, monkeypatch: pytest.M
     monkeypatch.setattr(runner, "_compile", broken)
     _preload.rehearse_compile()  # does not raise
     assert _rehearsal_folders(scratch) == []
+

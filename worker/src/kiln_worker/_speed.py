@@ -20,14 +20,13 @@ MIN_REPEATS, MAX_REPEATS = 5, 20
 BUDGET_SECONDS = 0.5
 
 
-def _batch_of(inputs: Mapping[str, Any], size: int) -> dict[str, Any] | None:
-    """The inputs cut to the first ``size`` rows, or None if some input has no batch axis."""
+def _batch_of(inputs: Mapping[str, Any], size: int, example: int) -> dict[str, Any]:
+    """The inputs cut to the first ``size`` rows; a scalar, or a side input whose axis 0 is not
+    the example batch (a weight matrix), is passed whole."""
     cut = {}
     for name, value in inputs.items():
         shape: tuple[int, ...] = tuple(getattr(value, "shape", ()))
-        if not shape or shape[0] < size:
-            return None
-        cut[name] = value[:size]
+        cut[name] = value[:size] if shape and shape[0] == example else value
     return cut
 
 
@@ -76,11 +75,9 @@ def measure_speed(original: Callable[..., Any], compiled: Callable[..., Any],
 
     batches: dict[str, Any] = {}
     leading = [int(v.shape[0]) for v in inputs.values() if len(v.shape) > 0]
-    example = max(leading) if leading and len(leading) == len(inputs) else None
+    example = leading[0] if leading else 0  # the first input with an axis, as the tracer
     for size in sorted({1, example}) if example else []:
-        cut = inputs if size == example else _batch_of(inputs, size)
-        if cut is None:
-            continue
+        cut = inputs if size == example else _batch_of(inputs, size, example)
         tensors = {k: tf.constant(v) for k, v in cut.items()}
         try:
             batches[str(size)] = _interleaved(original, compiled, tensors)
