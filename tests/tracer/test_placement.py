@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +86,7 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     import tensorflow as tf
 
     import kiln_worker
+    from kiln_worker.tracer.measure import MAX_ROUNDS, MIN_MARGIN, ROUNDS
 
     report = kiln_worker.trace(_seed_model(), tf.ones([1, 3]), placement="measured").report
     assert report["placement"]["mode"] == "measured"
@@ -92,9 +94,9 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
         # Timed at the example batch and, the model taking any batch, at 8 times it.
         small, large = entry["measurement"], entry["large_batch_measurement"]
         for m in (small, large):
-            assert m["rounds"] >= 5 and m["calls_per_round"] >= 1
+            assert ROUNDS <= m["rounds"] <= MAX_ROUNDS and m["calls_per_round"] >= 1
             assert m["compiled_ms"] > 0 and m["plain_ms"] > 0 and m["noise"] >= 0
-            assert m["margin"] >= 0.1
+            assert m["margin"] == pytest.approx(max(MIN_MARGIN, m["uncertainty"]), abs=1e-4)
         slower_at_both = small["clearly_slower"] and large["clearly_slower"]
         assert slower_at_both == (entry["status"] != "compiled")
     small_whole, large_whole = report["placement"]["whole_model"]
@@ -161,8 +163,9 @@ def test_unknown_placement_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     ("compiled", "plain", "slower"),
     [
-        ((1.30, 1.31, 1.32, 1.30, 1.33), (1.00, 1.01, 1.00, 1.02, 1.01), True),  # 30% > 10%
-        ((1.05, 1.06, 1.05, 1.07, 1.05), (1.00, 1.01, 1.00, 1.02, 1.01), False),  # within 10%
+        ((1.30, 1.31, 1.32, 1.30, 1.33), (1.00, 1.01, 1.00, 1.02, 1.01), True),  # 30% > 5%
+        ((1.08, 1.09, 1.08, 1.10, 1.09), (1.00, 1.01, 1.00, 1.02, 1.01), True),  # 8% > 5%
+        ((1.03, 1.04, 1.03, 1.05, 1.04), (1.00, 1.01, 1.00, 1.02, 1.01), False),  # within 5%
         ((1.30, 1.31, 1.32, 1.30, 1.33), (1.00, 1.60, 1.50, 1.70, 1.01), False),  # noise 50%
         # A machine twice as slow in some rounds: each round's pair shares it, so the 30%
         # still shows (comparing each side's best round and spread called that noise).
@@ -180,3 +183,40 @@ def test_clearly_slower_means_beyond_the_margin_and_the_noise(
     assert m.margin >= MIN_MARGIN
     ratios = sorted(c / p for c, p in zip(compiled, plain, strict=True))
     assert m.speedup == pytest.approx(1 / ratios[len(ratios) // 2])  # the median round's
+
+
+def test_more_rounds_shrink_the_uncertainty_not_the_noise() -> None:
+    from kiln_worker.tracer.measure import ROUNDS, Measurement
+
+    ratios = [0.7, 0.9, 1.05, 1.2, 1.35, 1.5, 1.7]  # 25% noise around a 1.2 median
+    few = Measurement(tuple(ratios), (1.0,) * len(ratios), 1)
+    many = Measurement(tuple(ratios * 3), (1.0,) * (3 * len(ratios)), 1)
+    assert len(ratios) == ROUNDS
+    assert few.uncertainty == pytest.approx(few.noise)
+    assert many.noise == pytest.approx(few.noise)
+    assert many.uncertainty == pytest.approx(few.uncertainty / 3**0.5)
+    # 20% slower at the median: within 7 rounds' noise (kept, undecided), beyond the
+    # uncertainty of 21 rounds.
+    assert few.undecided and not few.clearly_slower
+    assert many.clearly_slower
+
+
+class _Sleeper:
+    """A callable that sleeps ``seconds`` per call (a version of known speed)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self) -> None:
+        time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize(("compiled_ms", "slower"), [(2.0, False), (6.0, True), (4.0, False)])
+def test_compare_runs_more_rounds_only_while_undecided(compiled_ms: float, slower: bool) -> None:
+    from kiln_worker.tracer.measure import MAX_ROUNDS, ROUNDS, compare
+
+    m = compare(_Sleeper(compiled_ms / 1e3), _Sleeper(0.004), [], block_seconds=0.004)
+    rounds = len(m.compiled_seconds)
+    assert ROUNDS <= rounds <= MAX_ROUNDS and (rounds - ROUNDS) % 2 == 0
+    assert m.clearly_slower is slower  # 2x faster and as fast are kept, 1.5x slower is not
+    assert not m.undecided or rounds == MAX_ROUNDS  # it stopped because it was decided

@@ -7,15 +7,20 @@ the machine's speed between rounds cancels out. The estimate is the median ratio
 how much the rounds disagree: half the spread of the ratios left once the fastest and slowest
 quarter are set aside, relative to the median. (Comparing each side's best round instead, and
 their own spreads, took 5 ms blocks' scheduling jitter for noise: margins of 20-50% let subgraphs
-1.3x slower than TensorFlow through.) A compiled version is *clearly slower* only when its
-median ratio exceeds 1 by more than ``max(MIN_MARGIN, noise)``; anything closer is kept. On a
-busy machine the rounds disagree more and fewer subgraphs are rejected, never more, so a placement
+1.3x slower than TensorFlow through.) The median's uncertainty is that noise shrunk by the square
+root of the rounds (the noise itself at ``ROUNDS`` rounds). A compiled version is *clearly
+slower* only when its median ratio exceeds 1 by more than ``max(MIN_MARGIN, uncertainty)``; anything
+closer is kept. When the median lies within the uncertainty of that threshold, the comparison is
+undecided and more rounds are run (up to ``MAX_ROUNDS``), so a version 20% slower on a busy
+machine is not kept by luck, and one near the threshold is judged on more evidence. On a busy
+machine the rounds disagree more and fewer subgraphs are rejected, never more, so a placement
 does not flip with the load.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -25,10 +30,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 #: Rounds of interleaved timing per comparison.
 ROUNDS = 7
+#: The most rounds an undecided comparison is extended to.
+MAX_ROUNDS = 25
 #: Target duration of one timed block (the call count is calibrated on the plain version).
 BLOCK_SECONDS = 0.005
 #: The smallest slowdown counted as "clearly slower" on a quiet machine.
-MIN_MARGIN = 0.10
+MIN_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,14 +66,27 @@ class Measurement:
         return (middle[-1] - middle[0]) / 2 / max(statistics.median(ratios), 1e-12)
 
     @property
+    def uncertainty(self) -> float:
+        """How far the median ratio may be off: the noise, shrunk by the square root of the
+        rounds (relative to ``ROUNDS`` rounds, where it is the noise itself)."""
+        return self.noise * math.sqrt(ROUNDS / max(len(self.compiled_seconds), 1))
+
+    @property
     def margin(self) -> float:
         """How much slower the compiled version must be to count as clearly slower."""
-        return max(MIN_MARGIN, self.noise)
+        return max(MIN_MARGIN, self.uncertainty)
 
     @property
     def clearly_slower(self) -> bool:
         """Whether the compiled version is slower than plain beyond the margin."""
         return self.speedup * (1.0 + self.margin) < 1.0
+
+    @property
+    def undecided(self) -> bool:
+        """Whether the median ratio lies within its uncertainty of the threshold (more rounds
+        would settle on which side it is)."""
+        ratio = 1.0 / self.speedup
+        return abs(ratio - (1.0 + self.margin)) < self.uncertainty
 
     def as_dict(self) -> dict[str, Any]:
         """The measurement as the report shows it (milliseconds)."""
@@ -79,6 +99,7 @@ class Measurement:
             "calls_per_round": self.calls_per_round,
             "speedup": round(self.speedup, 4),
             "noise": round(self.noise, 4),
+            "uncertainty": round(self.uncertainty, 4),
             "margin": round(self.margin, 4),
             "clearly_slower": self.clearly_slower,
         }
@@ -98,20 +119,28 @@ def compare(
     rounds: int = ROUNDS,
     block_seconds: float = BLOCK_SECONDS,
 ) -> Measurement:
-    """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up)."""
+    """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up);
+    an undecided comparison gets two more rounds at a time, up to ``MAX_ROUNDS``."""
     for _ in range(2):  # warm up (XLA compiles, caches fill)
         compiled(*args)
         plain(*args)
     one_call = max(min(_block(plain, args, 1) for _ in range(3)), 1e-6)
     calls = int(min(50, max(1, block_seconds / one_call)))
-    compiled_times, plain_times = [], []
-    for i in range(rounds):
-        if i % 2:
-            plain_times.append(_block(plain, args, calls))
-            compiled_times.append(_block(compiled, args, calls))
-        else:
-            compiled_times.append(_block(compiled, args, calls))
-            plain_times.append(_block(plain, args, calls))
-    result = Measurement(tuple(compiled_times), tuple(plain_times), calls)
+    compiled_times: list[float] = []
+    plain_times: list[float] = []
+
+    def run_rounds(count: int) -> Measurement:
+        for _ in range(count):
+            if len(compiled_times) % 2:
+                plain_times.append(_block(plain, args, calls))
+                compiled_times.append(_block(compiled, args, calls))
+            else:
+                compiled_times.append(_block(compiled, args, calls))
+                plain_times.append(_block(plain, args, calls))
+        return Measurement(tuple(compiled_times), tuple(plain_times), calls)
+
+    result = run_rounds(rounds)
+    while result.undecided and len(compiled_times) < max(rounds, MAX_ROUNDS):
+        result = run_rounds(2)
     logger.debug("measure: %s", result.as_dict())
     return result
