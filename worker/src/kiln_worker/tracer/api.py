@@ -259,11 +259,12 @@ class PassRunner:
     def finish(self, decision: Any, verification: Any, backend: Any, dump: WorkdirDumper) -> Any:
         """Attach the report (with timings) to the model, dump it, and return the model."""
         from kiln_worker.tracer.compile import dump_subgraphs
+        from kiln_worker.tracer.report import without_timings
 
         report = dict(verification.report)
         report["timings"] = dict(self.timings)
         report["timings"]["trace_seconds"] = round(time.perf_counter() - self.start, 3)
-        decision.wrapped.model.set_report(report)
+        decision.wrapped.model.set_report(report, saved=without_timings(report))
         dump.graph_def("graphs/final", decision.rewritten.graph_def)
         dump_subgraphs(dump, backend, decision.results)
         dump.json("report.json", report)

@@ -109,6 +109,22 @@ def build_report(
     }
 
 
+#: Report keys that time this run (wall-clock seconds), per report and per subgraph.
+RUN_TIMINGS = ("timings", "compile_seconds")
+
+
+def without_timings(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without this run's wall-clock seconds, as the saved model carries it: the
+    same model, inputs and flags then save the same bytes (the seconds stay in ``model.report``
+    and the job's report.json)."""
+    kept = {k: v for k, v in report.items() if k not in RUN_TIMINGS}
+    kept["subgraphs"] = [
+        {k: v for k, v in entry.items() if k not in RUN_TIMINGS}
+        for entry in report.get("subgraphs", [])
+    ]
+    return kept
+
+
 def analysis(placement: Placement, partitions: list[Partition]) -> dict[str, Any]:
     """The ``analyze_model`` result: supported ops by type, the others with reasons."""
     graph, candidates = placement.graph, placement.candidates

@@ -2,7 +2,8 @@
 
 ``call`` invokes one prebuilt tf.function that imports the GraphDef (a frozen graph run outside
 a tf.function was measured 6x slower). The report rides along as a string-returning tf.function,
-so it survives ``model.save`` and ``tf.saved_model.load`` (``loaded.kiln_report()``).
+so it survives ``model.save`` and ``tf.saved_model.load`` (``loaded.kiln_report()``, without
+the run's wall-clock seconds: the same trace saves the same bytes).
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         # autocast=False: inputs keep the example inputs' dtypes (float16, float64 ...), whatever
         # the Keras dtype policy (a mixed-precision policy would cast them).
         super().__init__(name="kiln_traced_model", autocast=False)
-        self._kiln_report_json = json.dumps(report, sort_keys=True)
         self._in_structure = serving.input_structure
         self._out_structure = serving.output_structure
         self._kiln_weights = list(serving.weights.values())
@@ -88,12 +88,13 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
         self._serve = _serve_function(serving, large)
         self.set_report(report)
 
-    def set_report(self, report: dict[str, Any]) -> None:
-        """Replace the report (kept as a string tf.function so that it is saved too)."""
-        report_json = json.dumps(report, sort_keys=True, default=str)
-        self._kiln_report_json = report_json
+    def set_report(self, report: dict[str, Any], saved: dict[str, Any] | None = None) -> None:
+        """Replace the report; ``saved`` (default: the report) is what the saved model carries,
+        as a string tf.function (``kiln_report()`` after a reload)."""
+        self._kiln_report_json = json.dumps(report, sort_keys=True, default=str)
+        saved_json = json.dumps(report if saved is None else saved, sort_keys=True, default=str)
         self.kiln_report = tf.function(
-            lambda: tf.constant(report_json), input_signature=[], autograph=False
+            lambda: tf.constant(saved_json), input_signature=[], autograph=False
         )
 
     @property
