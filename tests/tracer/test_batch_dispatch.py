@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from tests.tracer.conftest import max_rel_diff, mlp
 
 
-def test_each_batch_size_runs_its_own_choice(
-    rng: np.random.Generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import tensorflow as tf
-
+def _decide(rng: np.random.Generator, switch_pays: bool) -> tuple[Any, Any]:
+    """The MLP's measured placement with fixed timings: its one subgraph twice as fast as
+    plain TensorFlow at the example batch and twice as slow at 8 times it; every whole-model
+    candidate twice as fast, and the larger batch's one graph at the example batch clearly
+    slower than switching by batch size when ``switch_pays``, else twice as fast."""
     from kiln_client.flags import parse_flags
     from kiln_worker.tracer import passes
     from kiln_worker.tracer.backends.xla import XlaBackend
@@ -28,7 +29,6 @@ def test_each_batch_size_runs_its_own_choice(
 
     faster = Measurement((1.0,) * 7, (2.0,) * 7, 1)  # compiled twice as fast, no noise
     slower = Measurement((2.0,) * 7, (1.0,) * 7, 1)
-    monkeypatch.setattr(passes, "compare", lambda *args, **kwargs: faster)
     model, flags, dump = mlp(), parse_flags(""), WorkdirDumper(None)
     traced = passes.trace_inputs(model, rng.normal(size=(1, 32)).astype("float32"), dump)
     frozen = passes.freeze_graph(traced, flags, dump)
@@ -44,12 +44,30 @@ def test_each_batch_size_runs_its_own_choice(
     larger = passes.larger_examples(traced, frozen)
     assert larger is not None and larger[0].shape == (8, 32)
 
-    decision = passes.measure_model(traced, frozen, flags, compiled, larger)
+    def timing(first: Any, second: Any, args: list[Any]) -> Measurement:
+        # Only the check of the switch times a switching model (as ``plain``).
+        ops = {op.type for op in second.get_concrete_function().graph.get_operations()}
+        switching = bool({"If", "StatelessIf"} & ops)
+        return slower if switching and switch_pays else faster
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(passes, "compare", timing)
+        decision = passes.measure_model(traced, frozen, flags, compiled, larger)
+    return model, decision
+
+
+def test_each_batch_size_runs_its_own_choice(rng: np.random.Generator, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from kiln_worker.tracer import passes
+
+    model, decision = _decide(rng, switch_pays=True)
     assert decision.split_rows == 2  # between batch 1 and batch 8
     assert [(r.status, r.batches) for r in decision.results] == [("compiled", "<= 2")]
     placement = passes.placement_report("measured", decision)
-    assert [w["batch"] for w in placement["whole_model"]] == [1]  # nothing compiled left at 8
+    # Timed whole: at batch 1 (nothing compiled is left at 8), then the switch at batch 1.
+    assert [w["batch"] for w in placement["whole_model"]] == [1, 1]
+    assert placement["whole_model"][-1]["decision"] == "rejected"  # one graph for all: slower
     assert placement["split_rows"] == 2
     traced_model = decision.wrapped.model
     ops = {n.op for n in traced_model._serve.get_concrete_function().graph.as_graph_def().node}
@@ -62,6 +80,23 @@ def test_each_batch_size_runs_its_own_choice(
     for x in batches:  # after save and reload, both branches still answer
         (out,) = serve(tf.constant(x)).values()
         assert max_rel_diff(model(x), out) < 1e-5
+
+
+def test_a_switch_that_does_not_pay_for_itself_is_left_out(rng: np.random.Generator) -> None:
+    from kiln_worker.tracer import passes
+
+    model, decision = _decide(rng, switch_pays=False)
+    assert decision.split_rows is None  # one graph: the larger batch's choice (plain TF)
+    assert [r.status for r in decision.results] == ["rejected_no_gain"]
+    assert "switching graphs by batch size" in str(decision.results[0].reason)
+    placement = passes.placement_report("measured", decision)
+    assert placement["whole_model"][-1]["decision"] == "kept"
+    assert "against switching" in placement["whole_model"][-1]["candidate"]
+    serve = decision.wrapped.model._serve.get_concrete_function()
+    assert not {"If", "StatelessIf"} & {op.type for op in serve.graph.get_operations()}
+    for rows in (1, 8):
+        x = rng.normal(size=(rows, 32)).astype("float32")
+        assert max_rel_diff(model(x), decision.wrapped.model(x)) < 1e-5
 
 
 def test_a_graph_fixed_to_its_batch_is_timed_at_that_batch_only(rng: np.random.Generator) -> None:

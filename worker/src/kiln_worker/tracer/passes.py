@@ -159,7 +159,7 @@ def measure_model(
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
     slower with them than plain TensorFlow; then try only the subgraphs that were faster alone;
     then none. When the two batch sizes choose differently, the model runs each choice at the
-    batch sizes nearer its own (split at their geometric mean).
+    batch sizes nearer its own (split at their geometric mean), if that pays for itself.
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.
@@ -178,12 +178,49 @@ def measure_model(
     records = small.whole_model + large.whole_model
     if _kept(small.results) == _kept(large.results):
         return small._replace(whole_model=records)
+    return _by_batch_size(traced, frozen, (small, large), records, large_examples)
+
+
+def _by_batch_size(
+    traced: TracedFunction,
+    frozen: FrozenGraph,
+    choices: tuple[Decision, Decision],
+    records: tuple[dict[str, Any], ...],
+    large_examples: list[np.ndarray],
+) -> Decision:
+    """The two batch sizes chose differently: a model switching between both choices by batch
+    size, if the switch pays for itself; else the larger batch's choice for every batch size."""
+    small, large = choices
     rows = (_rows(traced, traced.examples), _rows(traced, large_examples))
     split = int(math.sqrt(rows[0] * rows[1]))
-    results = [_batches(s, g, split) for s, g in zip(small.results, large.results, strict=True)]
     wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
+    one_graph = _one_graph_for_all(traced, large, wrapped)
+    records = (*records, one_graph)
+    if one_graph["decision"] == "kept":
+        why = ("kept at the example batch only, where switching graphs by batch size measured "
+               "no faster than the larger batch's choice: that one serves every batch size")
+        results = [_rejected(g, why) if s.status == "compiled" and g.status != "compiled" else g
+                   for s, g in zip(small.results, large.results, strict=True)]
+        return large._replace(results=results, whole_model=records)
+    results = [_batches(s, g, split) for s, g in zip(small.results, large.results, strict=True)]
     logger.debug("measure: dispatch at %d rows: %s", split, [r.batches for r in results])
     return Decision(results, small.rewritten, wrapped, records, split)
+
+
+def _one_graph_for_all(traced: TracedFunction, large: Decision, dispatch: Wrapped) -> dict[str, Any]:
+    """Whether the larger batch's choice should serve every batch size: switching graphs by
+    batch size costs most at the example batch (a ``tf.cond``, and a compiled call that is no
+    longer the whole function: tens of microseconds), so it must pay for itself there. The
+    record of timing that one graph against the switch at the example batch: ``kept`` (one
+    graph) unless clearly slower (then the switch is kept; at the larger batch it runs that
+    same graph behind the switch)."""
+    import tensorflow as tf
+
+    args = [tf.constant(x) for x in traced.examples]
+    timing = compare(large.wrapped.model._serve, dispatch.model._serve, args)
+    return {"candidate": "the larger batch's choice at every batch size (against switching "
+            "by batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
+            "decision": "rejected" if timing.clearly_slower else "kept"}
 
 
 def _one_call_model(
