@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
 from kiln_client.codes import FailureCode
 from kiln_worker._failures import (
     JobError,
@@ -367,8 +368,7 @@ def _pair_outputs(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str,
 
 
 def _pack(directory: Path, archive: Path) -> None:
-    # compresslevel 1: weights barely compress, and level 9 took 10 s on ResNet50.
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=TAR_GZ_COMPRESSLEVEL) as tar:
         tar.add(directory, arcname=directory.name)
 
 
