@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 import kiln_client
+from kiln_client import cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_import_loads_no_tensorflow_fastapi_or_celery() -> None:
@@ -71,3 +80,31 @@ def test_env_fallbacks_and_key_never_in_repr(monkeypatch: pytest.MonkeyPatch) ->
     assert client.max_retries != 0 and other._http is client._http
     monkeypatch.delenv("KILN_API_KEY")
     assert "Authorization" not in kiln_client.Client("http://x")._headers(None)
+
+
+def _project(member: str) -> dict[str, Any]:
+    with (REPO / member / "pyproject.toml").open("rb") as f:
+        project: dict[str, Any] = tomllib.load(f)["project"]
+    return project
+
+
+def test_workspace_versions_move_together_and_pins_require_them(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The three packages are released together: one version, and each pin on a sibling asks for
+    # at least its current minor, so an older kiln-client cannot satisfy a newer kiln-service.
+    version = _project("client")["version"]
+    assert {_project(m)["version"] for m in ("service", "worker", ".")} == {version}
+    assert kiln_client.__version__ == version
+    current = Version(version)
+    for member in ("service", "worker"):
+        deps = [Requirement(str(d)) for d in _project(member)["dependencies"]]
+        siblings = [r for r in deps if r.name.startswith("kiln-")]
+        assert siblings, member
+        for req in siblings:
+            floor = re.fullmatch(r">=(\d+)\.(\d+)", str(req.specifier))
+            assert floor, (member, str(req))
+            assert (int(floor[1]), int(floor[2])) == (current.major, current.minor), (member, str(req))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kiln {version}"

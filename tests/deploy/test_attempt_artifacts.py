@@ -37,7 +37,8 @@ from kiln_service.stores.artifacts import (
     upload_key,
 )
 from kiln_service.stores.jobs import JobRecord, JobStore
-from kiln_worker._compile_job import CompileAttempt, WorkerContext
+from kiln_worker._compile_job import CompileAttempt
+from kiln_worker._context import WorkerContext
 from kiln_worker.config import WorkerSettings
 
 

@@ -112,7 +112,8 @@ TASK_SCRIPT = textwrap.dedent("""
     from kiln_service.stores.artifacts import upload_key
     from kiln_service.stores.jobs import JobStore
     from kiln_service.stores.s3 import S3ArtifactStore
-    from kiln_worker._compile_job import WorkerContext, run_compile_job
+    from kiln_worker._compile_job import run_compile_job
+    from kiln_worker._context import WorkerContext
     from kiln_worker.config import WorkerSettings
 
     db_url, bucket = sys.argv[1], sys.argv[2]

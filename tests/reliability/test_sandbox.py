@@ -38,7 +38,8 @@ from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.stores.artifacts import LocalArtifactStore, upload_key
 from kiln_service.stores.jobs import JobStore
-from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._compile_job import run_compile_job
+from kiln_worker._context import WorkerContext
 from kiln_worker._sandbox import isolation
 from kiln_worker._supervise import ChildProcess, child_environment
 from kiln_worker.config import WorkerSettings

@@ -22,7 +22,8 @@ from worker_helpers import worker_context
 
 from _support.processes import BIN, quiet_env, runner_pids, start
 from kiln_service.stores.artifacts import artifact_key
-from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._compile_job import run_compile_job
+from kiln_worker._context import WorkerContext
 from kiln_worker._warm import WarmSlot
 from kiln_worker.config import cpu_seconds
 

@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from kiln_worker import cli
+from kiln_worker.config import WorkerSettings
+
 PROBE = """
 import json, sys
 from kiln_service.config import Settings
@@ -51,3 +56,23 @@ def test_cli_rejects_unknown_targets() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "tpu" in proc.stderr and "xla" in proc.stderr and "inf1" in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--hostname", " "], "--hostname must not be empty"),
+])
+def test_cli_rejects_bad_arguments_before_starting(argv: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_celery_worker_arguments() -> None:
+    options = WorkerSettings(targets="xla,inf1", concurrency=2)
+    args = cli._celery_worker_args(options, "kiln.xla,kiln.inf1", "DEBUG", None)
+    assert args[0] == "worker"
+    assert {"--loglevel=DEBUG", "--queues=kiln.xla,kiln.inf1", "--concurrency=2", "--pool=prefork",
+            "--hostname=kiln-xla-inf1@%h"} <= set(args)
+    named = cli._celery_worker_args(options, "kiln.xla", "INFO", "kiln-xla-2@%h")
+    assert named[-1] == "--hostname=kiln-xla-2@%h"

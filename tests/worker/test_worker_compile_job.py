@@ -16,7 +16,8 @@ from worker_helpers import runner_processes, worker_context
 
 from kiln_client.models import FailureKind, JobStatus
 from kiln_service.stores.artifacts import artifact_key, upload_key
-from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._compile_job import run_compile_job
+from kiln_worker._context import WorkerContext
 
 
 @pytest.fixture

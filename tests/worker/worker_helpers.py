@@ -17,7 +17,7 @@ from kiln_service import migrations
 from kiln_service.config import Settings
 from kiln_service.stores.artifacts import LocalArtifactStore
 from kiln_service.stores.jobs import JobStore
-from kiln_worker._compile_job import WorkerContext
+from kiln_worker._context import WorkerContext
 from kiln_worker._protocol import JobSpec, parse_event
 from kiln_worker.config import WorkerSettings
 

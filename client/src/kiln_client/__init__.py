@@ -53,7 +53,7 @@ from kiln_client.models import (
     Stage,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "APIConnectionError",

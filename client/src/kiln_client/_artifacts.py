@@ -17,6 +17,7 @@ from kiln_client.errors import ChecksumError, KilnError
 __all__ = [
     "COMPILED_MODEL",
     "REDIRECT",
+    "TAR_GZ_COMPRESSLEVEL",
     "SSEParser",
     "append_download",
     "append_download_async",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 COMPILED_MODEL = "compiled_model.tar.gz"
+#: gzip level of every ``.tar.gz`` Kiln writes (uploads, compiled models, workdirs): SavedModels
+#: are mostly float weights, which barely compress, and level 9 took 10 s on ResNet50.
+TAR_GZ_COMPRESSLEVEL = 1
 
 
 def artifact_target(name: str, dest: str | Path | None) -> Path:

@@ -255,6 +255,16 @@ class Client(_BaseClient):
                             webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
                                      "webhook_secret": webhook_secret}, sources=sources,
                             cache=cache)
+        resp = self._submit(model, example_inputs, form, signature=signature, progress=progress)
+        job = Job._bind(self, resp.json())
+        logger.info("submitted job %s", job.id)
+        if wait:
+            job.wait(progress=progress)
+        return job
+
+    def _submit(self, model: Any, example_inputs: Any, form: dict[str, str], *, signature: str,
+                progress: bool) -> httpx.Response:
+        """``POST /v1/compile``: the model's digest alone first, the upload only on a miss."""
         # One key per compile() call: retries of this upload can never start a second job.
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
@@ -267,11 +277,7 @@ class Client(_BaseClient):
                 with upload_files(upload, progress) as files:
                     resp = self._request("POST", "/v1/compile", headers=headers,
                                          **multipart(form, files))
-        job = Job._bind(self, resp.json())
-        logger.info("submitted job %s", job.id)
-        if wait:
-            job.wait(progress=progress)
-        return job
+        return resp
 
 
 class AsyncClient(_BaseClient):
@@ -365,6 +371,17 @@ class AsyncClient(_BaseClient):
                             webhook={"webhook_url": webhook_url, "webhook_events": webhook_events,
                                      "webhook_secret": webhook_secret}, sources=sources,
                             cache=cache)
+        resp = await self._submit(model, example_inputs, form, signature=signature,
+                                  progress=progress)
+        job = AsyncJob._bind(self, resp.json())
+        logger.info("submitted job %s", job.id)
+        if wait:
+            await job.wait(progress=progress)
+        return job
+
+    async def _submit(self, model: Any, example_inputs: Any, form: dict[str, str], *,
+                      signature: str, progress: bool) -> httpx.Response:
+        """``POST /v1/compile``; see :meth:`Client._submit`."""
         headers = {IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         with tempfile.TemporaryDirectory(prefix="kiln-upload-") as tmp:
             # Digesting, packing (and saving a keras model) block: keep them off the event loop.
@@ -378,8 +395,4 @@ class AsyncClient(_BaseClient):
                 with upload_files(upload, progress) as files:
                     resp = await self._request("POST", "/v1/compile", headers=headers,
                                                **multipart(form, files))
-        job = AsyncJob._bind(self, resp.json())
-        logger.info("submitted job %s", job.id)
-        if wait:
-            await job.wait(progress=progress)
-        return job
+        return resp

@@ -29,15 +29,10 @@ def compile_form(
     cache: bool = True,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/compile``, checked against ``CompileRequest`` first."""
-    flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
-    try:
-        # Checked here too so that a typo fails before a large upload, not after it.
-        parse_flags(flag_text or "")
-    except FlagsError as exc:
-        raise InputError(f"flags: {exc}") from exc
+    flag_text = _checked_flags(flags)
     try:
         req = models.CompileRequest(
-            flags=flag_text or "", target=target, signature=signature,
+            flags=flag_text, target=target, signature=signature,
             placement=models.PlacementSpec.model_validate(
                 dict(placement) if isinstance(placement, Mapping) else placement
             ) if placement is not None else None,
@@ -47,6 +42,21 @@ def compile_form(
         )
     except pydantic.ValidationError as exc:
         raise InputError(f"invalid compile options: {exc}") from exc
+    return _form_fields(req)
+
+
+def _checked_flags(flags: str | Sequence[str] | None) -> str:
+    """The flags as one string, parsed here too so that a typo fails before a large upload."""
+    flag_text = flags if isinstance(flags, str) or flags is None else shlex.join(flags)
+    try:
+        parse_flags(flag_text or "")
+    except FlagsError as exc:
+        raise InputError(f"flags: {exc}") from exc
+    return flag_text or ""
+
+
+def _form_fields(req: models.CompileRequest) -> dict[str, str]:
+    """The request as form fields: text as is, structured values as JSON, defaults left out."""
     form = {"flags": req.flags, "target": req.target, "signature": req.signature}
     if req.placement is not None:
         form["placement"] = req.placement.model_dump_json(exclude_none=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
 from kiln_client._savedmodel import ProtoDecodeError, signature_inputs
 from kiln_client.errors import InputError
 
@@ -111,8 +112,7 @@ def _pack_path(path: Path, workdir: Path) -> Path:
             "(the one written by model.save() / tf.saved_model.save())"
         )
     target = workdir / "model.tar.gz"
-    # compresslevel 1: SavedModels are mostly float weights, which barely compress anyway.
-    with tarfile.open(target, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(target, "w:gz", compresslevel=TAR_GZ_COMPRESSLEVEL) as tar:
         tar.add(path, arcname="model", recursive=True)
     logger.debug("packed %s into %s (%d bytes)", path, target, target.stat().st_size)
     return target

@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from kiln_client import __version__
 from kiln_client._cli_cache import add_cache_commands
 from kiln_client._cli_common import (
     EXIT_API,
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="service URL (default: $KILN_URL)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{compile,jobs,cache,verify}",
                                 required=True)
     add_compile_command(sub)

@@ -10,8 +10,8 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -180,7 +180,30 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         The application.
     """
     settings = settings or get_settings()
-    services = Services(
+    services = _open_services(settings, celery)
+    event_bus = EventBus(settings, services.job_store)
+    services.job_store.notifier = event_bus.notify
+    traced = configure_tracing(settings.tracing, service_name="kiln-api")
+    app = FastAPI(
+        title="Kiln", version=_version(), lifespan=_lifespan(services, event_bus),
+        description="Compile TensorFlow SavedModels for accelerators (tensorflow.neuron.trace as a service).",
+        **(fastapi_telemetry_off() if traced else {}),
+    )
+    app.state.services = services
+    app.state.event_bus = event_bus
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    if traced:
+        app.add_middleware(TracingMiddleware)
+    app.add_middleware(ObserveMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestIdMiddleware)
+    _include_routes(app)
+    return app
+
+
+def _open_services(settings: Settings, celery: Celery | None) -> Services:
+    """The stores, queue and metrics of one API process (no connection is made yet)."""
+    return Services(
         settings=settings,
         job_store=JobStore(settings.resolved_database_url),
         artifact_store=open_artifact_store(settings.resolved_storage_url),
@@ -189,8 +212,12 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         staging_dir=process_staging_dir(settings.staging_dir),
         ui_secret=session_secret(settings.ui_session_secret, settings.data_dir),
     )
-    event_bus = EventBus(settings, services.job_store)
-    services.job_store.notifier = event_bus.notify
+
+
+def _lifespan(services: Services, event_bus: EventBus
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: prepare the database and staging, run the event bus and webhooks."""
+    settings = services.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -209,20 +236,11 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         event_bus.stop()
         services.job_store.dispose()
 
-    traced = configure_tracing(settings.tracing, service_name="kiln-api")
-    app = FastAPI(
-        title="Kiln", version=_version(), lifespan=lifespan,
-        description="Compile TensorFlow SavedModels for accelerators (tensorflow.neuron.trace as a service).",
-        **(fastapi_telemetry_off() if traced else {}),
-    )
-    app.state.services = services
-    app.state.event_bus = event_bus
-    app.dependency_overrides[get_settings] = lambda: settings
-    install_error_handlers(app)
-    if traced:
-        app.add_middleware(TracingMiddleware)
-    app.add_middleware(ObserveMiddleware, metrics=services.metrics)
-    app.add_middleware(RequestIdMiddleware)
+    return lifespan
+
+
+def _include_routes(app: FastAPI) -> None:
+    """The API's routes, the UI and the OpenAPI document."""
     # Every /v1 route authenticates (once per request: FastAPI caches the dependency, so the
     # routes' own TenantDep reuses the result); health, metrics and the docs stay open.
     for module in (compile, jobs, events, artifacts, workers, webhooks, cache):
@@ -231,7 +249,6 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.include_router(errors_page.router)
     install_ui(app)
     install_openapi(app)
-    return app
 
 
 def _start_webhook_sender(services: Services) -> asyncio.Task[None] | None:

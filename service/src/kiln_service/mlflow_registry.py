@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
 from kiln_service.config import Settings
 from kiln_service.errors import (
     DependencyUnavailableError,
@@ -244,7 +245,7 @@ def _fresh(folder: Path) -> None:
 
 def _archive(folder: Path, target: Path) -> ReceivedFile:
     """Pack ``folder`` as ``model/…`` into a ``.tar.gz`` (what an upload would be)."""
-    with tarfile.open(target, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(target, "w:gz", compresslevel=TAR_GZ_COMPRESSLEVEL) as tar:
         tar.add(folder, arcname="model")
     digest = hashlib.sha256()
     with open(target, "rb") as f:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -34,6 +34,9 @@ from kiln_service.errors import (
     UnsupportedMediaTypeError,
     UploadRejectedError,
 )
+
+if TYPE_CHECKING:  # the api extra; the worker imports this module without it
+    from python_multipart.multipart import MultipartParser
 
 __all__ = ["ReceivedFile", "ReceivedForm", "is_disk_full", "receive_multipart"]
 
@@ -215,32 +218,14 @@ async def receive_multipart(
     boundary = _boundary(content_type)
     # Imported here: workers use this module's records, and have no python-multipart (api extra).
     from python_multipart.exceptions import MultipartParseError
-    from python_multipart.multipart import MultipartParser
 
     staging.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(staging=staging, prefix=prefix, file_fields=file_fields,
                          text_fields=text_fields, max_file_bytes=max_file_bytes,
                          max_field_bytes=max_field_bytes)
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-        name: getattr(receiver, name) for name in (
-            "on_part_begin", "on_part_data", "on_part_end", "on_header_field",
-            "on_header_value", "on_header_end", "on_headers_finished")
-    })
-    total, batch = 0, bytearray()
     try:
-        async for chunk in _arriving(stream, idle_timeout_seconds):
-            total += len(chunk)
-            if total > max_body_bytes:
-                raise PayloadTooLargeError(f"the request body is larger than {max_body_bytes} bytes",
-                                           code="request_too_large")
-            batch += chunk
-            if len(batch) >= _BATCH_BYTES:
-                # Hashing and disk writes run in a thread so the event loop keeps serving others.
-                await anyio.to_thread.run_sync(parser.write, bytes(batch))
-                batch.clear()
-        if batch:
-            await anyio.to_thread.run_sync(parser.write, bytes(batch))
-        parser.finalize()
+        await _feed(_parser(boundary, receiver), stream, max_body_bytes=max_body_bytes,
+                    idle_timeout_seconds=idle_timeout_seconds)
     except MultipartParseError as exc:
         receiver.discard()
         raise BadRequestError(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
@@ -257,6 +242,41 @@ async def receive_multipart(
         raise BadRequestError("the multipart body ended in the middle of a file", code="invalid_multipart")
     logger.debug("received %s", {k: v.size for k, v in receiver.form.files.items()})
     return receiver.form
+
+
+def _parser(boundary: bytes, receiver: _Receiver) -> MultipartParser:
+    """A streaming multipart parser calling ``receiver``'s ``on_…`` methods."""
+    from python_multipart.multipart import MultipartParser
+
+    return MultipartParser(boundary, {  # type: ignore[arg-type]
+        name: getattr(receiver, name) for name in (
+            "on_part_begin", "on_part_data", "on_part_end", "on_header_field",
+            "on_header_value", "on_header_end", "on_headers_finished")
+    })
+
+
+async def _feed(parser: MultipartParser, stream: AsyncIterator[bytes], *, max_body_bytes: int,
+                idle_timeout_seconds: float) -> None:
+    """Write the body into ``parser`` as it arrives, in batches, then finalize it.
+
+    Raises:
+        PayloadTooLargeError: The body is over ``max_body_bytes``.
+        RequestTimeoutError: The body stopped arriving for ``idle_timeout_seconds``.
+    """
+    total, batch = 0, bytearray()
+    async for chunk in _arriving(stream, idle_timeout_seconds):
+        total += len(chunk)
+        if total > max_body_bytes:
+            raise PayloadTooLargeError(f"the request body is larger than {max_body_bytes} bytes",
+                                       code="request_too_large")
+        batch += chunk
+        if len(batch) >= _BATCH_BYTES:
+            # Hashing and disk writes run in a thread so the event loop keeps serving others.
+            await anyio.to_thread.run_sync(parser.write, bytes(batch))
+            batch.clear()
+    if batch:
+        await anyio.to_thread.run_sync(parser.write, bytes(batch))
+    parser.finalize()
 
 
 def _boundary(content_type: str) -> bytes:

@@ -9,8 +9,9 @@ time limit → store the artifacts under the attempt's own keys (``jobs/<id>/att
 A stale attempt's finish is refused and it deletes what it stored. The temporary directory is
 removed afterwards, whatever happened.
 
-Here: the worker's context, claiming, preparing and the attempt's outline. Running the compile
-process is :mod:`kiln_worker._compile_run`; storing the artifacts and finishing the job,
+Here: claiming, preparing and the attempt's outline. The worker's stores and settings are
+:class:`kiln_worker._context.WorkerContext`; running the compile process is
+:mod:`kiln_worker._compile_run`; storing the artifacts and finishing the job,
 :mod:`kiln_worker._compile_store`.
 """
 
@@ -18,21 +19,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln_client.codes import FailureCode, FailureKind
 from kiln_client.models import Failure, JobStatus, Stage
-from kiln_service.config import Settings, get_settings
-from kiln_service.events import make_publisher
 from kiln_service.logs import bind
-from kiln_service.stores.artifacts import ArtifactStore, open_artifact_store, upload_key
-from kiln_service.stores.jobs import JobRecord, JobStore
+from kiln_service.stores.artifacts import upload_key
+from kiln_service.stores.jobs import JobRecord
 from kiln_service.tracing import annotate, traced
 from kiln_worker._compile_run import SupervisedRun
 from kiln_worker._compile_store import StoringRun, retry_or_fail
+from kiln_worker._context import WorkerContext
 from kiln_worker._job_dirs import UnsafeOutputError, compiled_file, job_dir
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, child_failure
 from kiln_worker._limits import CRASH_MARK, crash_failure
@@ -40,44 +38,12 @@ from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, JobSpec, rewrite_workdir
 from kiln_worker._sandbox import isolation
 from kiln_worker._upload import UploadError, unpack_model
 from kiln_worker._warm import CompileProcess, WarmSlot
-from kiln_worker.config import WorkerSettings, get_worker_settings, worker_id
+from kiln_worker.config import worker_id
 
 # retry_or_fail lives in _compile_store (finishing an attempt); it is still importable from here.
-__all__ = ["CompileAttempt", "WorkerContext", "run_compile_job"]
+__all__ = ["CompileAttempt", "run_compile_job"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerContext:
-    """The stores and settings a worker process uses for every job (built once per process)."""
-
-    settings: Settings
-    options: WorkerSettings
-    jobs: JobStore
-    artifacts: ArtifactStore
-    enqueue: Callable[[str, str], object] | None = None
-    """Sends ``kiln.compile`` for ``(job_id, target)`` when a system error is retried (without
-    it, the reconciler re-sends the queued job after ``KILN_REQUEUE_AFTER_SECONDS``)."""
-
-    @classmethod
-    def open(cls, settings: Settings | None = None, options: WorkerSettings | None = None,
-             enqueue: Callable[[str, str], object] | None = None) -> WorkerContext:
-        """Open the job and artifact stores named by the settings (environment by default)."""
-        settings = settings or get_settings()
-        return cls(
-            settings=settings,
-            options=options or get_worker_settings(),
-            jobs=_announcing(JobStore(settings.resolved_database_url), settings),
-            artifacts=open_artifact_store(settings.resolved_storage_url),
-            enqueue=enqueue,
-        )
-
-
-def _announcing(store: JobStore, settings: Settings) -> JobStore:
-    """The store, announcing each change on Redis pub/sub when the broker is Redis (live events)."""
-    store.notifier = make_publisher(settings)
-    return store
 
 
 def run_compile_job(ctx: WorkerContext, job_id: str, warm: WarmSlot | None = None

@@ -12,12 +12,12 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kiln_client.models import Failure, Stage
 from kiln_service.errors import StoreError
 from kiln_service.stores.jobs import JobRecord
 from kiln_service.tracing import inject, traced
+from kiln_worker._context import WorkerContext
 from kiln_worker._job_dirs import PREFIX, owner_tag
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, take_line
 from kiln_worker._limits import CRASH_MARK, CompileLimits
@@ -25,9 +25,6 @@ from kiln_worker._sandbox import Isolation
 from kiln_worker._supervise import ChildProcess
 from kiln_worker._tracing import ChildSpans
 from kiln_worker._warm import CompileProcess, start_compile_process
-
-if TYPE_CHECKING:
-    from kiln_worker._compile_job import WorkerContext
 
 __all__ = ["SupervisedRun"]
 

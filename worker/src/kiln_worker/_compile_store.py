@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kiln_client.codes import FailureCode
 from kiln_client.models import Artifact, Failure, JobStatus, Stage
@@ -25,12 +25,10 @@ from kiln_service.stores.artifacts import artifact_key, attempt_prefix
 from kiln_service.stores.jobs import JobRecord
 from kiln_service.tracing import annotate, traced
 from kiln_worker._advertise import toolchains
+from kiln_worker._context import WorkerContext
 from kiln_worker._job_dirs import UnsafeOutputError, compiled_file
 from kiln_worker._job_io import LogBuffer, ProgressBuffer, summarize_report
 from kiln_worker._upload import pack_dir
-
-if TYPE_CHECKING:
-    from kiln_worker._compile_job import WorkerContext
 
 __all__ = ["StoringRun", "retry_or_fail"]
 

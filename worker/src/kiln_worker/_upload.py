@@ -11,6 +11,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
+
 __all__ = ["UploadError", "find_saved_model", "pack_dir", "unpack_model"]
 
 
@@ -108,7 +110,7 @@ def pack_dir(directory: Path, archive: Path, arcname: str) -> int:
         How many files were packed.
     """
     count = 0
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=TAR_GZ_COMPRESSLEVEL) as tar:
         tar.add(directory, arcname=arcname, recursive=False)
         for root, dirs, files in os.walk(directory, followlinks=False):
             rel = Path(root).relative_to(directory)

@@ -30,16 +30,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kiln_worker._context import WorkerContext
 from kiln_worker._job_dirs import PREFIX, job_dir, owner_tag
 from kiln_worker._limits import CompileLimits
 from kiln_worker._protocol import Handoff, parse_event
 from kiln_worker._sandbox import Isolation, isolation
 from kiln_worker._supervise import ChildProcess, child_environment
-
-if TYPE_CHECKING:
-    from kiln_worker._compile_job import WorkerContext
 
 __all__ = ["AHEAD_TAG", "CompileProcess", "WarmSlot", "start_compile_process"]
 

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from kiln_service.config import TARGETS, get_settings
+from kiln_service.config import TARGETS, Settings, get_settings
 from kiln_service.logs import configure_logging
 from kiln_service.queue import COMPILE_TASK, queue_name
 from kiln_service.tracing import TracingUnavailableError, require_tracing
@@ -52,35 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         (``KILN_WORKER_SANDBOX``) cannot work on this machine.
     """
     args = build_parser().parse_args(argv)
-    overrides: dict[str, object] = {}
     try:
-        if args.targets is not None:
-            overrides["targets"] = ",".join(parse_targets(args.targets))
-        if args.concurrency is not None:
-            if args.concurrency < 1:
-                raise ValueError("--concurrency must be at least 1")
-            overrides["concurrency"] = args.concurrency
-        options = WorkerSettings(**overrides)  # type: ignore[arg-type]
-        settings = get_settings()
-        if args.hostname is not None and not args.hostname.strip():
-            raise ValueError("--hostname must not be empty (such as --hostname kiln-xla-2@%h)")
-        require_tracing(settings.tracing)  # spans start in the pool processes, per job
+        settings, options = _read_settings(args)
     except (ValueError, TracingUnavailableError) as exc:
         print(f"kiln-worker: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, args.loglevel, static={"service": "worker"})
-    for handler in logging.getLogger().handlers:
-        handler.filters.insert(0, _CeleryTaskJob())
-    from celery.signals import setup_logging
-
-    # Celery keeps the handler installed above (JSON or text) instead of its own formatting.
-    setup_logging.connect(_keep_our_logging, weak=False)
-    quiet: list[str] = []
-    if settings.log_format == "json":
-        quiet = ["--quiet"]  # no banner: every line of a JSON log is JSON
-        from celery.signals import worker_ready
-
-        worker_ready.connect(_silent_shutdown, weak=False)
+    quiet = _install_logging(settings, args.loglevel)
     from kiln_worker._sandbox import SandboxUnavailableError, isolation
 
     try:  # before any job: a worker that cannot isolate compiles must not take one
@@ -92,22 +69,81 @@ def main(argv: list[str] | None = None) -> int:
     (log.warning if found.sandbox.mode == "none" else log.info)("%s", found.describe())
     from kiln_worker.celery_app import create_worker_app
 
-    hostname = args.hostname or f"kiln-{options.targets.replace(',', '-')}@%h"
     app = create_worker_app(settings, options)
     queues = ",".join(queue_name(t) for t in parse_targets(options.targets))
     log.info(
         "kiln-worker serving %s on %s (job store %s)", queues,
         settings.broker_url.split("@")[-1], settings.resolved_database_url.split("@")[-1],
     )
-    app.worker_main([
-        *quiet, "worker", f"--loglevel={args.loglevel}", f"--queues={queues}",
+    app.worker_main([*quiet, *_celery_worker_args(options, queues, args.loglevel, args.hostname)])
+    return 0
+
+
+def _read_settings(args: argparse.Namespace) -> tuple[Settings, WorkerSettings]:
+    """The service's and the worker's settings: the environment, overridden by the arguments.
+
+    Raises:
+        ValueError: a bad argument or setting.
+        TracingUnavailableError: ``KILN_TRACING`` asks for what is not installed.
+    """
+    overrides: dict[str, object] = {}
+    if args.targets is not None:
+        overrides["targets"] = ",".join(parse_targets(args.targets))
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        overrides["concurrency"] = args.concurrency
+    options = WorkerSettings(**overrides)  # type: ignore[arg-type]
+    settings = get_settings()
+    if args.hostname is not None and not args.hostname.strip():
+        raise ValueError("--hostname must not be empty (such as --hostname kiln-xla-2@%h)")
+    require_tracing(settings.tracing)  # spans start in the pool processes, per job
+    return settings, options
+
+
+def _install_logging(settings: Settings, loglevel: str) -> list[str]:
+    """Install Kiln's log handler for the worker and keep Celery from replacing it.
+
+    Returns:
+        Celery's extra arguments: ``--quiet`` for a JSON log, else none.
+    """
+    configure_logging(settings.log_format, loglevel, static={"service": "worker"})
+    for handler in logging.getLogger().handlers:
+        handler.filters.insert(0, _CeleryTaskJob())
+    from celery.signals import setup_logging
+
+    # Celery keeps the handler installed above (JSON or text) instead of its own formatting.
+    setup_logging.connect(_keep_our_logging, weak=False)
+    if settings.log_format != "json":
+        return []
+    from celery.signals import worker_ready
+
+    worker_ready.connect(_silent_shutdown, weak=False)
+    return ["--quiet"]  # no banner: every line of a JSON log is JSON
+
+
+def _celery_worker_args(options: WorkerSettings, queues: str, loglevel: str,
+                       hostname: str | None) -> list[str]:
+    """The arguments of ``celery worker`` for these settings.
+
+    Args:
+        options: the worker's settings (targets, concurrency).
+        queues: the comma-separated queues to consume.
+        loglevel: the log level name.
+        hostname: the Celery node name; ``kiln-<targets>@%h`` when ``None``.
+
+    Returns:
+        The arguments, starting with the ``worker`` command.
+    """
+    node = hostname or f"kiln-{options.targets.replace(',', '-')}@%h"
+    return [
+        "worker", f"--loglevel={loglevel}", f"--queues={queues}",
         f"--concurrency={options.concurrency}", "--pool=prefork",
         # Gossip, mingle and event heartbeats coordinate Celery features Kiln does not use,
         # and cost seconds at start-up on the embedded transport.
         "--without-gossip", "--without-mingle", "--without-heartbeat",
-        f"--hostname={hostname}",
-    ])
-    return 0
+        f"--hostname={node}",
+    ]
 
 
 class _CeleryTaskJob(logging.Filter):

@@ -9,6 +9,7 @@ reloaded and its ``serving_default`` outputs compared with the original's), ``st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,15 +19,16 @@ import tarfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
 from kiln_client.codes import FailureCode
+from kiln_worker._check import check_reloaded, measure_compiled_speed, run_model
 from kiln_worker._failures import (
     JobError,
     classify_exception,
-    classify_model_exception,
     model_error_text,
 )
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, Handoff, JobSpec, encode_event
@@ -162,6 +164,25 @@ def _configure_logging(job_id: str) -> None:
     bind(job_id=job_id, attempt=int(attempt) if attempt.isdigit() else None)
 
 
+class _Stopwatch:
+    """Seconds per stage of one compile, for the report's ``timings``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        mark = time.perf_counter()
+        yield
+        self.seconds[f"{name}_seconds"] = time.perf_counter() - mark
+
+    def rounded(self) -> dict[str, float]:
+        """Each stage's seconds, then ``total_seconds``, to 0.1 ms."""
+        total = {"total_seconds": time.perf_counter() - self.started}
+        return {k: round(v, 4) for k, v in {**self.seconds, **total}.items()}
+
+
 def _compile(spec: JobSpec, events: EventChannel) -> None:
     # Keras 2 (tf_keras) as tf.keras, as the tracer's returned model and tensorflow-neuron
     # users expect; must be set before TensorFlow is imported.
@@ -170,70 +191,42 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
 
     from kiln_worker._inputs import placement_callback, prepare_inputs, signature_specs
 
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    events.progress("loading", 0.02, "loading the SavedModel")
-    _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
-    inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes, spec.seed)
-    expected, reference_reason = _run_model(tf, fn, inputs, "the model failed on the example inputs")
-    timings["load_seconds"] = time.perf_counter() - started
-
+    clock = _Stopwatch()
+    with clock.stage("load"):
+        events.progress("loading", 0.02, "loading the SavedModel")
+        _loaded, fn = _load_signature(tf, spec)  # _loaded owns the variables fn uses: keep it
+        inputs = prepare_inputs(signature_specs(fn), spec.example_inputs, spec.input_shapes,
+                                spec.seed)
+        expected, reference_reason = run_model(tf, fn, inputs,
+                                                "the model failed on the example inputs")
     events.progress("tracing", 0.10, "tracing the signature")
     _test_hook_sleep()
-    mark = time.perf_counter()
-    model = _trace(spec, fn, inputs, placement_callback(spec.placement), events)
-    timings["trace_seconds"] = time.perf_counter() - mark
-
+    with clock.stage("trace"):
+        model = _trace(spec, fn, inputs, placement_callback(spec.placement), events)
     events.progress("verifying", 0.80, "saving and reloading the compiled model")
-    mark = time.perf_counter()
     compiled_dir = Path(spec.output_dir) / "compiled_model"
-    model.save(str(compiled_dir))
-    manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
-    timings["save_seconds"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    check, reloaded = _verify(tf, compiled_dir, inputs, expected)
-    timings["verify_seconds"] = time.perf_counter() - mark
+    with clock.stage("save"):
+        model.save(str(compiled_dir))
+        manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
+    with clock.stage("verify"):
+        check, reloaded = check_reloaded(tf, compiled_dir, inputs, expected)
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
-    mark = time.perf_counter()
-    speed = _measure_speed(tf, fn, reloaded, inputs)
-    timings["speed_seconds"] = time.perf_counter() - mark
-
+    with clock.stage("speed"):
+        speed = measure_compiled_speed(fn, reloaded, inputs)
     events.progress("storing", 0.90, "packing the compiled model")
-    mark = time.perf_counter()
-    _pack(compiled_dir, Path(spec.output_dir) / "compiled_model.tar.gz")
-    timings["pack_seconds"] = time.perf_counter() - mark
-    timings["total_seconds"] = time.perf_counter() - started
+    with clock.stage("pack"):
+        _pack(compiled_dir, Path(spec.output_dir) / "compiled_model.tar.gz")
     report = {
-        "tracer": getattr(model, "report", None),
-        "numerical_check": check,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "versions": _versions(tf),
+        "tracer": getattr(model, "report", None), "numerical_check": check,
+        "timings": clock.rounded(), "versions": _versions(tf),
         "inputs": {n: {"dtype": t.dtype.name, "shape": t.shape.as_list()} for n, t in inputs.items()},
         "inputs_generated": spec.example_inputs is None,
         "verify": {"reference": "xla" if reference_reason else "tensorflow",
                    "reason": reference_reason},
-        "manifest": manifest,
-        "speed": speed,
+        "manifest": manifest, "speed": speed,
     }
     (Path(spec.output_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
-
-
-def _measure_speed(tf: Any, fn: Any, reloaded: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Original vs. reloaded compiled serving latency (see ``_speed``); never fails the job."""
-    from kiln_worker._speed import measure_speed
-
-    try:
-        serving = reloaded.signatures["serving_default"]
-
-        def compiled(**kwargs: Any) -> Any:
-            return serving(**_rename_inputs(serving, kwargs))
-
-        return measure_speed(fn, compiled, inputs)
-    except Exception as exc:  # a measurement problem is reported, not a failed compile
-        summary = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-        logger.warning("speed measurement failed: %s", summary)
-        return {"error": summary, "batches": {}}
 
 
 def _placement_label(spec: JobSpec, report: Any) -> str:
@@ -283,26 +276,6 @@ def _test_hook_sleep() -> None:
         time.sleep(seconds)
 
 
-def _run_model(
-    tf: Any, fn: Any, inputs: dict[str, Any], what: str
-) -> tuple[dict[str, Any], str | None]:
-    """The outputs of ``fn(**inputs)`` as named arrays, and why XLA computed them (or ``None``:
-    TensorFlow ran it; XLA compiles it whole when TensorFlow's CPU kernels cannot run it)."""
-    from kiln_worker.tracer.reference import call_with_xla_fallback
-
-    try:
-        outputs, reason = call_with_xla_fallback(lambda: fn(**inputs), [], "loading", in_graph=False)
-    except Exception as exc:
-        failure = classify_model_exception(exc, what)
-        if failure is None:
-            raise
-        raise JobError(failure.code, failure.message) from exc
-    if not isinstance(outputs, dict):
-        flat = tf.nest.flatten(outputs)
-        outputs = {f"output_{i}": t for i, t in enumerate(flat)}
-    return {name: value.numpy() for name, value in outputs.items()}, reason
-
-
 def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: EventChannel) -> Any:
     from kiln_worker import trace
 
@@ -315,60 +288,8 @@ def _trace(spec: JobSpec, fn: Any, inputs: dict[str, Any], sbf: Any, events: Eve
                  placement=spec.placement_mode, on_progress=on_progress)
 
 
-def _verify(
-    tf: Any, compiled_dir: Path, inputs: dict[str, Any], expected: dict[str, Any]
-) -> tuple[dict[str, Any], Any]:
-    """Compare the reloaded compiled model's outputs with the original's, per output dtype;
-    return the summary and the reloaded model (the speed measurement serves it next)."""
-    from kiln_worker.tracer.tolerance import compare_arrays, summarise
-
-    try:
-        reloaded = tf.saved_model.load(str(compiled_dir))
-        serving = reloaded.signatures["serving_default"]
-        actual, _ = _run_model(tf, serving, _rename_inputs(serving, inputs), "reload")
-    except (JobError, KeyError) as exc:
-        raise JobError(
-            FailureCode.VERIFICATION_FAILED,
-            f"the compiled model does not run after saving and reloading: {exc}",
-        ) from exc
-    pairs = _pair_outputs(expected, actual)
-    entries = {name: compare_arrays(want, got) for name, (want, got) in pairs.items()}
-    for name, entry in entries.items():
-        if "shape" in entry:
-            before, after = entry["shape"]
-            raise JobError(
-                FailureCode.VERIFICATION_FAILED,
-                f"output {name!r} has shape {after} after compiling, {before} before",
-            )
-    return summarise(entries), reloaded
-
-
-def _rename_inputs(fn: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The inputs keyed as ``fn`` names them (by sorted position if it renamed them)."""
-    names = sorted(fn.structured_input_signature[1])
-    if set(names) == set(inputs) or len(names) != len(inputs):
-        return inputs
-    return {new: inputs[old] for new, old in zip(names, sorted(inputs), strict=True)}
-
-
-def _pair_outputs(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Match outputs by name, or by sorted position when the compiled model renamed them."""
-    if set(expected) == set(actual):
-        return {name: (expected[name], actual[name]) for name in sorted(expected)}
-    if len(expected) != len(actual):
-        raise JobError(
-            FailureCode.VERIFICATION_FAILED,
-            f"the compiled model has outputs {sorted(actual)}, the original {sorted(expected)}",
-        )
-    return {
-        name: (expected[name], actual[other])
-        for name, other in zip(sorted(expected), sorted(actual), strict=True)
-    }
-
-
 def _pack(directory: Path, archive: Path) -> None:
-    # compresslevel 1: weights barely compress, and level 9 took 10 s on ResNet50.
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=TAR_GZ_COMPRESSLEVEL) as tar:
         tar.add(directory, arcname=directory.name)
 
 

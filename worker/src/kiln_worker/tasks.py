@@ -19,7 +19,8 @@ from kiln_service.config import Settings
 from kiln_service.logs import bound
 from kiln_service.queue import COMPILE_TASK, enqueue_compile
 from kiln_service.tracing import configure_tracing, force_flush
-from kiln_worker._compile_job import WorkerContext, run_compile_job
+from kiln_worker._compile_job import run_compile_job
+from kiln_worker._context import WorkerContext
 from kiln_worker._tracing import task_span
 from kiln_worker._warm import WarmSlot
 from kiln_worker.config import WorkerSettings

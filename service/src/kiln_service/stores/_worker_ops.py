@@ -186,21 +186,7 @@ class WorkerOpsMixin:
             ValueError: ``status`` is not terminal, or ``failed`` without a failure.
         """
         status = JobStatus(status)
-        if not status.is_terminal:
-            raise ValueError(f"finish_job needs a terminal status, not {status.value}")
-        if status is JobStatus.FAILED and failure is None:
-            raise ValueError("a failed job needs a failure reason")
-        now = utcnow()
-        values: dict[str, Any] = {
-            "status": status.value, "stage": Stage.DONE.value, "finished_at": now,
-            "updated_at": now, "lease_expires_at": None,
-            "failure": failure.model_dump(mode="json") if failure is not None else None,
-            "artifacts": [a.model_dump(mode="json") for a in artifacts],
-            "report": dict(report) if report is not None else None,
-            "published_attempt": fence,
-        }
-        if status is JobStatus.SUCCEEDED:
-            values["progress"] = 1.0
+        values = _finished_row(status, failure, artifacts, report, fence)
         with self._tx() as conn:
             done = conn.execute(
                 update(jobs).where(*self._running(job_id, fence)).values(**values)
@@ -230,3 +216,28 @@ def _record_progress(conn: Connection, job_id: str, before: tuple[Any, ...],
         record_event(conn, job_id=job_id, type=EventType.STAGE)
     elif progress != values["progress"] or values.get("stage_message", message) != message:
         record_event(conn, job_id=job_id, type=EventType.PROGRESS)
+
+
+def _finished_row(status: JobStatus, failure: Failure | None, artifacts: Sequence[Artifact],
+                  report: Mapping[str, Any] | None, fence: int | None) -> dict[str, Any]:
+    """The column values of a job finishing with ``status`` (see ``finish_job``).
+
+    Raises:
+        ValueError: ``status`` is not terminal, or ``failed`` without a failure.
+    """
+    if not status.is_terminal:
+        raise ValueError(f"finish_job needs a terminal status, not {status.value}")
+    if status is JobStatus.FAILED and failure is None:
+        raise ValueError("a failed job needs a failure reason")
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status.value, "stage": Stage.DONE.value, "finished_at": now,
+        "updated_at": now, "lease_expires_at": None,
+        "failure": failure.model_dump(mode="json") if failure is not None else None,
+        "artifacts": [a.model_dump(mode="json") for a in artifacts],
+        "report": dict(report) if report is not None else None,
+        "published_attempt": fence,
+    }
+    if status is JobStatus.SUCCEEDED:
+        values["progress"] = 1.0
+    return values
