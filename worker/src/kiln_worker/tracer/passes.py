@@ -189,16 +189,17 @@ def _by_batch_size(
     large_examples: list[np.ndarray],
 ) -> Decision:
     """The two batch sizes chose differently: a model switching between both choices by batch
-    size, if the switch pays for itself; else the larger batch's choice for every batch size."""
+    size, unless the switch is clearly slower at the example batch than the larger batch's
+    choice; then that choice serves every batch size."""
     small, large = choices
     rows = (_rows(traced, traced.examples), _rows(traced, large_examples))
     split = int(math.sqrt(rows[0] * rows[1]))
     wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
-    one_graph = _one_graph_for_all(traced, large, wrapped)
-    records = (*records, one_graph)
-    if one_graph["decision"] == "kept":
+    switch = _switch_record(traced, large, wrapped)
+    records = (*records, switch)
+    if switch["decision"] == "rejected":
         why = ("kept at the example batch only, where switching graphs by batch size measured "
-               "no faster than the larger batch's choice: that one serves every batch size")
+               "clearly slower than the larger batch's choice: that one serves every batch size")
         results = [_rejected(g, why) if s.status == "compiled" and g.status != "compiled" else g
                    for s, g in zip(small.results, large.results, strict=True)]
         return large._replace(results=results, whole_model=records)
@@ -207,19 +208,18 @@ def _by_batch_size(
     return Decision(results, small.rewritten, wrapped, records, split)
 
 
-def _one_graph_for_all(traced: TracedFunction, large: Decision, dispatch: Wrapped) -> dict[str, Any]:
-    """Whether the larger batch's choice should serve every batch size: switching graphs by
-    batch size costs most at the example batch (a ``tf.cond``, and a compiled call that is no
-    longer the whole function: tens of microseconds), so it must pay for itself there. The
-    record of timing that one graph against the switch at the example batch: ``kept`` (one
-    graph) unless clearly slower (then the switch is kept; at the larger batch it runs that
-    same graph behind the switch)."""
+def _switch_record(traced: TracedFunction, large: Decision, dispatch: Wrapped) -> dict[str, Any]:
+    """Time switching graphs by batch size against the larger batch's choice run for every
+    batch size, at the example batch, where the switch costs most (a ``tf.cond``, and a
+    compiled call that is no longer the whole function: tens of microseconds). The switch is
+    ``kept`` unless clearly slower there, by the same rule as every candidate: when the timing
+    cannot tell, each batch size keeps its own choice."""
     import tensorflow as tf
 
     args = [tf.constant(x) for x in traced.examples]
-    timing = compare(large.wrapped.model._serve, dispatch.model._serve, args)
-    return {"candidate": "the larger batch's choice at every batch size (against switching "
-            "by batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
+    timing = compare(dispatch.model._serve, large.wrapped.model._serve, args)
+    return {"candidate": "switching graphs by batch size (against the larger batch's choice "
+            "at every batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
             "decision": "rejected" if timing.clearly_slower else "kept"}
 
 
