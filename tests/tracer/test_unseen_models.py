@@ -12,7 +12,6 @@ The hand-written modules live in ``tests/tracer/unseen_modules.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tests.tracer import unseen_modules as modules
-from tests.tracer.roundtrip import check_roundtrip
+from tests.tracer.unseen_cases import Case, check_case, shaped
 from tests.tracer.unseen_modules import ints, normal
 
 layers = tf.keras.layers
@@ -219,57 +218,41 @@ def _decoder_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
 # --- the cases ---------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """A model, example inputs at two batch sizes (``inputs(batch, seed)``) and how to check it."""
-
-    build: Callable[[], Any]
-    inputs: Callable[[int, int], Any]
-    in_memory: bool = True
-    fresh_process: bool = False
-    trace_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    slow: bool = False
-
-
-def _shaped(*shape: int) -> Callable[[int, int], np.ndarray]:
-    return lambda batch, seed: normal(batch, *shape, seed=seed)
-
-
 #: large applications (each 1-2 minutes here: slow): the service's leg only, every supported
 #: op compiled (nothing timed)
 _APPLICATION = {"in_memory": False, "trace_kwargs": {"placement": "all"}, "slow": True}
 
 CASES: dict[str, Case] = {
-    "densenet121": Case(_application("DenseNet121"), _shaped(32, 32, 3), **_APPLICATION),
-    "efficientnet_v2_b0": Case(_application("EfficientNetV2B0"), _shaped(32, 32, 3),
+    "densenet121": Case(_application("DenseNet121"), shaped(32, 32, 3), **_APPLICATION),
+    "efficientnet_v2_b0": Case(_application("EfficientNetV2B0"), shaped(32, 32, 3),
                                **_APPLICATION),
-    "convnext_tiny": Case(_application("ConvNeXtTiny"), _shaped(32, 32, 3), **_APPLICATION),
-    "conv1d_maxpool1d": Case(_conv1d, _shaped(20, 3)),
+    "convnext_tiny": Case(_application("ConvNeXtTiny"), shaped(32, 32, 3), **_APPLICATION),
+    "conv1d_maxpool1d": Case(_conv1d, shaped(20, 3)),
     "embedding_mask_zero_mean": Case(_embedding_mean, _padded_ids, fresh_process=True),
-    "time_distributed_conv_lstm": Case(_video, _shaped(4, 8, 8, 3)),
-    "lstm_return_state": Case(_lstm_states, _shaped(6, 4)),
-    "stacked_gru_dropout": Case(_stacked_gru, _shaped(6, 4)),
-    "batch_norm_dropout_layer_norm": Case(_batch_norm_mlp, _shaped(10)),
-    "unet_transpose_upsampling": Case(_unet, _shaped(16, 16, 3)),
-    "separable_depthwise": Case(_separable, _shaped(16, 16, 3)),
-    "lambda_and_tf_op_layers": Case(_lambdas, _shaped(6)),
+    "time_distributed_conv_lstm": Case(_video, shaped(4, 8, 8, 3)),
+    "lstm_return_state": Case(_lstm_states, shaped(6, 4)),
+    "stacked_gru_dropout": Case(_stacked_gru, shaped(6, 4)),
+    "batch_norm_dropout_layer_norm": Case(_batch_norm_mlp, shaped(10)),
+    "unet_transpose_upsampling": Case(_unet, shaped(16, 16, 3)),
+    "separable_depthwise": Case(_separable, shaped(16, 16, 3)),
+    "lambda_and_tf_op_layers": Case(_lambdas, shaped(6)),
     "attention_additive_attention": Case(
         _attention_layers,
         lambda b, s: {"query": normal(b, 4, 8, seed=s), "value": normal(b, 6, 8, seed=s + 1)}),
     "preprocessing_layers": Case(_preprocessing, _pixels),
     "three_inputs_three_shapes": Case(_multimodal, _multimodal_inputs),
-    "augmentation_layers": Case(_augmented, _shaped(16, 16, 3)),
+    "augmentation_layers": Case(_augmented, shaped(16, 16, 3)),
     "discretization_category_encoding": Case(_tabular, _tabular_inputs),
     "causal_decoder_padding_mask": Case(_causal_decoder, _decoder_inputs),
-    "scan_and_foldl": Case(modules.Scan, _shaped(5, 3)),
-    "tensor_array_loop": Case(modules.TensorArrayLoop, _shaped(5, 4), fresh_process=True),
+    "scan_and_foldl": Case(modules.Scan, shaped(5, 3)),
+    "tensor_array_loop": Case(modules.TensorArrayLoop, shaped(5, 4), fresh_process=True),
     "unsorted_segment_sum_readout": Case(modules.GraphReadout, modules.graph_inputs),
     "gather_gather_nd_scatter_nd": Case(modules.GatherScatter, modules.gather_inputs),
-    "where_clip_top_k_one_hot": Case(modules.Selection, _shaped(6)),
-    "einsum_attention": Case(modules.EinsumAttention, _shaped(5, 8)),
+    "where_clip_top_k_one_hot": Case(modules.Selection, shaped(6)),
+    "einsum_attention": Case(modules.EinsumAttention, shaped(5, 8)),
     "cholesky_float64": Case(modules.LinearAlgebra,
                              lambda b, s: normal(b, 4, 4, seed=s).astype("float64")),
-    "rfft_complex_output": Case(modules.Spectrum, _shaped(16)),
+    "rfft_complex_output": Case(modules.Spectrum, shaped(16)),
     "int32_and_bool_logic": Case(modules.IntegerLogic, modules.int_pair),
     "scalar_next_to_batched": Case(modules.Temperature, modules.temperature_inputs,
                                    fresh_process=True),
@@ -278,17 +261,7 @@ CASES: dict[str, Case] = {
 }
 
 
-
-
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=[pytest.mark.slow] * c.slow) for n, c in CASES.items()])
 def test_unseen_model_round_trips(name: str, tmp_path: Path) -> None:
-    case = CASES[name]
-    model = case.build()
-    result = check_roundtrip(model, case.inputs(2, 0), case.inputs(3, 1), tmp_path,
-                             in_memory=case.in_memory, fresh_process=case.fresh_process,
-                             trace_kwargs=case.trace_kwargs)
-    reports = [result.saved_report] + ([result.in_memory_report] if case.in_memory else [])
-    for report in reports:
-        assert report["numerical_check"]["within_tolerance"], report["numerical_check"]
-        assert report["batch_mode"] == "dynamic", report["batch_mode"]
+    check_case(CASES[name], tmp_path)
