@@ -22,6 +22,7 @@ from tensorflow.python.training import saver
 
 from kiln_worker.tracer import tables
 from kiln_worker.tracer.errors import UnsupportedModelError
+from kiln_worker.tracer.writes import check_no_variable_writes
 
 logger = logging.getLogger(__name__)
 _PASS = "freeze"
@@ -173,8 +174,10 @@ def freeze(concrete: Any) -> FrozenGraph:
     """Freeze ``concrete``'s variables into constants and clean up the graph.
 
     Raises:
-        UnsupportedModelError: state that cannot be frozen (lookup tables, other resources).
+        UnsupportedModelError: state that cannot be frozen (variables the function writes,
+            tables it writes or creates, other resources).
     """
+    check_no_variable_writes(concrete)
     try:
         with _case_kept_functional():
             frozen_func, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(
@@ -234,8 +237,10 @@ def extract_weights(concrete: Any) -> FrozenGraph:
     The GraphDef then holds no weights, so it stays small and models over 2 GB trace and save.
 
     Raises:
-        UnsupportedModelError: variables used other than by a plain read (e.g. inside a loop).
+        UnsupportedModelError: variables used other than by a plain read (e.g. inside a loop),
+            or written.
     """
+    check_no_variable_writes(concrete)
     graph_def = graph_pb2.GraphDef()
     graph_def.CopyFrom(concrete.graph.as_graph_def())
     handles = {}
