@@ -34,6 +34,7 @@ from kiln_worker._failures import (
 from kiln_worker._protocol import EXIT_FAILED, EXIT_OK, Handoff, JobSpec, encode_event
 from kiln_worker._supervise import apply_rlimits
 from kiln_worker._tracing import runner_trace
+from kiln_worker.tracer.tolerance import nondeterministic_outputs
 
 __all__ = ["EventChannel", "classify_exception", "main"]
 
@@ -209,7 +210,9 @@ def _compile(spec: JobSpec, events: EventChannel) -> None:
         model.save(str(compiled_dir))
         manifest = _write_manifest(spec, compiled_dir, getattr(model, "report", None))
     with clock.stage("verify"):
-        check, reloaded = check_reloaded(tf, compiled_dir, inputs, expected)
+        tracer_check = (getattr(model, "report", None) or {}).get("numerical_check")
+        check, reloaded = check_reloaded(tf, compiled_dir, inputs, expected,
+                                         nondeterministic_outputs(tracer_check))
     events.log(f"numerical check: max_abs_diff={check['max_abs_diff']:.3g} "
                f"within_tolerance={check['within_tolerance']}")
     with clock.stage("speed"):

@@ -38,9 +38,13 @@ def batch_candidates(examples: list[np.ndarray]) -> list[tuple[bool, ...]]:
 def repeat_batch(
     examples: Sequence[np.ndarray], batched: Sequence[bool], times: int
 ) -> list[np.ndarray]:
-    """The batched inputs repeated ``times`` along axis 0; the others as they are."""
+    """The batched inputs with each row repeated ``times`` along axis 0; the others as they are.
+
+    Each row is repeated in place (``a a b b``, not ``a b a b``) so that the batch keeps any order
+    its rows have: sorted segment ids stay sorted, a ``segment_sum`` over them stays valid.
+    """
     return [
-        np.concatenate([x] * times) if b else x for x, b in zip(examples, batched, strict=True)
+        np.repeat(x, times, axis=0) if b else x for x, b in zip(examples, batched, strict=True)
     ]
 
 

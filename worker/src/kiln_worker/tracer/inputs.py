@@ -112,7 +112,9 @@ class TracedFunction:
     ``reference_reason`` says why) and the original was run compiled whole by XLA instead.
 
     ``batched`` says, per input, whether its axis 0 is the batch (relaxed to ``None`` when
-    ``batch_relaxed``); scalars and side inputs of a fixed shape are not.
+    ``batch_relaxed``); scalars and side inputs of a fixed shape are not. ``varying`` says, per
+    output, whether the original gives another value at each call (a random draw): those are
+    compared by shape and dtype only.
     """
 
     concrete: Any
@@ -125,6 +127,7 @@ class TracedFunction:
     reference_source: str = "tensorflow"
     reference_reason: str | None = None
     batched: tuple[bool, ...] = ()
+    varying: tuple[bool, ...] = ()
 
     @property
     def batch_rows(self) -> int | None:
@@ -374,13 +377,22 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
     caller = make_caller(func, in_structure)
     out_holder: list[Structure] = []
 
+    refused: list[TraceInputError] = []
+
     def flat_fn(*leaves: tf.Tensor) -> list[tf.Tensor]:
-        structure, outs = split_outputs(caller(list(leaves)))
+        try:
+            structure, outs = split_outputs(caller(list(leaves)))
+        except TraceInputError as e:  # AutoGraph would wrap it in a StagingError: keep it whole
+            refused[:] = [e]
+            raise
         out_holder[:] = [structure]
         return [tf.identity(t) for t in outs]
 
     candidates = batch_candidates(examples)
-    concrete, batched = _concrete(flat_fn, _needs_autograph(func), examples, candidates)
+    try:
+        concrete, batched = _concrete(flat_fn, _needs_autograph(func), examples, candidates)
+    except TraceInputError as e:
+        raise (refused[0] if refused else e) from e.__cause__
     relaxed = any(batched)
     reference = run_reference(concrete, [tf.constant(x) for x in examples])
     logger.debug("inputs: %s in, %s out, batched=%s", in_structure, out_holder[0], batched)
@@ -395,4 +407,5 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
         batched=batched if relaxed else candidates[max(len(candidates) - 2, 0)],
         reference_source=reference.source,
         reference_reason=reference.reason,
+        varying=reference.varying,
     )

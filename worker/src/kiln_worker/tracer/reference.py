@@ -9,6 +9,7 @@ XLA (``tf.function(jit_compile=True)``) when it cannot; the caller records which
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,21 +18,30 @@ import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer.errors import UnsupportedModelError
+from kiln_worker.tracer.tolerance import same_values
 
 __all__ = ["Reference", "call_with_xla_fallback", "lacks_cpu_kernel", "run_reference"]
 
 logger = logging.getLogger(__name__)
 #: Words of TensorFlow's messages for an op it has no (usable) CPU kernel for.
+#: TensorFlow's words when a tf.py_function's Python callback is not in this process
+_CALLBACK_LOST = "Could not find callback with key="
 _KERNEL_HINTS = ("OpKernel", "only supports", "on the CPU", "on CPU", "kernel for")
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Outputs of the original, and what computed them (``tensorflow`` or ``xla``, and why)."""
+    """Outputs of the original, and what computed them (``tensorflow`` or ``xla``, and why).
+
+    ``varying`` says, per output, whether a second run on the same inputs gave another value
+    (a random draw: ``tf.random.uniform``, dropout with ``training=True``): such an output can
+    only be checked by its shape and dtype.
+    """
 
     outputs: list[np.ndarray]
     source: str
     reason: str | None
+    varying: tuple[bool, ...] = ()
 
 
 def lacks_cpu_kernel(exc: BaseException) -> bool:
@@ -79,12 +89,16 @@ def call_with_xla_fallback(
         The outputs, and ``None`` (TensorFlow ran it) or why XLA had to.
 
     Raises:
-        UnsupportedModelError: neither TensorFlow's kernels nor XLA can run it.
+        UnsupportedModelError: neither TensorFlow's kernels nor XLA can run it, or it calls a
+            Python function (tf.py_function) that this process does not have (a SavedModel
+            loaded elsewhere).
         tf.errors.OpError: the function's own error (a failed assertion, a bad shape).
     """
     try:
         return (tf.function(fn, autograph=False) if in_graph else fn)(*args), None
     except tf.errors.OpError as e:
+        if _CALLBACK_LOST in str(e):
+            raise UnsupportedModelError(_lost_callback_message(e), pass_name) from e
         if not lacks_cpu_kernel(e):
             raise
         return _with_xla(fn, args, e, pass_name)
@@ -106,10 +120,29 @@ def _with_xla(fn: Callable[..., Any], args: list[Any], error: tf.errors.OpError,
         ) from e
 
 
+def _lost_callback_message(error: tf.errors.OpError) -> str:
+    node = re.search(r"\{\{node ([^}]+)\}\}", str(error)) or re.search(r"at node (\S+)", str(error))
+    where = f" (node {node.group(1)})" if node else ""
+    return (
+        f"the model calls a Python function{where}, made by tf.py_function or tf.numpy_function, "
+        "that a SavedModel does not keep: it only runs in the Python process that defined it. "
+        "Write it with TensorFlow ops, or trace the model in that process "
+        "(kiln_worker.trace(model, example_inputs)); the traced model keeps the call on CPU "
+        "and also runs only there"
+    )
+
+
 def run_reference(concrete: Any, args: list[tf.Tensor]) -> Reference:
     """The original's outputs on the example inputs (a flat list), and their source."""
     # Called as it is, so a model's own error keeps TensorFlow's whole message (the node, where
     # the user's code defined it, the text the model raised).
     outputs, reason = call_with_xla_fallback(concrete, args, in_graph=False)
     arrays = [np.asarray(t.numpy()) for t in outputs]
-    return Reference(arrays, "xla" if reason else "tensorflow", reason)
+    again, _ = call_with_xla_fallback(concrete, args, in_graph=False)
+    varying = tuple(
+        not same_values(a, b.numpy()) for a, b in zip(arrays, again, strict=True)
+    )
+    if any(varying):
+        logger.info("outputs %s differ between two runs: compared by shape only",
+                    [i for i, v in enumerate(varying) if v])
+    return Reference(arrays, "xla" if reason else "tensorflow", reason, varying)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,14 +67,19 @@ def cpu_ops(graph: NodeGraph, placed: set[str], reasons: Mapping[str, str]) -> l
 
 
 def numerical_check(
-    reference: list[np.ndarray], outputs: list[np.ndarray], names: list[str] | None = None
+    reference: list[np.ndarray],
+    outputs: list[np.ndarray],
+    names: list[str] | None = None,
+    varying: Sequence[bool] = (),
 ) -> dict[str, Any]:
-    """Original vs. traced outputs, each within its dtype's tolerance (see ``tolerance``)."""
+    """Original vs. traced outputs, each within its dtype's tolerance (see ``tolerance``);
+    outputs ``varying`` between the original's runs (random draws) by shape and dtype only."""
     keys = names or [str(i) for i in range(len(reference))]
+    random = list(varying) or [False] * len(reference)
     return summarise(
         {
-            key or "output": compare_arrays(a, b)
-            for key, a, b in zip(keys, reference, outputs, strict=True)
+            key or "output": compare_arrays(a, b, varying=v)
+            for key, a, b, v in zip(keys, reference, outputs, random, strict=True)
         }
     )
 

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RELATIVE_TOLERANCE", "compare_arrays", "summarise"]
+__all__ = [
+    "RELATIVE_TOLERANCE",
+    "compare_arrays",
+    "nondeterministic_outputs",
+    "same_values",
+    "summarise",
+]
 
 #: Relative tolerance per floating dtype. float32: oneDNN fusions on frozen graphs were measured
 #: to move a BERT-like encoder by about 7e-4. float16 has 11 significant bits (eps 1e-3),
@@ -28,8 +34,14 @@ def _is_floating(array: np.ndarray) -> bool:
     return array.dtype.kind in "fc" or _dtype_name(array) == "bfloat16"
 
 
-def compare_arrays(reference: Any, actual: Any) -> dict[str, Any]:
+def compare_arrays(reference: Any, actual: Any, *, varying: bool = False) -> dict[str, Any]:
     """Compare one output with its reference.
+
+    Args:
+        reference: the original's output.
+        actual: the traced model's.
+        varying: the original gives another value at each call (random draws): only the shape
+            and dtype can be compared (the entry says ``"nondeterministic": true``).
 
     Returns:
         ``{"dtype", "max_abs_diff", "max_abs_output", "relative_tolerance", "within_tolerance"}``
@@ -41,6 +53,9 @@ def compare_arrays(reference: Any, actual: Any) -> dict[str, Any]:
     entry["relative_tolerance"] = RELATIVE_TOLERANCE.get(name, 1e-3) if _is_floating(ref) else 0.0
     if ref.shape != got.shape:
         entry.update(within_tolerance=False, shape=[list(ref.shape), list(got.shape)])
+        return entry
+    if varying:
+        entry.update(within_tolerance=_dtype_name(got) == name, nondeterministic=True)
         return entry
     if name == "string" or ref.dtype.kind == "b":
         entry["within_tolerance"] = bool(np.array_equal(ref, got))
@@ -67,3 +82,17 @@ def summarise(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "within_tolerance": all(e["within_tolerance"] for e in values),
         "outputs": entries,
     }
+
+
+def same_values(first: Any, second: Any) -> bool:
+    """Whether two runs gave exactly the same output (NaNs in the same places count as equal)."""
+    a, b = np.asarray(first), np.asarray(second)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
+def nondeterministic_outputs(check: dict[str, Any] | None) -> set[str]:
+    """The outputs a :func:`summarise`-d check compared by shape only (random draws)."""
+    outputs = (check or {}).get("outputs") or {}
+    return {name for name, entry in outputs.items() if entry.get("nondeterministic")}

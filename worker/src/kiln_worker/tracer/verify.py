@@ -69,6 +69,16 @@ def nothing_compiled_reason(report: dict[str, Any]) -> str | None:
     )
 
 
+#: Ops that call back into the Python process (tf.py_function, tf.numpy_function)
+PYTHON_CALLBACK_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def python_callbacks(graph_def: Any) -> list[str]:
+    """Names of the nodes of ``graph_def`` (and of its functions) that call Python code."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [n.name for n in nodes if n.op in PYTHON_CALLBACK_OPS]
+
+
 def verify(
     traced: TracedFunction,
     frozen: FrozenGraph,
@@ -103,7 +113,10 @@ def verify(
         wrapped.model(traced.input_structure.pack(traced.examples))
     )
     check = numerical_check(
-        traced.reference_outputs, [np.asarray(o) for o in outputs], traced.output_structure.paths
+        traced.reference_outputs,
+        [np.asarray(o) for o in outputs],
+        traced.output_structure.paths,
+        traced.varying,
     )
     names = list(
         dict.fromkeys(t for r in results for t in r.partition.inputs + r.partition.outputs)
@@ -125,6 +138,14 @@ def verify(
     )
     report["nothing_compiled"] = nothing_compiled_reason(report)
     report["warnings"].extend(wrapped.warnings)
+    callbacks = python_callbacks(frozen.graph_def)
+    if callbacks:
+        report["warnings"].append(
+            f"the model calls Python functions (tf.py_function / tf.numpy_function: "
+            f"{', '.join(callbacks[:5])}); they stay on CPU and are not saved with the traced "
+            "model, so its SavedModel runs only in this Python process (not in TensorFlow "
+            "Serving or another process): write them with TensorFlow ops to deploy it"
+        )
     for flag, why in xla_unsupported_options(flags).items():
         report["warnings"].append(f"{flag} is not honoured by the xla backend: {why}")
     if not check["within_tolerance"]:

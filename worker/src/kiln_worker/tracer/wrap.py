@@ -298,32 +298,41 @@ def build_dispatch(
 
 
 def _rows_consistent(model: TracedModel, traced: TracedFunction) -> bool:
-    """Whether the model takes another batch: run at twice the example batch, each output with
-    twice the example rows is the example rows twice (rows independent of each other, as a
-    batch's are), and every other output (a sum over the batch, a size that depends on the
-    values, a constant) is what the original gives at that batch."""
+    """Whether the model takes another batch: run at twice the example batch (each row twice,
+    :func:`repeat_batch`), every output is what the original gives there.
+
+    Cheaply first: an output with twice the example rows is expected to be the example rows,
+    each twice (rows independent of each other, as a batch's are), and only the other outputs (a
+    sum over the batch, a size that depends on the values, a constant) are compared with the
+    original run at that batch. When that fails, every output is compared with the original run
+    there: rows that depend on each other or on the batch size (stateless random draws of the
+    batch's shape, attention across the batch, segment sums) are still right at any batch.
+    """
     doubled = repeat_batch(traced.examples, traced.batched, 2)
     try:
         outs = traced.output_structure.flatten(model(traced.input_structure.pack(doubled)))
         got = [np.asarray(o) for o in outs]
-        expected = _expected_at(doubled, traced, got)
+        for whole in (False, True):
+            expected = _expected_at(doubled, traced, got, whole)
+            varying = traced.varying or (False,) * len(got)
+            if all(
+                compare_arrays(want, have, varying=v)["within_tolerance"]
+                for want, have, v in zip(expected, got, varying, strict=True)
+            ):
+                return True
     except Exception as e:  # any failure means "not dynamic"
         logger.debug("dynamic batch check failed: %s", e)
-        return False
-    return all(
-        compare_arrays(want, have)["within_tolerance"]
-        for want, have in zip(expected, got, strict=True)
-    )
+    return False
 
 
 def _expected_at(
-    doubled: list[np.ndarray], traced: TracedFunction, got: list[np.ndarray]
+    doubled: list[np.ndarray], traced: TracedFunction, got: list[np.ndarray], whole: bool
 ) -> list[np.ndarray]:
-    """What each output must be on ``doubled``: the reference twice for an output that got
-    twice its rows, else the original's output there (run only when needed)."""
+    """What each output must be on ``doubled``: each reference row twice for an output that got
+    twice its rows (unless ``whole``), else the original's output there (run only when needed)."""
     refs = traced.reference_outputs
     twice = [
-        ref.ndim > 0 and have.shape == (2 * ref.shape[0], *ref.shape[1:])
+        not whole and ref.ndim > 0 and have.shape == (2 * ref.shape[0], *ref.shape[1:])
         for ref, have in zip(refs, got, strict=True)
     ]
     original: list[np.ndarray] = []
@@ -332,6 +341,6 @@ def _expected_at(
         outs, _ = call_with_xla_fallback(traced.concrete, args, "wrap", in_graph=False)
         original = [np.asarray(t.numpy()) for t in outs]
     return [
-        np.concatenate([ref, ref]) if rows else original[i]
+        np.repeat(ref, 2, axis=0) if rows else original[i]
         for i, (ref, rows) in enumerate(zip(refs, twice, strict=True))
     ]
