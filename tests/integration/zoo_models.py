@@ -104,7 +104,50 @@ def _asset_table(out: Path) -> Built:
     return write, example, {"words": np.array(["plum", "banana", "fig"])}
 
 
+class _RandomDraw(tf.Module):  # type: ignore[misc]
+    """A dense layer next to a fresh tf.random.uniform draw at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable(np.random.default_rng(4).normal(size=(4, 3)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])  # type: ignore[misc]
+    def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.tanh(x @ self.w), "noise": tf.random.uniform(tf.shape(x))}
+
+
+class _SortedSegments(tf.Module):  # type: ignore[misc]
+    """Rows summed per (sorted) segment id: the output's size depends on the ids."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="values"),
+                                  tf.TensorSpec([None], tf.int32, name="ids")])  # type: ignore[misc]
+    def __call__(self, values: tf.Tensor, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"sum": tf.math.segment_sum(values, ids), "max": tf.math.segment_max(values, ids)}
+
+
+def _module_writer(module: tf.Module) -> Callable[[Path], None]:
+    return lambda path: tf.saved_model.save(module, str(path))
+
+
+def _random_draw(_: Path) -> Built:
+    rng = np.random.default_rng(5)
+    example = {"x": rng.normal(size=(2, 4)).astype(np.float32)}
+    return _module_writer(_RandomDraw()), example, {"x": rng.normal(size=(3, 4)).astype(np.float32)}
+
+
+def _sorted_segments(_: Path) -> Built:
+    rng = np.random.default_rng(6)
+
+    def inputs(ids: list[int]) -> Inputs:
+        return {"values": rng.normal(size=(len(ids), 3)).astype(np.float32),
+                "ids": np.array(ids, np.int32)}
+
+    return _module_writer(_SortedSegments()), inputs([0, 0, 1, 2]), inputs([0, 1, 1, 3, 3])
+
+
 BUILDERS: dict[str, Callable[[Path], Built]] = {
+    "random_draw": _random_draw,
+    "sorted_segments": _sorted_segments,
     "lstm": _lstm,
     "string_lookup": _string_lookup,
     "text_vectorization": _text_vectorization,
