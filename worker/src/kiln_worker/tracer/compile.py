@@ -28,6 +28,7 @@ from kiln_worker.tracer.graphs import (
 from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.reference import call_with_xla_fallback
+from kiln_worker.tracer.tolerance import gross_mismatch
 from kiln_worker.tracer.workdir import WorkdirDumper
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,10 @@ def _compile_one(
             result, status="fallback_cpu", reason=f"{backend.name} rejected it: {first_line}"
         )
     result = replace(result, compiled=compiled, compile_seconds=compiled.compile_seconds)
+    wrong = _off_tensorflow(compiled.function, args, partition, values)
+    if wrong:  # another algorithm's answer (eigenvector signs): the model must keep TF's
+        return replace(result, status="fallback_cpu",
+                       reason=f"its outputs differ from TensorFlow's on the example inputs: {wrong}")
     if measure:
         plain = plain_function(sub, partition, in_specs)
         timing = compare(compiled.function, plain, args)
@@ -187,6 +192,19 @@ def _compile_one(
             result = _measure_large(result, plain, large)
     logger.debug("compile: %s %s", partition.name, result.status)
     return result
+
+
+def _off_tensorflow(
+    function: Any, args: list[Any], partition: Partition, values: dict[str, Any]
+) -> str | None:
+    """How the compiled subgraph's outputs, run twice, are grossly off TensorFlow's values on the
+    example inputs (``None``: they are not)."""
+    first, second = ([np.asarray(t) for t in function(*args)] for _ in range(2))
+    wrong = gross_mismatch([values[t] for t in partition.outputs], (first, second),
+                           partition.outputs)
+    if wrong:
+        logger.info("%s back to CPU: outputs differ from TensorFlow's: %s", partition.name, wrong)
+    return wrong
 
 
 def _measure_large(result: SubgraphResult, plain: Any, values: dict[str, Any]) -> SubgraphResult:

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GROSS_FACTOR",
     "RELATIVE_TOLERANCE",
     "compare_arrays",
+    "gross_mismatch",
     "nondeterministic_outputs",
     "same_values",
     "summarise",
@@ -24,6 +26,10 @@ __all__ = [
 #: to move a BERT-like encoder by about 7e-4. float16 has 11 significant bits (eps 1e-3),
 #: bfloat16 8 (eps 8e-3): a few roundings in a different order stay within these.
 RELATIVE_TOLERANCE = {"float64": 1e-3, "float32": 1e-3, "float16": 1e-2, "bfloat16": 5e-2}
+#: A compiled subgraph's output is *grossly* off beyond this many times its dtype's tolerance
+#: (rounding in another order stays far below; another algorithm's answer, such as eigenvectors
+#: of another sign, does not)
+GROSS_FACTOR = 10.0
 
 
 def _dtype_name(array: np.ndarray) -> str:
@@ -96,3 +102,27 @@ def nondeterministic_outputs(check: dict[str, Any] | None) -> set[str]:
     """The outputs a :func:`summarise`-d check compared by shape only (random draws)."""
     outputs = (check or {}).get("outputs") or {}
     return {name for name, entry in outputs.items() if entry.get("nondeterministic")}
+
+
+def gross_mismatch(
+    expected: list[Any], runs: tuple[list[Any], list[Any]], names: list[str]
+) -> str | None:
+    """The first output, of two runs of a compiled subgraph, that is grossly off its ``expected``
+    value (``GROSS_FACTOR`` times its tolerance), described; ``None`` when none is. Outputs that
+    differ between the two runs (random draws) are not judged."""
+    first, second = runs
+    for name, want, a, b in zip(names, expected, first, second, strict=True):
+        if not same_values(a, b):
+            continue
+        entry = compare_arrays(want, a)
+        if "shape" in entry:
+            return f"{name}: shape {entry['shape'][1]}, TensorFlow's {entry['shape'][0]}"
+        rtol = entry["relative_tolerance"]
+        if rtol:
+            off = entry["max_abs_diff"] > GROSS_FACTOR * rtol * max(entry["max_abs_output"], 1.0)
+        else:  # integers, bools, strings: equal or off
+            off = not entry["within_tolerance"]
+        if off:
+            return (f"{name}: max abs diff {entry['max_abs_diff']:.3g} "
+                    f"(largest value {entry['max_abs_output']:.3g})")
+    return None
