@@ -184,6 +184,8 @@ CASES: dict[str, Case] = {
         "b": np.random.default_rng(s + 1).integers(0, 256, (b, 5)).astype("uint8")}),
     "sorted_segment_ops": Case(modules.SegmentOps, modules.segment_inputs),
     "qr_svd_inverse_det": Case(modules.Decompositions, shaped(4, 4)),
+    "eigh_eigenvectors": Case(modules.SymmetricEigen, shaped(3, 3)),
+    "bucketize_histogram_checks": Case(modules.BucketsAndChecks, shaped(6)),
     "stft_spectrogram": Case(modules.ShortTimeFourier, shaped(64)),
     "uint16_uint32_uint64": Case(modules.UnsignedInputs, modules.unsigned_inputs),
     "int8_input": Case(modules.QuantizedInput, modules.int8_inputs),
@@ -300,6 +302,18 @@ def _sparse_example() -> tf.SparseTensor:
 def test_composite_tensors_are_refused_naming_them(build: Any, example: Any, expected: str) -> None:
     with pytest.raises(TraceInputError, match=expected):
         kiln_worker.trace(build(), example())
+
+
+def test_subgraph_off_tensorflow_goes_back_to_cpu() -> None:
+    """XLA's eigenvectors differ from TensorFlow's (another sign): the subgraph computing them is
+    put back on CPU with the reason, and the traced model matches the original."""
+    module, x = modules.SymmetricEigen(), normal(2, 3, 3)
+    traced = kiln_worker.trace(module, x, placement="all")
+    assert traced.report["numerical_check"]["within_tolerance"], traced.report["numerical_check"]
+    (eigen,) = [s for s in traced.report["subgraphs"] if "SelfAdjointEigV2" in s["op_types"]]
+    assert eigen["status"] == "fallback_cpu", eigen
+    assert eigen["reason"].startswith("its outputs differ from TensorFlow's"), eigen["reason"]
+    assert "max abs diff" in eigen["reason"], eigen["reason"]
 
 
 def test_nested_outputs_keep_their_structure(tmp_path: Path) -> None:

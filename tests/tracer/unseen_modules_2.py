@@ -340,3 +340,29 @@ class CtcDecoder(Weighted):
         lengths = tf.fill([tf.shape(x)[0]], 6)
         decoded, neg_sum = tf.nn.ctc_greedy_decoder(logits, lengths)
         return decoded[0], neg_sum
+
+
+class SymmetricEigen(tf.Module):  # type: ignore[misc]
+    """Eigen-decomposition of symmetric matrices: XLA's eigenvectors differ from LAPACK's (signs),
+    so the subgraph holding it must stay on CPU for the model to match."""
+
+    @tf.function(input_signature=[spec([None, 3, 3])])  # type: ignore[misc]
+    def __call__(self, a: tf.Tensor) -> dict[str, tf.Tensor]:
+        values, vectors = tf.linalg.eigh(a + tf.linalg.matrix_transpose(a))
+        return {"values": values, "vectors": vectors}
+
+
+class BucketsAndChecks(tf.Module):  # type: ignore[misc]
+    """Bucketize, a histogram over the batch, logsumexp, band_part, check_numerics and
+    ensure_shape, the input's shape and a constant as outputs."""
+
+    @tf.function(input_signature=[spec([None, 6])])  # type: ignore[misc]
+    def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        checked = tf.debugging.check_numerics(tf.ensure_shape(x, [None, 6]), "x is not finite")
+        return {
+            "bins": tf.raw_ops.Bucketize(input=checked, boundaries=[-1.0, 0.0, 1.0]),
+            "histogram": tf.histogram_fixed_width(x, [-2.0, 2.0], nbins=5),
+            "logsumexp": tf.math.reduce_logsumexp(x, 1),
+            "upper": tf.linalg.band_part(tf.reshape(x[:, :4], [-1, 2, 2]), 0, -1),
+            "shape": tf.shape(x), "constant": tf.constant([1.0, 2.0]),
+        }
