@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tests.tracer import unseen_modules as modules
-from tests.tracer.unseen_cases import Case, check_case, shaped
+from tests.tracer.unseen_cases import Case, case_marks, check_case, shaped
 from tests.tracer.unseen_modules import ints, normal
 
 layers = tf.keras.layers
@@ -261,7 +261,6 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[pytest.mark.slow] * c.slow) for n, c in CASES.items()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=case_marks(c)) for n, c in CASES.items()])
 def test_unseen_model_round_trips(name: str, tmp_path: Path) -> None:
     check_case(CASES[name], tmp_path)

@@ -17,10 +17,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+import pytest
 from tests.tracer.roundtrip import RoundTrip, check_roundtrip, save_original
 from tests.tracer.unseen_modules import normal
 
-__all__ = ["Case", "check_case", "shaped"]
+__all__ = ["Case", "case_marks", "check_case", "shaped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Case:
     rtol: float = 1e-3
     batch_mode: str = "dynamic"
     save: Callable[[Any, Path], Path] = save_original
+    #: a known failure, why (the case is a strict xfail)
+    xfail: str = ""
+
+
+def case_marks(case: Case) -> list[Any]:
+    """The pytest marks of a case: ``slow``, and a strict ``xfail`` with its reason."""
+    marks = [pytest.mark.slow] if case.slow else []
+    if case.xfail:
+        marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+    return marks
 
 
 def shaped(*shape: int, dtype: str = "float32") -> Callable[[int, int], np.ndarray]:

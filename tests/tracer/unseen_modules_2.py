@@ -366,3 +366,18 @@ class BucketsAndChecks(tf.Module):  # type: ignore[misc]
             "upper": tf.linalg.band_part(tf.reshape(x[:, :4], [-1, 2, 2]), 0, -1),
             "shape": tf.shape(x), "constant": tf.constant([1.0, 2.0]),
         }
+
+
+def sparse_components(batch: int, seed: int) -> dict[str, np.ndarray]:
+    """A SparseTensor input as a SavedModel signature takes it: indices, values, dense shape."""
+    dense = normal(batch, 10, seed=seed) * (normal(batch, 10, seed=seed + 5) > 0.3)
+    sparse = tf.sparse.from_dense(dense)
+    return {"features": sparse.indices.numpy(), "features_1": sparse.values.numpy(),
+            "features_2": sparse.dense_shape.numpy()}
+
+
+def ragged_components(batch: int, seed: int) -> dict[str, np.ndarray]:
+    """A RaggedTensor input as a SavedModel signature takes it: flat values, row splits."""
+    lengths = np.random.default_rng(seed).integers(1, 4, batch)
+    return {"rows": normal(int(lengths.sum()), 3, seed=seed),
+            "rows_1": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)}
