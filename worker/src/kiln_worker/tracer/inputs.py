@@ -376,7 +376,6 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
     in_structure, examples = split_example_inputs(example_inputs)
     caller = make_caller(func, in_structure)
     out_holder: list[Structure] = []
-
     refused: list[TraceInputError] = []
 
     def flat_fn(*leaves: tf.Tensor) -> list[tf.Tensor]:
