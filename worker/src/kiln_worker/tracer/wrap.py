@@ -26,8 +26,9 @@ from kiln_worker.tracer.graphs import (
     tensor_specs,
     without_feeds,
 )
-from kiln_worker.tracer.inputs import Structure, TracedFunction, example_specs
+from kiln_worker.tracer.inputs import TracedFunction, example_specs
 from kiln_worker.tracer.reference import call_with_xla_fallback
+from kiln_worker.tracer.structure import Structure
 from kiln_worker.tracer.tolerance import compare_arrays
 
 logger = logging.getLogger(__name__)
