@@ -80,3 +80,28 @@ def test_neuron_backend_is_dispatched_lazily(monkeypatch: pytest.MonkeyPatch) ->
             kiln_worker.trace(lambda x: x * 2.0, np.ones((1, 2), "float32"))
     else:  # pragma: no cover - Inf1 hosts only
         pytest.skip("tensorflow-neuron is installed")
+
+
+def test_tracing_logs_no_retracing_warning(rng: np.random.Generator) -> None:
+    """A trace runs many graphs once each; TensorFlow must not report them to the user as one
+    function retraced again and again ("triggered tf.function retracing")."""
+    import logging
+
+    import tensorflow as tf
+
+    import kiln_worker
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    tf.get_logger().addHandler(handler)
+    try:
+        for _ in range(3):
+            kiln_worker.trace(mlp(16), rng.standard_normal((2, 32)).astype(np.float32))
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [r for r in records if "retracing" in r], records

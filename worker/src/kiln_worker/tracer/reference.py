@@ -95,13 +95,20 @@ def call_with_xla_fallback(
         tf.errors.OpError: the function's own error (a failed assertion, a bad shape).
     """
     try:
-        return (tf.function(fn, autograph=False) if in_graph else fn)(*args), None
+        return (_graph_call(fn, args) if in_graph else fn(*args)), None
     except tf.errors.OpError as e:
         if _CALLBACK_LOST in str(e):
             raise UnsupportedModelError(_lost_callback_message(e), pass_name) from e
         if not lacks_cpu_kernel(e):
             raise
         return _with_xla(fn, args, e, pass_name)
+
+
+def _graph_call(fn: Callable[..., Any], args: list[Any]) -> Any:
+    """``fn(*args)`` traced once into a graph and run. Called through its concrete function, so
+    that TensorFlow's "frequent retracing" warning (it counts the tf.functions made here for
+    one trace's many graphs as retraces of one function) does not reach the user's log."""
+    return tf.function(fn, autograph=False).get_concrete_function(*args)(*args)
 
 
 def _with_xla(fn: Callable[..., Any], args: list[Any], error: tf.errors.OpError,
