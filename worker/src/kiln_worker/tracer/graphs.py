@@ -6,6 +6,7 @@ import this one, and this one imports no other pass.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -15,6 +16,16 @@ from tensorflow.core.framework import function_pb2, graph_pb2
 
 #: Attribute that marks a call node (and its function) for XLA compilation.
 XLA_MUST_COMPILE = "_XlaMustCompile"
+
+
+def own_function(python_function: Callable[..., Any], **options: Any) -> Any:
+    """``tf.function(python_function, **options)``, which TensorFlow's retracing detector counts
+    as a function of its own. It keys its "triggered tf.function retracing" warning on the code
+    object, so the many closures of one ``def`` that a trace builds (one per candidate model)
+    looked like one function retraced again and again (a partial has no code object)."""
+    partial = functools.partial(python_function)
+    partial.__name__ = getattr(python_function, "__name__", "kiln_function")  # type: ignore[attr-defined]
+    return tf.function(partial, **options)
 
 
 def parse_input(name: str) -> tuple[str, int, bool]:

@@ -23,6 +23,7 @@ from kiln_worker.tracer.graphs import (
     XLA_MUST_COMPILE,
     GraphImporter,
     not_autograph,
+    own_function,
     tensor_specs,
     without_feeds,
 )
@@ -134,7 +135,7 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
 
 def _runner(serving: ServingGraph) -> Any:
     graph_def = without_feeds(serving.graph_def, serving.fed_names)
-    return tf.function(
+    return own_function(
         _make_runner(serving, graph_def),
         input_signature=serving.input_specs,
         autograph=False,
@@ -156,7 +157,7 @@ def _serve_function(serving: ServingGraph, large: tuple[ServingGraph, int] | Non
         rows = tf.shape(args[serving.batch_arg])[0]
         return tf.cond(rows <= split, lambda: first(*args), lambda: second(*args))
 
-    return tf.function(dispatch, input_signature=serving.input_specs, autograph=False)
+    return own_function(dispatch, input_signature=serving.input_specs, autograph=False)
 
 
 def _make_runner(serving: ServingGraph, graph_def: Any) -> Any:
