@@ -4,7 +4,8 @@ Tests that use Redis read ``KILN_TEST_REDIS_URL`` and pick a database number per
 they flush. Two xdist workers running two such modules at once would flush each other's
 data, so every worker but the first starts a private ``redis-server`` on a free loopback port
 and points ``KILN_TEST_REDIS_URL`` at it before any test module is imported. PostgreSQL needs
-nothing: the tests create a fresh database each (``tests/_support/postgres.py``).
+nothing: the tests create a fresh database each (``tests/_support/postgres.py``). The tracer's
+timing cache is off (``KILN_TIMING_CACHE=off``) unless a test turns it on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import time
 import pytest
 
 _private: subprocess.Popen[bytes] | None = None
+# Measured placement's timing cache stays off unless a test turns it on (with its own tmp_path):
+# entries left by one test (or by the developer's own traces) would decide another's placement.
+os.environ["KILN_TIMING_CACHE"] = "off"
 
 
 def _free_port() -> int:

@@ -21,7 +21,8 @@ from kiln_worker.config import WorkerSettings
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES: tuple[type[BaseSettings], ...] = (Settings, ReconcileSettings, WorkerSettings)
 #: read with os.environ outside the settings classes, documented all the same
-DIRECT = {"KILN_TRACE_BACKEND", "KILN_PLACEMENT", "KILN_URL", "KILN_API_KEY", "KILN_DEBUG"}
+DIRECT = {"KILN_TRACE_BACKEND", "KILN_PLACEMENT", "KILN_TIMING_CACHE", "KILN_URL", "KILN_API_KEY",
+          "KILN_DEBUG"}
 
 
 def _env_names() -> dict[str, dict[str, str]]:

@@ -44,7 +44,7 @@ def _decide(rng: np.random.Generator, switch_pays: bool) -> tuple[Any, Any]:
     larger = passes.larger_examples(traced, frozen)
     assert larger is not None and larger[0].shape == (8, 32)
 
-    def timing(first: Any, second: Any, args: list[Any]) -> Measurement:
+    def timing(first: Any, second: Any, args: list[Any], **_: Any) -> Measurement:
         # Only the check of the switch times a switching model (as ``compiled``).
         ops = {op.type for op in first.get_concrete_function().graph.get_operations()}
         switching = bool({"If", "StatelessIf"} & ops)

@@ -153,6 +153,7 @@ def trace(
         return trace_with_neuron(func, example_inputs, subgraph_builder_function, parsed)
     from kiln_worker.tracer import passes
     from kiln_worker.tracer.backends.xla import XlaBackend
+    from kiln_worker.tracer.timing_cache import TimingCache
     from kiln_worker.tracer.verify import verify
 
     run, dump, xla = PassRunner(on_progress), WorkdirDumper(parsed.workdir), XlaBackend()
@@ -168,6 +169,7 @@ def trace(
     partitioning = run("partition", passes.partition, placed, frozen,
                        "measured" if measured else "all")
     larger = passes.larger_examples(traced, frozen) if measured else None
+    timings = TimingCache.from_env(xla.name) if measured else None  # KILN_TIMING_CACHE
     results = run(
         "compile",
         passes.compile_subgraphs,
@@ -175,12 +177,17 @@ def trace(
         measure=measured,
         progress=run.compile_progress,
         large_examples=larger,
+        timings=timings,
     )
     rewritten = run("rewrite", passes.rewrite, frozen, results, dump)
     wrapped = run("wrap", passes.wrap, traced, frozen, rewritten, parsed)
     decision = passes.Decision(results, rewritten, wrapped)
     if measured:
-        decision = run("measure", passes.measure_model, traced, frozen, parsed, decision, larger)
+        decision = run("measure", passes.measure_model, traced, frozen, parsed, decision, larger,
+                       timings)
+    placement_entry = passes.placement_report(mode, decision)
+    if timings is not None:  # which measurements the cache gave is said per measurement too
+        placement_entry["timing_cache"] = timings.summary()
     verification = run(
         "verify",
         verify,
@@ -188,7 +195,7 @@ def trace(
         decision.wrapped,
         backend=xla.name,
         flags=parsed,
-        placement=passes.placement_report(mode, decision),
+        placement=placement_entry,
     )
     return run.finish(decision, verification, xla, dump)
 

@@ -25,9 +25,10 @@ from kiln_worker.tracer.graphs import (
     with_lowering,
     without_feeds,
 )
-from kiln_worker.tracer.measure import Measurement, compare
+from kiln_worker.tracer.measure import Measurement, TimingStore, compare
 from kiln_worker.tracer.partition import Partition
 from kiln_worker.tracer.reference import call_with_xla_fallback
+from kiln_worker.tracer.timing_cache import TimingCache, store_for
 from kiln_worker.tracer.tolerance import gross_mismatch
 from kiln_worker.tracer.workdir import WorkdirDumper
 
@@ -126,11 +127,13 @@ def compile_partitions(
     measure: bool,
     progress: Callable[[int, int], None],
     large_examples: list[np.ndarray] | None = None,
+    timings: TimingCache | None = None,
 ) -> list[SubgraphResult]:
     """Compile each partition with ``backend``; keep a failed or slower one on CPU.
 
     With ``measure``, each compiled partition is timed against plain TensorFlow on its example
-    inputs and, given ``large_examples`` (the inputs at a larger batch), there too.
+    inputs and, given ``large_examples`` (the inputs at a larger batch), there too; given
+    ``timings``, a timing the cache holds is taken from there instead.
     """
     boundary = list(dict.fromkeys(t for p in partitions for t in p.inputs + p.outputs))
     specs = tensor_specs(frozen.graph_def, boundary)
@@ -145,7 +148,7 @@ def compile_partitions(
     for i, partition in enumerate(partitions):
         progress(i, len(partitions))
         results.append(_compile_one(backend, graph, frozen, partition, specs, values,
-                                    measure, large))
+                                    measure, large, timings))
     return results
 
 
@@ -158,6 +161,7 @@ def _compile_one(
     values: dict[str, Any],
     measure: bool,
     large: dict[str, Any] | None,
+    timings: TimingCache | None = None,
 ) -> SubgraphResult:
     sub = subgraph_graph_def(graph, partition, frozen.graph_def.library)
     body = make_body(sub, partition)
@@ -179,7 +183,7 @@ def _compile_one(
                        reason=f"its outputs differ from TensorFlow's on the example inputs: {wrong}")
     if measure:
         plain = plain_function(sub, partition, in_specs)
-        timing = compare(compiled.function, plain, args)
+        timing = compare(compiled.function, plain, args, store=_store(timings, result, args))
         result = replace(result, measurement=timing)
         if timing.clearly_slower:
             result = replace(
@@ -189,7 +193,7 @@ def _compile_one(
                 f"{timing.speedup:.2f}x, beyond the {timing.margin:.0%} margin",
             )
         if large is not None:
-            result = _measure_large(result, plain, large)
+            result = _measure_large(result, plain, large, timings)
     logger.debug("compile: %s %s", partition.name, result.status)
     return result
 
@@ -207,14 +211,17 @@ def _off_tensorflow(
     return wrong
 
 
-def _measure_large(result: SubgraphResult, plain: Any, values: dict[str, Any]) -> SubgraphResult:
+def _measure_large(
+    result: SubgraphResult, plain: Any, values: dict[str, Any], timings: TimingCache | None
+) -> SubgraphResult:
     """Time a compiled subgraph at the larger batch too. One clearly slower at the example
     batch but not at the larger one is compiled again (the model uses it at large batches)."""
     if result.compiled is None:
         return result
     args = [values[t] for t in result.partition.inputs]
     try:
-        timing = compare(result.compiled.function, plain, args)
+        timing = compare(result.compiled.function, plain, args,
+                         store=_store(timings, result, args))
     except Exception as e:  # a subgraph that cannot take another batch is judged at one only
         logger.info("%s not timed at the larger batch: %s", result.partition.name, e)
         return result
@@ -222,6 +229,16 @@ def _measure_large(result: SubgraphResult, plain: Any, values: dict[str, Any]) -
     if result.status == "rejected_no_gain" and not timing.clearly_slower:
         result = replace(result, status="compiled", reason=None)
     return result
+
+
+def _store(
+    timings: TimingCache | None, result: SubgraphResult, args: list[Any]
+) -> TimingStore | None:
+    """Where the timing of ``result``'s subgraph on ``args`` is kept: keyed by its graph, the
+    tensors it takes and gives, and the signature it was compiled for."""
+    p = result.partition
+    names = [*p.inputs, "->", *p.outputs, *(str(s) for s in result.specs)]
+    return store_for(timings, "subgraph", [result.graph_def], args, names)
 
 
 def outputs_on_examples(result: SubgraphResult) -> list[np.ndarray]:

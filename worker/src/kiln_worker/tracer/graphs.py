@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import tensorflow as tf
-from tensorflow.core.framework import function_pb2, graph_pb2
+from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 
 #: Attribute that marks a call node (and its function) for XLA compilation.
 XLA_MUST_COMPILE = "_XlaMustCompile"
@@ -90,14 +90,50 @@ def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
     return specs
 
 
-def _rename_attrs(node: Any, names: dict[str, str]) -> None:
-    for value in node.attr.values():
-        if value.HasField("func") and value.func.name in names:
-            value.func.name = names[value.func.name]
-        elif value.HasField("list"):
-            for func in value.list.func:
-                if func.name in names:
-                    func.name = names[func.name]
+def _functions_in(attrs: Any) -> Iterator[Any]:
+    """The function references (``NameAttrList``) among a node's attrs, nested ones too."""
+    for value in attrs.values():
+        for func in [value.func] if value.HasField("func") else value.list.func:
+            yield func
+            yield from _functions_in(func.attr)
+
+
+def _rename_attrs(node: Any, names: Mapping[str, str]) -> None:
+    for func in _functions_in(node.attr):
+        func.name = names.get(func.name, func.name)
+
+
+def canonical_parts(graph_def: Any) -> Iterator[bytes]:
+    """``graph_def`` serialized deterministically, piece by piece, with its library's functions
+    renamed ``f0``, ``f1``, ... in the order the graph first calls them: TensorFlow numbers the
+    functions it traces per process (``__inference_body_123``), so the same graph traced again
+    in one process gets other names. The renaming is one-to-one: two graphs give the same parts
+    only when they are the same up to their functions' names. (Pieces, so that the large
+    constants are not copied.)"""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    order: dict[str, None] = {}
+    pending = [list(graph_def.node)]
+    while pending:
+        for func in (f for node in pending.pop() for f in _functions_in(node.attr)):
+            if func.name in library and func.name not in order:
+                order[func.name] = None
+                pending.append(list(library[func.name].node_def))
+    order.update(dict.fromkeys(sorted(library)))
+    names = {name: f"f{i}" for i, name in enumerate(order)}
+    yield graph_def.versions.SerializeToString(deterministic=True)
+    for node in graph_def.node:
+        if any(f.name in names for f in _functions_in(node.attr)):
+            node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
+            _rename_attrs(node, names)
+        yield node.SerializeToString(deterministic=True)
+    for name in order:
+        function = function_pb2.FunctionDef.FromString(library[name].SerializeToString())
+        function.signature.name = names[name]
+        for inner in function.node_def:
+            _rename_attrs(inner, names)
+        yield function.SerializeToString(deterministic=True)
+    for gradient in graph_def.library.gradient:
+        yield gradient.SerializeToString(deterministic=True)
 
 
 class GraphImporter:

@@ -24,8 +24,8 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 #: Rounds of interleaved timing per comparison.
@@ -45,6 +45,9 @@ class Measurement:
     compiled_seconds: tuple[float, ...]
     plain_seconds: tuple[float, ...]
     calls_per_round: int
+    #: When it was timed, if it came from the timing cache (``timing_cache``) rather than being
+    #: timed now; not part of the timing, so equal measurements compare equal either way.
+    cached_at: str | None = field(default=None, compare=False)
 
     @property
     def ratios(self) -> list[float]:
@@ -102,7 +105,18 @@ class Measurement:
             "uncertainty": round(self.uncertainty, 4),
             "margin": round(self.margin, 4),
             "clearly_slower": self.clearly_slower,
+            **({"cached_at": self.cached_at} if self.cached_at is not None else {}),
         }
+
+
+class TimingStore(Protocol):
+    """Where one comparison's measurement may be kept between traces (``timing_cache``)."""
+
+    def load(self) -> Measurement | None:
+        """The stored measurement, or ``None`` (none stored, or not usable)."""
+
+    def save(self, measurement: Measurement) -> None:
+        """Keep ``measurement`` for the next trace; never raises."""
 
 
 def _block(fn: Callable[..., Any], args: list[Any], calls: int) -> float:
@@ -118,12 +132,38 @@ def compare(
     args: list[Any],
     rounds: int = ROUNDS,
     block_seconds: float = BLOCK_SECONDS,
+    store: TimingStore | None = None,
 ) -> Measurement:
     """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up);
-    an undecided comparison gets two more rounds at a time, up to ``MAX_ROUNDS``."""
+    an undecided comparison gets two more rounds at a time, up to ``MAX_ROUNDS``.
+
+    With ``store``, a measurement found there is returned and nothing is timed, so a model
+    traced again places as it did; a new measurement is saved there. Both sides are warmed up
+    all the same: their first calls trace functions, and a hit must leave the process as a miss
+    does (TensorFlow numbers functions as it traces them, and the saved model keeps the names).
+    """
     for _ in range(2):  # warm up (XLA compiles, caches fill)
         compiled(*args)
         plain(*args)
+    known = store.load() if store is not None else None
+    if known is not None:
+        logger.debug("measure: from the timing cache: %s", known.as_dict())
+        return known
+    result = _timed(compiled, plain, args, rounds, block_seconds)
+    if store is not None:
+        store.save(result)
+    return result
+
+
+def _timed(
+    compiled: Callable[..., Any],
+    plain: Callable[..., Any],
+    args: list[Any],
+    rounds: int,
+    block_seconds: float,
+) -> Measurement:
+    """The interleaved rounds themselves: calibrate the calls per block on ``plain``, then time
+    ``rounds`` rounds and extend an undecided result (see the module docstring)."""
     one_call = max(min(_block(plain, args, 1) for _ in range(3)), 1e-6)
     calls = int(min(50, max(1, block_seconds / one_call)))
     compiled_times: list[float] = []

@@ -27,6 +27,7 @@ from kiln_worker.tracer.measure import compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
+from kiln_worker.tracer.timing_cache import TimingCache, store_for
 from kiln_worker.tracer.workdir import WorkdirDumper
 from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model, only_calls
 
@@ -94,6 +95,7 @@ def compile_subgraphs(
     measure: bool,
     progress: Callable[[int, int], None],
     large_examples: list[np.ndarray] | None = None,
+    timings: TimingCache | None = None,
 ) -> list[SubgraphResult]:
     """Pass ``compile``: each subgraph compiled now; failures (and no gain) go back to CPU."""
     return compile_partitions(
@@ -105,6 +107,7 @@ def compile_subgraphs(
         measure=measure,
         progress=progress,
         large_examples=large_examples,
+        timings=timings,
     )
 
 
@@ -154,6 +157,7 @@ def measure_model(
     flags: Any,
     compiled: Decision,
     large_examples: list[np.ndarray] | None = None,
+    timings: TimingCache | None = None,
 ) -> Decision:
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
@@ -171,14 +175,16 @@ def measure_model(
     if reused:
         return compiled._replace(whole_model=reused)
     plain = _plain(traced, frozen, flags)
-    small = _choose(traced, frozen, flags, compiled, plain, traced.examples, large=False)
+    small = _choose(traced, frozen, flags, compiled, plain, traced.examples, large=False,
+                    timings=timings)
     if large_examples is None or not dynamic:
         return small
-    large = _choose(traced, frozen, flags, compiled, plain, large_examples, large=True)
+    large = _choose(traced, frozen, flags, compiled, plain, large_examples, large=True,
+                    timings=timings)
     records = small.whole_model + large.whole_model
     if _kept(small.results) == _kept(large.results):
         return small._replace(whole_model=records)
-    return _by_batch_size(traced, frozen, (small, large), records, large_examples)
+    return _by_batch_size(traced, frozen, (small, large), records, large_examples, timings)
 
 
 def _by_batch_size(
@@ -187,6 +193,7 @@ def _by_batch_size(
     choices: tuple[Decision, Decision],
     records: tuple[dict[str, Any], ...],
     large_examples: list[np.ndarray],
+    timings: TimingCache | None = None,
 ) -> Decision:
     """The two batch sizes chose differently: a model switching between both choices by batch
     size, unless the switch is clearly slower at the example batch than the larger batch's
@@ -195,7 +202,7 @@ def _by_batch_size(
     rows = (_rows(traced, traced.examples), _rows(traced, large_examples))
     split = int(math.sqrt(rows[0] * rows[1]))
     wrapped = build_dispatch(traced, frozen, (small.rewritten, large.rewritten), split)
-    switch = _switch_record(traced, large, wrapped)
+    switch = _switch_record(traced, (small, large), wrapped, split, timings)
     records = (*records, switch)
     if switch["decision"] == "rejected":
         why = ("kept at the example batch only, where switching graphs by batch size measured "
@@ -208,7 +215,13 @@ def _by_batch_size(
     return Decision(results, small.rewritten, wrapped, records, split)
 
 
-def _switch_record(traced: TracedFunction, large: Decision, dispatch: Wrapped) -> dict[str, Any]:
+def _switch_record(
+    traced: TracedFunction,
+    choices: tuple[Decision, Decision],
+    dispatch: Wrapped,
+    split: int,
+    timings: TimingCache | None = None,
+) -> dict[str, Any]:
     """Time switching graphs by batch size against the larger batch's choice run for every
     batch size, at the example batch, where the switch costs most (a ``tf.cond``, and a
     compiled call that is no longer the whole function: tens of microseconds). The switch is
@@ -216,8 +229,11 @@ def _switch_record(traced: TracedFunction, large: Decision, dispatch: Wrapped) -
     cannot tell, each batch size keeps its own choice."""
     import tensorflow as tf
 
+    small, large = choices
     args = [tf.constant(x) for x in traced.examples]
-    timing = compare(dispatch.model._serve, large.wrapped.model._serve, args)
+    graphs = [small.rewritten.graph_def, large.rewritten.graph_def]
+    store = store_for(timings, "switch", graphs, args, [f"split at {split} rows"])
+    timing = compare(dispatch.model._serve, large.wrapped.model._serve, args, store=store)
     return {"candidate": "switching graphs by batch size (against the larger batch's choice "
             "at every batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
             "decision": "rejected" if timing.clearly_slower else "kept"}
@@ -275,6 +291,7 @@ def _choose(
     plain: Decision,
     examples: list[np.ndarray],
     large: bool,
+    timings: TimingCache | None = None,
 ) -> Decision:
     """The whole-model choice at one batch size (``large``: the larger one)."""
     import tensorflow as tf
@@ -289,7 +306,11 @@ def _choose(
     records: list[dict[str, Any]] = []
     for label, chosen in candidates if kept else []:
         candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
-        timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args)
+        graphs = [candidate.rewritten.graph_def, plain.rewritten.graph_def]
+        store = store_for(timings, "whole-model candidate", graphs, args,
+                          [candidate.wrapped.batch_mode, plain.wrapped.batch_mode])
+        timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args,
+                         store=store)
         verdict = "rejected" if timing.clearly_slower else "kept"
         records.append(
             {"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),

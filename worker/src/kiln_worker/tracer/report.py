@@ -114,20 +114,26 @@ def build_report(
     }
 
 
-#: Report keys that time this run (wall-clock seconds), per report and per subgraph.
-RUN_TIMINGS = ("timings", "compile_seconds")
+#: Report keys that describe this run rather than its result, at any depth: wall-clock seconds
+#: (``timings``, a subgraph's ``compile_seconds``) and what the timing cache gave
+#: (``placement.timing_cache``; ``cached_at``, when a measurement taken from it was timed).
+RUN_TIMINGS = ("timings", "compile_seconds", "timing_cache", "cached_at")
 
 
 def without_timings(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without this run's wall-clock seconds, as the saved model carries it: the
-    same model, inputs and flags then save the same bytes (the seconds stay in ``model.report``
-    and the job's report.json)."""
-    kept = {k: v for k, v in report.items() if k not in RUN_TIMINGS}
-    kept["subgraphs"] = [
-        {k: v for k, v in entry.items() if k not in RUN_TIMINGS}
-        for entry in report.get("subgraphs", [])
-    ]
-    return kept
+    """The report without what describes this run only, as the saved model carries it: the
+    same model, inputs and flags then save the same bytes, whether their measurements were
+    timed now or taken from the timing cache (all of it stays in ``model.report`` and the job's
+    report.json)."""
+    return dict(_without(report, RUN_TIMINGS))
+
+
+def _without(value: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
 
 
 def analysis(placement: Placement, partitions: list[Partition]) -> dict[str, Any]:
