@@ -111,6 +111,60 @@ def test_the_same_trace_saves_the_same_bytes(tmp_path: Path) -> None:
     assert _fingerprint(saved[0]) == _fingerprint(saved[1])  # ... and hashes that agree
 
 
+#: Measured placement, with a graph that XLA splits in two around a string op (so whole-model
+#: candidates are timed too); prints what the report says about placement and the cache.
+_TRACE_MEASURED_AND_SAVE = """
+import json
+import sys
+import numpy as np
+import tensorflow as tf
+import kiln_worker
+tf.keras.utils.set_random_seed(0)
+inputs = tf.keras.Input((8,))
+x = tf.keras.layers.Dense(16, activation="relu")(inputs)
+x = tf.keras.layers.Lambda(lambda t: tf.strings.to_number(tf.strings.as_string(t)))(x)
+model = tf.keras.Model(inputs, tf.keras.layers.Dense(4)(x))
+traced = kiln_worker.trace(model, np.ones((1, 8), np.float32), placement="measured")
+traced.save(sys.argv[1])
+report = traced.report
+print(json.dumps({"placement": report["placement"], "subgraphs": report["subgraphs"]}))
+"""
+
+
+def test_the_same_measured_trace_saves_the_same_bytes_with_a_timing_cache(tmp_path: Path) -> None:
+    """Measured placement times on a noisy machine; with a shared timing cache, the second
+    trace (in a fresh process) reuses the first one's measurements: the same placement, and
+    the same saved bytes although one trace timed and the other did not."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+               KILN_TIMING_CACHE=str(tmp_path / "cache"))
+    saved, reports = [], []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        done = subprocess.run([sys.executable, "-c", _TRACE_MEASURED_AND_SAVE, str(out)], env=env,
+                              check=True, timeout=600, capture_output=True, text=True)
+        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        saved.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    first, second = (r["placement"].pop("timing_cache") for r in reports)
+    assert first["hits"] == 0 and first["stored"] >= 4  # two subgraphs at two batches, and more
+    assert second == {**first, "hits": first["stored"], "stored": 0}
+    assert len(reports[0]["placement"]["whole_model"]) >= 1  # whole-model candidates were timed
+    for report in reports:
+        for subgraph in report["subgraphs"]:
+            subgraph.pop("compile_seconds")
+    measurements = [*reports[1]["placement"]["whole_model"],
+                    *(s[k] for s in reports[1]["subgraphs"]
+                      for k in ("measurement", "large_batch_measurement"))]
+    assert all(m.pop("cached_at") for m in measurements)  # each from the cache
+    assert reports[0] == reports[1]  # the same placement, from the same measurements
+    differing = [str(p) for p in saved[0] if saved[0][p] != saved[1][p]]
+    assert saved[0].keys() == saved[1].keys() and differing == ["fingerprint.pb"]
+    assert _fingerprint(saved[0]) == _fingerprint(saved[1])
+
+
 def _fingerprint(files: dict[Path, bytes]) -> Any:
     from tensorflow.core.protobuf import fingerprint_pb2
 

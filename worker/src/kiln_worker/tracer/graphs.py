@@ -91,8 +91,9 @@ def tensor_specs(graph_def: Any, names: list[str]) -> dict[str, tf.TensorSpec]:
 
 
 def _functions_in(attrs: Any) -> Iterator[Any]:
-    """The function references (``NameAttrList``) among a node's attrs, nested ones too."""
-    for value in attrs.values():
+    """The function references (``NameAttrList``) among a node's attrs, nested ones too, by
+    attr name (a protobuf map's own order changes from one process to the next)."""
+    for value in (attrs[key] for key in sorted(attrs)):
         for func in [value.func] if value.HasField("func") else value.list.func:
             yield func
             yield from _functions_in(func.attr)

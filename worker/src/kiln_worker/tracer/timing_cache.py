@@ -28,6 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops  # the counter that numbers functions
+
 from kiln_worker.tracer import measure
 from kiln_worker.tracer.graphs import canonical_parts
 from kiln_worker.tracer.measure import Measurement, TimingStore
@@ -54,8 +57,6 @@ def cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
 
 def machine_fingerprint(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """What makes timings on this machine and runtime differ from another's."""
-    import tensorflow as tf
-
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cpus": usable,
             "machine": platform.machine(), "tensorflow": tf.__version__,
@@ -103,24 +104,33 @@ class TimingCache:
         return {"directory": where, "hits": self.hits, "stored": self.stored}
 
 
-@dataclass(frozen=True)
+@dataclass
 class CacheEntry:
-    """One comparison's place in the cache (a ``measure.TimingStore``)."""
+    """One comparison's place in the cache (a ``measure.TimingStore``).
+
+    TensorFlow numbers the functions it traces from a counter that every eager op advances
+    (``__inference_run_2594``), and the saved model keeps those names. Timing runs thousands of
+    ops, so the entry records how far the comparison advanced the counter, and a hit advances it
+    as far: later functions get the numbers they got in the trace that timed, and the two save
+    the same bytes."""
 
     cache: TimingCache
     key: str
     label: str
     path: Path
+    counter_at_miss: int = 0
 
     def load(self) -> Measurement | None:
         """The stored measurement, if there is a usable one (else it is timed again)."""
         try:
-            found = _measurement(json.loads(self.path.read_text(encoding="utf-8")), self.key)
-        except FileNotFoundError:
-            return None
+            found, ops = _measurement(json.loads(self.path.read_text("utf-8")), self.key)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            logger.info("timing cache: ignoring %s: %s", self.path, e)
+            if not isinstance(e, FileNotFoundError):
+                logger.info("timing cache: ignoring %s: %s", self.path, e)
+            self.counter_at_miss = tf_ops.uid()
             return None
+        for _ in range(ops):
+            tf_ops.uid()
         self.cache.hits += 1
         return found
 
@@ -133,6 +143,7 @@ class CacheEntry:
                  "compiled_seconds": list(measurement.compiled_seconds),
                  "plain_seconds": list(measurement.plain_seconds),
                  "calls_per_round": measurement.calls_per_round,
+                 "tf_ops": tf_ops.uid() - self.counter_at_miss + 1,
                  "timed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,17 +169,19 @@ def store_for(cache: TimingCache | None, label: str, graph_defs: Sequence[Any],
     return CacheEntry(cache, key, label, cache.directory / f"{key}.json")
 
 
-def _measurement(entry: dict[str, Any], key: str) -> Measurement:
+def _measurement(entry: dict[str, Any], key: str) -> tuple[Measurement, int]:
+    """The entry's measurement and how far its timing advanced TensorFlow's counter."""
     if entry.get("format") != FORMAT or entry.get("key") != key:
         raise ValueError("another format or key")
     compiled = tuple(float(s) for s in entry["compiled_seconds"])
     plain = tuple(float(s) for s in entry["plain_seconds"])
-    calls, timed_at = entry["calls_per_round"], entry["timed_at"]
+    calls, timed_at, ops = entry["calls_per_round"], entry["timed_at"], entry["tf_ops"]
     finite = all(math.isfinite(s) and s >= 0 for s in compiled + plain)
-    if not (compiled and len(compiled) == len(plain) and finite and isinstance(calls, int)
-            and calls >= 1 and isinstance(timed_at, str)):
+    counts = all(isinstance(n, int) and n >= 1 for n in (calls, ops))
+    if not (compiled and len(compiled) == len(plain) and finite and counts
+            and isinstance(timed_at, str)):
         raise ValueError("not a measurement")
-    return Measurement(compiled, plain, calls, cached_at=timed_at)
+    return Measurement(compiled, plain, calls, cached_at=timed_at), ops
 
 
 def _write_atomically(path: Path, text: str) -> None:
