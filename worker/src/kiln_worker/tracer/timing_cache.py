@@ -66,10 +66,8 @@ def machine_fingerprint(environ: Mapping[str, str] = os.environ) -> dict[str, An
 
 def timing_key(fingerprint: Mapping[str, Any], backend: str, label: str,
                graph_defs: Sequence[Any], args: Sequence[Any], details: Sequence[str] = ()) -> str:
-    """The sha256 (hex) naming one comparison's entry: what it runs, on what, and by what rule.
-
-    ``details`` are further strings that tell two comparisons of the same graphs apart (the
-    subgraph's boundary tensors, the model's batch mode)."""
+    """The sha256 (hex) naming one comparison's entry: what it runs, on what, by what rule;
+    ``details`` tell two comparisons of the same graphs apart (boundary tensors, batch mode)."""
     rules = [measure.ROUNDS, measure.MAX_ROUNDS, measure.MIN_MARGIN, measure.BLOCK_SECONDS]
     header = {"format": FORMAT, "machine": dict(fingerprint), "backend": backend, "label": label,
               "details": list(details), "args": [_spec(a) for a in args], "rules": rules}
@@ -100,19 +98,16 @@ class TimingCache:
 
     def summary(self) -> dict[str, Any]:
         """``report["placement"]["timing_cache"]``."""
-        where = str(self.directory) if self.directory is not None else None
-        return {"directory": where, "hits": self.hits, "stored": self.stored}
+        return {"directory": self.directory and str(self.directory), "hits": self.hits,
+                "stored": self.stored}
 
 
 @dataclass
 class CacheEntry:
-    """One comparison's place in the cache (a ``measure.TimingStore``).
-
-    TensorFlow numbers the functions it traces from a counter that every eager op advances
-    (``__inference_run_2594``), and the saved model keeps those names. Timing runs thousands of
-    ops, so the entry records how far the comparison advanced the counter, and a hit advances it
-    as far: later functions get the numbers they got in the trace that timed, and the two save
-    the same bytes."""
+    """One comparison's place in the cache (a ``measure.TimingStore``). TensorFlow numbers the
+    functions it traces (names the saved model keeps) from a counter every eager op advances;
+    the entry records how far the timing advanced it, and a hit advances it as far, so the
+    functions traced later are named as in the trace that timed, and both save the same bytes."""
 
     cache: TimingCache
     key: str
@@ -124,7 +119,7 @@ class CacheEntry:
         """The stored measurement, if there is a usable one (else it is timed again)."""
         try:
             found, ops = _measurement(json.loads(self.path.read_text("utf-8")), self.key)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        except Exception as e:  # unreadable, corrupt or another key's: timed again, overwritten
             if not isinstance(e, FileNotFoundError):
                 logger.info("timing cache: ignoring %s: %s", self.path, e)
             self.counter_at_miss = tf_ops.uid()
@@ -177,7 +172,7 @@ def _measurement(entry: dict[str, Any], key: str) -> tuple[Measurement, int]:
     plain = tuple(float(s) for s in entry["plain_seconds"])
     calls, timed_at, ops = entry["calls_per_round"], entry["timed_at"], entry["tf_ops"]
     finite = all(math.isfinite(s) and s >= 0 for s in compiled + plain)
-    counts = all(isinstance(n, int) and n >= 1 for n in (calls, ops))
+    counts = all(isinstance(n, int) and 1 <= n <= 10**7 for n in (calls, ops))
     if not (compiled and len(compiled) == len(plain) and finite and counts
             and isinstance(timed_at, str)):
         raise ValueError("not a measurement")
