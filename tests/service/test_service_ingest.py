@@ -54,3 +54,13 @@ def test_importing_the_api_does_not_load_tensorflow(tmp_path: Path) -> None:
                          cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_saved_model_without_signatures_is_refused_with_how_to_export_one() -> None:
+    from kiln_service.errors import UploadRejectedError
+    from kiln_service.ingest import select_signature
+
+    with pytest.raises(UploadRejectedError) as raised:
+        select_signature({}, "serving_default")
+    assert raised.value.code == "unknown_signature"
+    assert "has no signatures" in str(raised.value) and "get_concrete_function" in str(raised.value)

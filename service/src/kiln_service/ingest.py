@@ -187,7 +187,13 @@ def select_signature(signatures: dict[str, Signature], name: str) -> Signature:
             when the signature's graph runs file, network or host-escaping ops.
     """
     if name not in signatures:
-        available = ", ".join(sorted(signatures)) or "none"
+        if not signatures:  # e.g. tf.saved_model.save(module) of a tf.function without one
+            raise reject("unknown_signature", f"the SavedModel has no signatures, so Kiln cannot "
+                         f"tell what to compile; save it with one, e.g. tf.saved_model.save(model, "
+                         f"path, signatures={{{name!r}: model.__call__.get_concrete_function("
+                         f"tf.TensorSpec([None, ...], tf.float32))}}), or with "
+                         f"@tf.function(input_signature=[...]) on the function to serve")
+        available = ", ".join(sorted(signatures))
         raise reject("unknown_signature", f"the SavedModel has no signature {name!r}; "
                       f"available signatures: {available}")
     signature = signatures[name]
