@@ -101,6 +101,7 @@ def test_npz_path_is_passed_through(tmp_path: Path) -> None:
     [
         ("missing", None, "does not exist"),
         ("file.txt", None, "not a SavedModel directory or archive"),
+        ("model.keras", None, "Keras model file: .*model.export"),
         ("emptydir", None, "has no saved_model.pb"),
         (object(), None, "cannot compile a object"),
         ("sm", [np.zeros(1)], "got 1 positional example input.*takes 2: alpha, zeta"),
@@ -111,6 +112,7 @@ def test_unusable_model_or_inputs_say_what_to_do(
     model: object, inputs: object, message: str, saved_model: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "model.keras").write_bytes(b"PK")
     (tmp_path / "emptydir").mkdir()
     target = tmp_path / model if isinstance(model, str) else model
     work = tmp_path / "w"

@@ -95,6 +95,14 @@ def prepare_inputs(model: Path, example_inputs: Any, *, signature: str, workdir:
     return _write_inputs(example_inputs, model, signature, None, workdir)
 
 
+def _keras_file_hint(path: Path) -> str:
+    """How to turn a Keras model file (``.keras``, ``.h5``) into a SavedModel ("" otherwise)."""
+    if not path.name.lower().endswith((".keras", ".h5", ".hdf5")):
+        return ""
+    return ("; this is a Keras model file: load it and export a SavedModel with "
+            "model.export(DIR) (Keras 3) or model.save(DIR) (tf.keras 2), then pass DIR")
+
+
 def _pack_path(path: Path, workdir: Path) -> Path:
     """An archive path as it is, or a SavedModel directory packed into ``workdir``."""
     if not path.exists():
@@ -104,6 +112,7 @@ def _pack_path(path: Path, workdir: Path) -> Path:
             raise InputError(
                 f"{path.name}: not a SavedModel directory or archive; pass the directory "
                 f"containing saved_model.pb or an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+                + _keras_file_hint(path)
             )
         return path
     if not (path / "saved_model.pb").is_file():
