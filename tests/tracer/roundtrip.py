@@ -142,10 +142,10 @@ def signature_inputs(signature: Any, inputs: Any) -> dict[str, Any]:
     flat = tf.nest.flatten(inputs)
     if len(flat) != len(names):
         raise ValueError(f"{len(flat)} inputs for a signature taking {names}; pass a dict")
-    if len(names) > 1 and not isinstance(inputs, Mapping):
-        order = sorted(names)  # Keras names signature inputs after its Input layers
-        if order != names:
-            names = order
+    if len(names) > 1:
+        # Keras 2 names signature inputs after its Input layers, Keras 3's tf.saved_model.save
+        # signature ``inputs``, ``inputs_1`` ... in its inputs' order: tf.nest order, sorted
+        names = sorted(names)
     return {name: tf.constant(value) for name, value in zip(names, flat, strict=True)}
 
 
