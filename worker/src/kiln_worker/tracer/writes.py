@@ -5,11 +5,17 @@ that also assigns to a variable (a call counter's ``assign_add``, a stateful RNN
 ``tf.random.Generator``'s state, an optimizer step) would lose the write, and TensorFlow's freezer
 fails on it with a message about resource inputs. The write ops are found before freezing, in the
 graph and the functions it calls, and named with the variables they write.
+
+Keras 3 random layers draw from a ``SeedGenerator`` whose state variable they advance at each
+call. They are inactive in a model traced in memory (``trace`` passes ``training=False``), but
+``model.export()`` serves ``model(x)``, where the augmentation layers (``RandomFlip`` ...) default
+to ``training=True``: such a signature is refused naming the layers and how to export without them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kiln_worker.tracer.errors import UnsupportedModelError
@@ -34,6 +40,22 @@ _WRITE_PREFIXES = ("ResourceScatter", "ResourceApply", "ResourceSparseApply", "S
                    "StatefulStandardNormal", "StatefulTruncatedNormal", "StatefulRandomBinomial")
 
 
+#: the name of a Keras 3 ``SeedGenerator``'s state variable
+_KERAS_SEED_STATE = "seed_generator_state"
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One op writing a variable: the variable (or its resource input), the op, its node."""
+
+    variable: str
+    op: str
+    node: str
+
+    def __str__(self) -> str:
+        return f"{self.variable} ({self.op} at {self.node})"
+
+
 def is_variable_write(op: str) -> bool:
     """Whether op type ``op`` changes the resource variable it takes."""
     return op in _WRITE_OPS or op.startswith(_WRITE_PREFIXES)
@@ -45,6 +67,10 @@ def variable_writes(concrete: Any) -> list[str]:
     The variable is named when its handle can be followed from a captured variable through
     function calls; otherwise the resource input is given.
     """
+    return [str(write) for write in _writes(concrete)]
+
+
+def _writes(concrete: Any) -> list[_Write]:
     graph_def = concrete.graph.as_graph_def()
     functions = {f.signature.name: f for f in graph_def.library.function}
     captured = {internal.op.name: external for external, internal in concrete.graph.captures}
@@ -53,19 +79,19 @@ def variable_writes(concrete: Any) -> list[str]:
         for placeholder, handle in captured.items():
             if handle is variable.handle:
                 names[placeholder] = variable.name
-    found: list[str] = []
+    found: list[_Write] = []
     _scan(graph_def.node, names, functions, found, depth=0)
-    return found
+    return list(dict.fromkeys(found))
 
 
-def _scan(nodes: Any, names: Mapping[str, str], functions: Mapping[str, Any], found: list[str],
-          depth: int) -> None:
+def _scan(nodes: Any, names: Mapping[str, str], functions: Mapping[str, Any],
+          found: list[_Write], depth: int) -> None:
     """Add the writes among ``nodes`` (``names``: resource input → variable) to ``found``, and
     those of the functions they call, up to a depth that stops recursive functions."""
     for node in nodes:
         if is_variable_write(node.op):
             source = node.input[0].split(":")[0] if node.input else "?"
-            found.append(f"{names.get(source, source)} ({node.op} at {node.name})")
+            found.append(_Write(names.get(source, source), node.op, node.name))
         if depth > 8:
             continue
         inputs = [i.split(":")[0] for i in node.input if not i.startswith("^")]
@@ -86,13 +112,33 @@ def check_no_variable_writes(concrete: Any) -> None:
         UnsupportedModelError: the function assigns to a variable (or advances a random
             generator's state) while it runs.
     """
-    writes = list(dict.fromkeys(variable_writes(concrete)))
-    if writes:
-        raise UnsupportedModelError(
-            f"the function writes to variables while it runs: {', '.join(writes[:5])}. A traced "
-            "model is for inference and its weights are frozen, so such an update would be lost: "
-            "trace a function that only reads its variables (move counters, stateful RNN states "
-            "and optimizer steps out of it; draw random numbers with tf.random.uniform or the "
-            "tf.random.stateless_* ops instead of a tf.random.Generator)",
-            _PASS,
-        )
+    writes = _writes(concrete)
+    if not writes:
+        return
+    seeded = [w.node.rsplit("/", 1)[0] for w in writes if _KERAS_SEED_STATE in w.variable]
+    if seeded:
+        raise UnsupportedModelError(_keras_random_message(list(dict.fromkeys(seeded))), _PASS)
+    raise UnsupportedModelError(
+        f"the function writes to variables while it runs: {', '.join(map(str, writes[:5]))}. "
+        "A traced model is for inference and its weights are frozen, so such an update would be "
+        "lost: trace a function that only reads its variables (move counters, stateful RNN "
+        "states and optimizer steps out of it; draw random numbers with tf.random.uniform or the "
+        "tf.random.stateless_* ops instead of a tf.random.Generator)",
+        _PASS,
+    )
+
+
+def _keras_random_message(layers: list[str]) -> str:
+    """Why a function whose Keras 3 layers draw random numbers is refused, and what to do."""
+    return (
+        f"Keras 3 random layers draw random numbers in this function: {', '.join(layers[:5])} "
+        "(each advances its SeedGenerator's seed_generator_state variable at every call; a "
+        "traced model's variables are frozen, so it would repeat one draw forever). Keras 3's "
+        "model.export() serves model(x) without training=False, where RandomFlip, RandomRotation "
+        "and the other augmentation layers default to training=True: the exported model "
+        "augments its inputs at inference. Trace the Keras model itself (trace runs it with "
+        "training=False), or export an inference endpoint: archive = "
+        "keras.export.ExportArchive(); archive.track(model); archive.add_endpoint('serve', "
+        "lambda x: model(x, training=False), input_signature=[keras.InputSpec(shape=..., "
+        "dtype=...)]); archive.write_out(path)"
+    )
