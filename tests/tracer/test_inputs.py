@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tests.tracer.conftest import max_rel_diff
@@ -92,6 +93,32 @@ def test_keras_model_with_dict_inputs_gets_the_dict(rng: np.random.Generator) ->
     }
     traced = kiln_worker.trace(model, x, subgraph_builder_function=lambda n: True)
     assert max_rel_diff(model(x), traced(x)) < 1e-5
+
+
+def test_subclassed_keras_model_reading_a_dict_gets_the_dict(rng: np.random.Generator) -> None:
+    """A subclassed model has no ``input`` to say it takes a dict; its ``call(inputs)`` cannot
+    take the keys as keywords, so it gets the dict (keywords it can take are passed as such)."""
+    import tensorflow as tf
+
+    import kiln_worker
+
+    class DictCall(tf.keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.image, self.meta = tf.keras.layers.Dense(3), tf.keras.layers.Dense(3)
+
+        def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+            return self.image(inputs["image"]) * self.meta(inputs["meta"])
+
+    class Keywords(tf.keras.Model):  # type: ignore[misc]
+        def call(self, image: tf.Tensor, meta: tf.Tensor, training: bool | None = None) -> Any:
+            return image[:, :3] - meta
+
+    x = {"image": rng.normal(size=(2, 5)).astype("float32"),
+         "meta": rng.normal(size=(2, 3)).astype("float32")}
+    for model, expected in ((DictCall(), lambda m: m(x)), (Keywords(), lambda m: m(**x))):
+        traced = kiln_worker.trace(model, x)
+        assert max_rel_diff(expected(model), traced(x)) < 1e-5, type(model).__name__
 
 
 def test_list_inputs_and_list_outputs(rng: np.random.Generator) -> None:

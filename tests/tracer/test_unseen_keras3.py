@@ -201,6 +201,29 @@ def _subclassed() -> Any:
     return model
 
 
+class TwoTowers(keras.Model):  # type: ignore[misc]
+    """A subclassed model whose ``call`` reads a dict: it has no ``input`` saying so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = layers.Dense(4, activation="relu")
+        self.meta = layers.Dense(4)
+        self.head = layers.Dense(2)
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+        return self.head(self.image(inputs["image"]) * self.meta(inputs["meta"]))
+
+
+def _dict_call() -> Any:
+    model = TwoTowers()
+    model(_towers_inputs(1, 0))
+    return model
+
+
+def _towers_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
+    return {"image": normal(batch, 5, seed=seed), "meta": normal(batch, 3, seed=seed + 1)}
+
+
 def _training_layers() -> Any:
     inputs = keras.Input((10,))
     x = layers.Dense(16)(inputs)
@@ -248,6 +271,7 @@ def _cases(**extra: Any) -> dict[str, Case]:
         "mixed_float16": Case(_mixed_float16, shaped(12, 12, 3), rtol=RTOL_FLOAT16, **kwargs),
         "dict_inputs_dict_outputs": Case(_dict_inputs, _dict_examples, **kwargs),
         "subclassed_custom_call": Case(_subclassed, shaped(6), **kwargs),
+        "subclassed_call_reads_a_dict": Case(_dict_call, _towers_inputs, **kwargs),
         "dropout_batch_norm_noise": Case(_training_layers, shaped(10), **kwargs),
         # model.export leaves RandomFlip active (see the test below): exported for inference
         "sequential_random_flip": Case(_sequential, shaped(16, 16, 3),

@@ -1,7 +1,8 @@
 """Pass ``inputs``: normalise ``func`` and ``example_inputs`` into one flat concrete function.
 
 The seed's calling conventions: a Tensor or a list → ``func(x)``; a tuple → ``func(*x)``; a dict →
-``func(**x)``, except a keras.Model whose inputs are a dict, which gets the dict itself. Inside
+``func(**x)``, except a keras.Model whose inputs are a dict (or whose ``call`` cannot take the
+keys as keywords: a subclassed model reading ``inputs["image"]``), which gets the dict itself. Inside
 that outer convention the example inputs may be nested as ``tf.nest`` allows (a tuple holding a
 list, a tuple of dicts ...) and hold tensors of any dtype; the traced function takes their leaves,
 flattened in ``tf.nest`` order, with exactly their dtypes and shapes (axis 0 relaxed when it can).
@@ -78,11 +79,22 @@ def _needs_autograph(func: Any) -> bool:
     return not callable(getattr(func, "get_concrete_function", None))
 
 
-def _keras_takes_dict(model: Any) -> bool:
+def _keras_takes_dict(model: Any, keys: Sequence[str]) -> bool:
+    """Whether a keras.Model gets a dict of example inputs whole: its inputs are a dict, or its
+    ``call`` cannot take the keys as keyword arguments (a subclassed model whose ``call(inputs)``
+    reads ``inputs["image"]`` has no ``input`` to look at)."""
     try:
-        return isinstance(model.input, dict)
+        if isinstance(model.input, dict):
+            return True
     except (AttributeError, ValueError, TypeError):
+        pass
+    try:
+        inspect.signature(model.call).bind(**dict.fromkeys(keys))
+    except TypeError:
+        return True
+    except ValueError:  # no signature to read: keep the seed's func(**x)
         return False
+    return False
 
 
 def _composite_advice(value: Any) -> str | None:
@@ -215,7 +227,7 @@ def make_caller(func: Any, structure: Structure) -> Callable[[list[Any]], Any]:
     if isinstance(func, tf.types.experimental.ConcreteFunction):
         return _concrete_caller(func, structure)
     if _is_keras_model(func):
-        if structure.kind == "dict" and _keras_takes_dict(func):
+        if structure.kind == "dict" and _keras_takes_dict(func, list(structure.template)):
             call = lambda leaves: func(structure.pack(leaves), training=False)  # noqa: E731
         else:
             call = _plain_caller(lambda *a, **k: func(*a, **k, training=False), structure)
