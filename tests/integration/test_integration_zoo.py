@@ -43,6 +43,7 @@ CASES = [
     ZooCase("asset_table", compiled_op="MatMul", table=True),
     ZooCase("random_draw", random_outputs=("noise",)),
     ZooCase("sorted_segments"),  # takes any batch though rows are summed per segment
+    ZooCase("keras3_export", compiled_op="While"),  # keras.Model.export, inputs keyed by name
 ]
 
 

@@ -145,6 +145,25 @@ def _sorted_segments(_: Path) -> Built:
     return _module_writer(_SortedSegments()), inputs([0, 0, 1, 2]), inputs([0, 1, 1, 3, 3])
 
 
+def _keras3_export(_: Path) -> Built:
+    """Keras 3 (``import keras``, tf.keras on TensorFlow 2.16+) saved with ``model.export``: a
+    dict of an image and a sequence, a convolution and a GRU."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    image, steps = keras.Input((8, 8, 3), name="image"), keras.Input((5, 3), name="steps")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    merged = keras.layers.Concatenate()([pooled, keras.layers.GRU(4)(steps)])
+    model = keras.Model({"image": image, "steps": steps}, keras.layers.Dense(2)(merged))
+    rng = np.random.default_rng(6)
+
+    def inputs(batch: int) -> Inputs:
+        return {"image": rng.normal(size=(batch, 8, 8, 3)).astype(np.float32),
+                "steps": rng.normal(size=(batch, 5, 3)).astype(np.float32)}
+
+    return lambda path: model.export(str(path), verbose=False), inputs(2), inputs(3)
+
+
 BUILDERS: dict[str, Callable[[Path], Built]] = {
     "random_draw": _random_draw,
     "sorted_segments": _sorted_segments,
@@ -152,6 +171,7 @@ BUILDERS: dict[str, Callable[[Path], Built]] = {
     "string_lookup": _string_lookup,
     "text_vectorization": _text_vectorization,
     "asset_table": _asset_table,
+    "keras3_export": _keras3_export,
 }
 
 
