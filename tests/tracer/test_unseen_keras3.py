@@ -349,5 +349,29 @@ def test_keras3_export_with_active_augmentation_is_refused_naming_the_layers(
         kiln_worker.trace(signature, {name: x})
     message = str(caught.value)
     assert caught.value.pass_name == "freeze"
-    assert "Keras 3 random layers" in message and "random_flip" in message, message
+    assert "Keras 3 layers draw random numbers" in message and "random_flip" in message, message
     assert "training=False" in message and "ExportArchive" in message, message
+
+
+class SeededNoise(layers.Layer):  # type: ignore[misc]
+    """Noise at inference too, drawn by ``keras.random`` from a SeedGenerator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seed_generator = keras.random.SeedGenerator(1)
+
+    def call(self, x: Any) -> Any:
+        return x + keras.random.normal(keras.ops.shape(x), seed=self.seed_generator)
+
+
+def test_keras3_layer_drawing_at_inference_is_refused_saying_what_to_draw_with() -> None:
+    import kiln_worker
+    from kiln_worker.tracer.errors import UnsupportedModelError
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, SeededNoise()(inputs))
+    with pytest.raises(UnsupportedModelError) as caught:
+        kiln_worker.trace(model, normal(2, 4))
+    message = str(caught.value)
+    assert "seeded_noise" in message and "seed_generator_state" in message, message
+    assert "must use tf.random.uniform or tf.random.normal" in message, message
