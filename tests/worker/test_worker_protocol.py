@@ -158,6 +158,19 @@ def test_summary_keeps_placement_and_check_but_not_op_lists() -> None:
                                      "op_types": {"MatMul": 2}, "compile_seconds": 0.1}]
     assert summary["cpu_ops"] == 1
     assert summary["numerical_check"]["within_tolerance"] is True
+    assert summary["nothing_compiled"] is None
+
+
+def test_summary_says_why_nothing_was_compiled_in_a_line() -> None:
+    from kiln_client._cli_compile import summary_lines
+
+    why = "every subgraph went back to CPU: kiln_subgraph_0 rejected_no_gain: " + "slower " * 200
+    summary = summarize_report({"tracer": {"ops_total": 3, "ops_on_accelerator": 0,
+                                           "subgraphs": [], "nothing_compiled": why}})
+    assert summary["nothing_compiled"].startswith("every subgraph went back to CPU")
+    assert len(summary["nothing_compiled"]) == 400
+    lines = summary_lines(summary)
+    assert lines[1].startswith("nothing compiled, the model runs on CPU as before: every subgraph")
 
 
 def test_log_buffer_caps_an_endless_log_and_says_so() -> None:

@@ -93,8 +93,14 @@ def _say_outcome(args: argparse.Namespace, job: Job) -> None:
             + (f" ({export.detail})" if export.detail else ""))
 
 
+def _number(value: Any) -> float:
+    """A figure of the report, NaN when it is missing (a summary without a numerical check)."""
+    return float("nan") if value is None else float(value)
+
+
 def summary_lines(report: dict[str, Any] | None) -> list[str]:
-    """Three lines from a succeeded job's report: placement, numerical check, speed."""
+    """Lines from a succeeded job's report: placement (and why nothing was compiled, if so),
+    numerical check, speed."""
     if not report:
         return []
     compiled = sum(1 for s in report.get("subgraphs") or [] if s.get("status") == "compiled")
@@ -102,8 +108,10 @@ def summary_lines(report: dict[str, Any] | None) -> list[str]:
     lines = [
         f"placement: {report.get('ops_on_accelerator')} of {report.get('ops_total')} ops "
         f"compiled ({report.get('on_neuron_ratio', 0) or 0:.0%}) in {compiled} subgraph(s)",
-        f"numerical check: max abs diff {check.get('max_abs_diff', float('nan')):.3g} on outputs "
-        f"up to {check.get('max_abs_output', float('nan')):.3g}, "
+        *([f"nothing compiled, the model runs on CPU as before: {report['nothing_compiled']}"]
+          if report.get("nothing_compiled") else []),
+        f"numerical check: max abs diff {_number(check.get('max_abs_diff')):.3g} on outputs "
+        f"up to {_number(check.get('max_abs_output')):.3g}, "
         + ("within tolerance" if check.get("within_tolerance") else "OUTSIDE tolerance"),
     ]
     parts = []

@@ -175,6 +175,8 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
             for sub in tracer.get("subgraphs") or []
         ],
         "cpu_ops": len(tracer.get("cpu_ops") or []),
+        # why no subgraph was compiled (the model still runs, on CPU), cut to a line or so
+        "nothing_compiled": _cut(tracer.get("nothing_compiled"), 400),
         "numerical_check": {key: check.get(key)
                             for key in ("max_abs_diff", "max_abs_output", "within_tolerance")},
         "timings": report.get("timings"),
@@ -182,6 +184,13 @@ def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
         "inputs_generated": report.get("inputs_generated"),
         "speed": report.get("speed"),
     }
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, saying so."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit - 1] + "…"
 
 
 def take_line(stream: str, line: str, logs: LogBuffer, progress: ProgressBuffer,
