@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorflow.core.framework import types_pb2
+from tensorflow.python.framework import op_def_registry
 
-from kiln_worker.tracer.graphs import NodeGraph
+from kiln_worker.tracer.graphs import NodeGraph, parse_input
 from kiln_worker.tracer.tables import TABLE_REASON, is_table_op
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 #: Ops that never go to the accelerator: graph plumbing.
 NEVER_PLACED = frozenset({"Placeholder", "NoOp", "PlaceholderWithDefault", "_Arg", "_Retval"})
 #: Dtypes the accelerator does not take. (DT_VARIANT is allowed: TensorLists live inside
-#: compiled loops; a variant crossing a subgraph boundary makes that subgraph fall back.)
+#: compiled loops; :func:`keep_variants_inside` keeps one from crossing a subgraph's boundary.)
 UNPLACEABLE_DTYPES = frozenset({types_pb2.DT_STRING, types_pb2.DT_RESOURCE})
 #: Ops that only move or relabel data: a subgraph made of them only is not worth a call.
 TRIVIAL_OPS = frozenset(
@@ -207,5 +208,55 @@ def place(graph_def: Any, policy: Policy) -> Placement:
             candidates.add(node.name)
         else:
             reasons[node.name] = reason
+    graph = NodeGraph(graph_def)
+    keep_variants_inside(graph, candidates, reasons)
     logger.debug("place: %d of %d nodes are candidates", len(candidates), len(graph_def.node))
-    return Placement(NodeGraph(graph_def), frozenset(candidates), reasons)
+    return Placement(graph, frozenset(candidates), reasons)
+
+
+def output_dtype(node: Any, index: int) -> int | None:
+    """The dtype of output ``index`` of ``node``, from its OpDef (``None``: unknown op)."""
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        return None
+    for arg in op_def.output_arg:
+        if arg.type_list_attr:
+            types = list(node.attr[arg.type_list_attr].list.type)
+        else:
+            count = node.attr[arg.number_attr].i if arg.number_attr else 1
+            one = node.attr[arg.type_attr].type if arg.type_attr else arg.type
+            types = [one] * count
+        if index < len(types):
+            return int(types[index])
+        index -= len(types)
+    return None
+
+
+def keep_variants_inside(graph: NodeGraph, candidates: set[str], reasons: dict[str, str]) -> None:
+    """Leave on CPU every candidate that passes a variant (a TensorList) to or from a CPU node.
+
+    XLA takes no variant at a subgraph's boundary ("TensorList crossing the XLA/TF boundary"), so
+    such a subgraph failed to compile and took every op with it back to CPU: a ``tf.map_fn`` that
+    decodes images on CPU sent the conv net after it back too. Only the TensorList ops at the
+    edge stay on CPU now (repeated until no variant edge crosses, as each removal may make more).
+    """
+    edges = [
+        (src, node.name)
+        for node in graph.nodes.values()
+        for src, index, control in map(parse_input, node.input)
+        if not control and src in graph.nodes
+        and output_dtype(graph.nodes[src], index) == types_pb2.DT_VARIANT
+    ]
+    changed = True
+    while changed:
+        changed = False
+        for src, dst in edges:
+            if (src in candidates) == (dst in candidates):
+                continue
+            inside, outside = (src, dst) if src in candidates else (dst, src)
+            candidates.discard(inside)
+            reasons[inside] = (
+                f"passes a TensorList (variant) to or from {outside}, which stays on CPU: "
+                "a variant cannot cross a compiled subgraph's boundary"
+            )
+            changed = True
