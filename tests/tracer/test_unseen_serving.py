@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tests.tracer import unseen_serving_modules as modules
+from tests.tracer import unseen_serving_v1 as v1
 from tests.tracer.unseen_cases import Case, case_marks, check_case
 from tests.tracer.unseen_modules import normal
 
@@ -56,6 +57,11 @@ CASES: dict[str, Case] = {
     "data_dependent_loops": Case(modules.DataDependentLoops, modules.loop_inputs),
     "uint8_image_id_passthrough": Case(_uint8_classifier, _uint8_inputs),
     "top_k_and_temperature_scalars": Case(modules.TopK, modules.top_k_inputs),
+    "keras_custom_serving_function": Case(modules.BytesServing, modules.bytes_and_keys,
+                                          save=modules.save_with_serving_function),
+    # the model exists only as a SavedModel: the service's leg alone
+    "estimator_v1_export": Case(v1.EstimatorExport, v1.examples, in_memory=False,
+                                save=v1.save_estimator_export),
 }
 
 

@@ -238,3 +238,43 @@ class TopK(tf.Module):  # type: ignore[misc]
 def top_k_inputs(batch: int, seed: int) -> dict[str, np.ndarray]:
     return {"x": normal(batch, 6, seed=seed), "top_k": np.int32(3 - seed),
             "temperature": np.float32(0.5 + seed)}
+
+
+# --- a Keras model exported with a custom serving function ---------------------------------------
+
+
+class BytesServing(tf.Module):  # type: ignore[misc]
+    """A Keras classifier and the serving function users export with it: JPEG bytes and a string
+    key in, decoded and batched, the model called, the key and class names passed out (as an
+    Estimator's classify signature does: the names tiled per row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        tf.keras.utils.set_random_seed(0)
+        layers = tf.keras.layers
+        self.model = tf.keras.Sequential([
+            tf.keras.Input((16, 16, 3)), layers.Rescaling(1 / 127.5, offset=-1),
+            layers.Conv2D(6, 3, activation="relu"), layers.GlobalAveragePooling2D(),
+            layers.Dense(len(CLASSES), activation="softmax")])
+
+    @tf.function(input_signature=[spec([None], STRING, "image_bytes"),
+                                  spec([None], STRING, "key")])  # type: ignore[misc]
+    def __call__(self, image_bytes: tf.Tensor, key: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(lambda b: tf.image.resize(tf.io.decode_jpeg(b, 3), [16, 16]),
+                           image_bytes, fn_output_signature=tf.float32)
+        scores = self.model(images, training=False)
+        names = tf.tile(tf.constant([CLASSES]), [tf.shape(scores)[0], 1])
+        return {"scores": scores, "classes": names, "key": key}
+
+
+def save_with_serving_function(module: BytesServing, directory: os.PathLike[str]) -> object:
+    """``model.save(path, signatures=...)``: the Keras model, the module's call as its serving
+    signature."""
+    module.model.save(str(directory), save_format="tf",
+                      signatures={"serving_default": module.__call__.get_concrete_function()})
+    return directory
+
+
+def bytes_and_keys(batch: int, seed: int) -> dict[str, np.ndarray]:
+    keys = np.array([f"req-{seed}-{i}".encode() for i in range(batch)], dtype=object)
+    return {"image_bytes": jpeg_images(batch, seed), "key": keys}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kiln_worker.tracer import legacy
 from kiln_worker.tracer.batching import batch_candidates, batch_rows, runs_at_double
 from kiln_worker.tracer.errors import TraceInputError, model_error_text
 from kiln_worker.tracer.graphs import not_autograph
@@ -312,6 +313,8 @@ def trace_function(func: Any, example_inputs: Any) -> TracedFunction:
         TraceInputError: when func cannot be called with example_inputs as the seed says.
     """
     in_structure, examples = split_example_inputs(example_inputs)
+    if legacy.is_v1_signature(func):  # a TF1 SavedModel's signature: made a TF2 function first
+        func = legacy.as_tf2(func)
     caller = make_caller(func, in_structure)
     out_holder: list[Structure] = []
     refused: list[TraceInputError] = []

@@ -141,8 +141,13 @@ def table_dtypes(graph_def: Any, placeholder: str) -> tuple[Any, Any] | None:
     return None
 
 
-def _rebuild(name: str, handle: Any, dtypes: tuple[Any, Any]) -> Any:
-    keys, values = gen_lookup_ops.lookup_table_export_v2(handle, dtypes[0], dtypes[1])
+def rebuild(name: str, contents: tuple[Any, Any], dtypes: tuple[Any, Any]) -> Any:
+    """A ``tf.lookup.StaticHashTable`` holding ``contents`` (a table's exported keys, values).
+
+    Raises:
+        UnsupportedModelError: a table of tensors, or one whose export repeats keys.
+    """
+    keys, values = contents
     if values.shape.rank != 1:
         raise UnsupportedModelError(
             f"the lookup table {name} maps keys to tensors of shape {values.shape[1:]}; only "
@@ -181,6 +186,8 @@ def snapshot_tables(captures: Iterable[Any], graph_def: Any) -> dict[str, Any]:
             continue
         dtypes = table_dtypes(graph_def, node.name)
         if dtypes is not None:
-            tables[f"{node.name}:0"] = _rebuild(node.name, handles[node.name], dtypes)
+            handle = handles[node.name]
+            contents = gen_lookup_ops.lookup_table_export_v2(handle, dtypes[0], dtypes[1])
+            tables[f"{node.name}:0"] = rebuild(node.name, contents, dtypes)
     logger.debug("freeze: %d lookup tables carried as snapshots", len(tables))
     return tables
