@@ -62,6 +62,8 @@ CASES: dict[str, Case] = {
     # the model exists only as a SavedModel: the service's leg alone
     "estimator_v1_export": Case(v1.EstimatorExport, v1.examples, in_memory=False,
                                 save=v1.save_estimator_export),
+    "tf1_dynamic_rnn_export": Case(v1.EstimatorExport, v1.rnn_steps, in_memory=False,
+                                   save=v1.save_v1_rnn_export),
 }
 
 
@@ -83,6 +85,28 @@ def test_map_fn_decoding_on_cpu_leaves_the_conv_net_compiled() -> None:
     stack = next(op for op in report["cpu_ops"] if op["op"] == "TensorListStack")
     assert "TensorList (variant)" in stack["reason"] and "map/while" in stack["reason"], stack
     assert report["numerical_check"]["within_tolerance"], report["numerical_check"]
+
+
+@pytest.mark.parametrize(("save", "inputs", "compiled_op"), [
+    (v1.save_estimator_export, v1.examples, "MatMul"),
+    (v1.save_v1_rnn_export, v1.rnn_steps, None),
+], ids=["estimator_export", "tf1_loops"])
+def test_tf1_export_compiles_what_it_can(save: Any, inputs: Any, compiled_op: str | None,
+                                         tmp_path: Path) -> None:
+    """A TF1 export's signature is made a TF2 function: its dense part is compiled, its table
+    read on CPU; a graph with v1 loops (Enter/Exit frames) runs on CPU whole, saying why."""
+    loaded = tf.saved_model.load(str(save(None, tmp_path / "m")))
+    traced = kiln_worker.trace(loaded.signatures["serving_default"], inputs(2, 0),
+                               placement="all")
+    report = traced.report
+    assert report["numerical_check"]["within_tolerance"], report["numerical_check"]
+    compiled = [s for s in report["subgraphs"] if s["status"] == "compiled"]
+    cpu = {op["op"]: op["reason"] for op in report["cpu_ops"]}
+    if compiled_op:
+        assert any(compiled_op in s["op_types"] for s in compiled), report["subgraphs"]
+        assert cpu["LookupTableFindV2"].startswith("lookup table"), cpu
+    else:
+        assert "Enter: unsupported op type" in cpu["StatefulPartitionedCall"], cpu
 
 
 def test_example_inputs_are_sane() -> None:

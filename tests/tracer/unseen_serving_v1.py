@@ -70,3 +70,37 @@ def save_estimator_export(_model: Any, directory: Path) -> Path:
 
 def examples(batch: int, seed: int) -> dict[str, np.ndarray]:
     return {"examples": serialized_examples(batch, seed)}
+
+
+def save_v1_rnn_export(_model: Any, directory: Path) -> Path:
+    """A TF1.x RNN export: ``dynamic_rnn`` built with v1 control flow (Enter/Exit/NextIteration
+    frames and TensorArrayV3, as TensorFlow 1.15 wrote every loop)."""
+    graph = tf.Graph()
+    v1.disable_control_flow_v2()
+    try:
+        with graph.as_default():
+            steps = v1.placeholder(tf.float32, [None, 5, 4], name="steps")
+            v1.set_random_seed(0)
+            cell = v1.nn.rnn_cell.BasicRNNCell(6)
+            _, state = v1.nn.dynamic_rnn(cell, steps, dtype=tf.float32)
+            head = v1.get_variable("head", initializer=normal(6, 2, seed=2))
+            outputs = {"logits": state @ head, "state": state}
+            _save_session(graph, directory, {"steps": steps}, outputs)
+    finally:
+        v1.enable_control_flow_v2()
+    return directory
+
+
+def _save_session(graph: tf.Graph, directory: Path, inputs: dict[str, Any],
+                  outputs: dict[str, Any]) -> None:
+    with v1.Session(graph=graph) as session:
+        session.run(v1.global_variables_initializer())
+        builder = v1.saved_model.Builder(str(directory))
+        signature = v1.saved_model.predict_signature_def(inputs, outputs)
+        builder.add_meta_graph_and_variables(
+            session, [v1.saved_model.SERVING], signature_def_map={"serving_default": signature})
+        builder.save()
+
+
+def rnn_steps(batch: int, seed: int) -> dict[str, np.ndarray]:
+    return {"steps": normal(batch, 5, 4, seed=seed)}

@@ -38,11 +38,22 @@ logger = logging.getLogger(__name__)
 _PASS = "inputs"
 #: Table-creating ops of a v1 graph whose contents a loaded export already holds.
 _V1_TABLE_OPS = frozenset({"HashTableV2", "HashTable"})
+#: TF1 control flow (``tf.while_loop`` and ``tf.cond`` as TensorFlow 1 built them).
+V1_CONTROL_FLOW_OPS = frozenset(
+    {"Enter", "RefEnter", "Exit", "RefExit", "NextIteration", "RefNextIteration", "LoopCond",
+     "Switch", "RefSwitch", "Merge", "RefMerge"}
+)
 
 
 def is_v1_signature(func: Any) -> bool:
-    """Whether ``func`` wraps a TF1 graph (a loaded TF1 SavedModel's signature)."""
-    return isinstance(func, wrap_function.WrappedFunction)
+    """Whether ``func`` is a loaded TF1 SavedModel's signature: a function wrapping a v1 graph
+    that takes keyword arguments only (a ``tf.compat.v1.wrap_function`` of the user's own is
+    traced as it is)."""
+    if not isinstance(func, wrap_function.WrappedFunction):
+        return False
+    args, kwargs = func.structured_input_signature
+    keywords = getattr(func, "_arg_keywords", None) or []
+    return not args and bool(kwargs) and sorted(keywords) == sorted(kwargs)
 
 
 @contextlib.contextmanager
@@ -72,23 +83,33 @@ def as_tf2(signature: Any) -> Any:
             signature, lower_control_flow=False)
     placeholders = [t.name for t in frozen.inputs if t.dtype != tf.resource]
     del frozen
-    keywords = list(getattr(signature, "_arg_keywords", None) or [])
+    keywords = list(signature._arg_keywords)  # the order of its placeholders
     kwargs_spec = signature.structured_input_signature[1]
-    if len(keywords) != len(placeholders) or set(keywords) != set(kwargs_spec):
+    if len(keywords) != len(placeholders):
         raise UnsupportedModelError(
             f"cannot match this TF1 signature's inputs {sorted(kwargs_spec)} to its graph's "
             f"placeholders {placeholders}", _PASS)
     snapshots = snapshot_graph_tables(signature, graph_def)
     outputs = {key: tensor.name for key, tensor in signature.structured_outputs.items()}
 
-    def call(**inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        feeds = {p: inputs[k] for k, p in zip(keywords, placeholders, strict=True)}
+    def imported(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        feeds = dict(zip(placeholders, inputs, strict=True))
         feeds.update({name: tf.identity(t.resource_handle) for name, t in snapshots.items()})
         values = tf.graph_util.import_graph_def(
             graph_def, input_map=feeds, return_elements=list(outputs.values()), name="v1")
         return dict(zip(outputs, values, strict=True))
 
-    concrete = tf.function(call, autograph=False).get_concrete_function(**kwargs_spec)
+    specs = [kwargs_spec[k] for k in keywords]
+    if V1_CONTROL_FLOW_OPS.isdisjoint(n.op for n in graph_def.node):
+        # tf.function: its stateful ops (table lookups) become control outputs, so the freeze
+        # pass's inliner takes the call apart and its ops can be compiled.
+        concrete = tf.function(imported, autograph=False).get_concrete_function(*specs)
+    else:
+        # v1 loops (Enter/Exit frames): a v1 graph again (wrap_function), since tf.function's
+        # automatic control dependencies would chain stateful ops across the frames. Such a call
+        # is not inlined: it runs on CPU whole.
+        concrete = wrap_function.wrap_function(imported, specs)
+    concrete._arg_keywords, concrete._num_positional_args = keywords, 0  # called by keyword
     concrete._kiln_tables = list(snapshots.values())  # keep the rebuilt tables alive
     return concrete
 
