@@ -3,8 +3,10 @@
 What TF Serving users export: encoded JPEG/PNG bytes decoded inside the model, serialized
 ``tf.train.Example`` protos parsed inside it (a sparse feature, string lookups, a string output),
 base64 text taken apart with string ops, loops whose trip count depends on the values, uint8
-images preprocessed inside a Keras model with an id passed through, and scalar parameters (top-k's
-``k``, a temperature) next to the batch. Each is traced in memory and through save →
+images preprocessed inside a Keras model with an id passed through, scalar parameters (top-k's
+``k``, a temperature) next to the batch, Keras models saved with a serving function of their own
+(image bytes; feature columns over tf.Example), and TF1 exports (an Estimator's, a dynamic_rnn's;
+``tests/tracer/unseen_serving_v1.py``). Each is traced in memory and through save →
 ``tf.saved_model.load`` → trace the serving signature → save → reload → serve at another batch.
 The hand-written modules live in ``tests/tracer/unseen_serving_modules.py``.
 """
@@ -58,7 +60,11 @@ CASES: dict[str, Case] = {
     "uint8_image_id_passthrough": Case(_uint8_classifier, _uint8_inputs),
     "top_k_and_temperature_scalars": Case(modules.TopK, modules.top_k_inputs),
     "keras_custom_serving_function": Case(modules.BytesServing, modules.bytes_and_keys,
-                                          save=modules.save_with_serving_function),
+                                          save=modules.save_with_serving_function,
+                                          fresh_process=True),
+    "keras_dense_features_tf_example": Case(modules.FeatureColumnServing,
+                                            modules.named_examples,
+                                            save=modules.save_with_serving_function, slow=True),
     # the model exists only as a SavedModel: the service's leg alone
     "estimator_v1_export": Case(v1.EstimatorExport, v1.examples, in_memory=False,
                                 save=v1.save_estimator_export),

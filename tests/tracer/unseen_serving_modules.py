@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -267,7 +268,7 @@ class BytesServing(tf.Module):  # type: ignore[misc]
         return {"scores": scores, "classes": names, "key": key}
 
 
-def save_with_serving_function(module: BytesServing, directory: os.PathLike[str]) -> object:
+def save_with_serving_function(module: Any, directory: os.PathLike[str]) -> object:
     """``model.save(path, signatures=...)``: the Keras model, the module's call as its serving
     signature."""
     module.model.save(str(directory), save_format="tf",
@@ -278,3 +279,38 @@ def save_with_serving_function(module: BytesServing, directory: os.PathLike[str]
 def bytes_and_keys(batch: int, seed: int) -> dict[str, np.ndarray]:
     keys = np.array([f"req-{seed}-{i}".encode() for i in range(batch)], dtype=object)
     return {"image_bytes": jpeg_images(batch, seed), "key": keys}
+
+
+# --- feature columns in a Keras model -----------------------------------------------------------
+
+
+class FeatureColumnServing(tf.Module):  # type: ignore[misc]
+    """A Keras model over ``DenseFeatures`` (feature columns: a vocabulary list, a hashed column,
+    a bucketized numeric one, embeddings), served from serialized tf.Example protos."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        tf.keras.utils.set_random_seed(0)
+        fc = tf.feature_column
+        country = fc.categorical_column_with_vocabulary_list("country", COUNTRIES,
+                                                             num_oov_buckets=1)
+        tags = fc.categorical_column_with_identity("tags", 10)
+        age = fc.numeric_column("age")
+        columns = [fc.embedding_column(country, 3), fc.embedding_column(tags, 4, combiner="mean"),
+                   fc.bucketized_column(age, [18.0, 30.0, 45.0, 60.0]), age,
+                   fc.indicator_column(fc.categorical_column_with_hash_bucket("country", 7))]
+        self.spec = fc.make_parse_example_spec(columns)
+        layers = tf.keras.layers
+        self.model = tf.keras.Sequential([layers.DenseFeatures(columns),
+                                          layers.Dense(8, activation="relu"),
+                                          layers.Dense(len(CLASSES), activation="softmax")])
+        self.model(tf.io.parse_example(serialized_examples(2, 0), self.spec))
+
+    @tf.function(input_signature=[spec([None], STRING, "examples")])  # type: ignore[misc]
+    def __call__(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        scores = self.model(tf.io.parse_example(examples, self.spec), training=False)
+        return {"scores": scores, "best": tf.gather(tf.constant(CLASSES), tf.argmax(scores, 1))}
+
+
+def named_examples(batch: int, seed: int) -> dict[str, np.ndarray]:
+    return {"examples": serialized_examples(batch, seed)}
