@@ -37,7 +37,7 @@ from kiln_worker.tracer.errors import UnsupportedModelError
 logger = logging.getLogger(__name__)
 _PASS = "inputs"
 #: Table-creating ops of a v1 graph whose contents a loaded export already holds.
-_V1_TABLE_OPS = frozenset({"HashTableV2", "HashTable"})
+_V1_TABLE_OPS = frozenset({"HashTableV2"})
 #: TF1 control flow (``tf.while_loop`` and ``tf.cond`` as TensorFlow 1 built them).
 V1_CONTROL_FLOW_OPS = frozenset(
     {"Enter", "RefEnter", "Exit", "RefExit", "NextIteration", "RefNextIteration", "LoopCond",
@@ -137,7 +137,7 @@ def snapshot_graph_tables(concrete: Any, graph_def: Any) -> dict[str, Any]:
         node.Clear()
         node.name, node.op = name, "Placeholder"
         node.attr["dtype"].type = types_pb2.DT_RESOURCE
-    logger.debug("freeze: %d tables of a TF1 graph carried as snapshots", len(found))
+    logger.debug("inputs: %d tables of a TF1 graph carried as snapshots", len(found))
     return found
 
 
