@@ -108,7 +108,9 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     assert split is None or split == 2  # each choice serves the batch sizes nearer its own
 
 
-def test_a_model_of_one_compiled_call_reuses_its_subgraph_timing() -> None:
+def test_whole_model_candidates_are_timed_against_the_original() -> None:
+    """Even a model that is one compiled call is timed whole, against the original function
+    (not the frozen graph, which can run slower than it), and the report says so."""
     import tensorflow as tf
 
     import kiln_worker
@@ -116,17 +118,37 @@ def test_a_model_of_one_compiled_call_reuses_its_subgraph_timing() -> None:
     report = kiln_worker.trace(_seed_model(), tf.ones([2, 3]), placement="measured").report
     (entry,) = report["subgraphs"]  # MatMul and BiasAdd: the whole model is one subgraph
     whole = report["placement"]["whole_model"]
-    timings = [entry["measurement"], entry["large_batch_measurement"]]
-    if entry["status"] == "compiled" and not any(m["clearly_slower"] for m in timings):
-        # Not timed again: the entries are the subgraph's own figures, and say so.
-        assert [w["batch"] for w in whole] == [2, 16]
-        for record, timing in zip(whole, timings, strict=True):
-            assert record["measured_as"].startswith("its one subgraph")
-            assert record["decision"] == "kept"
-            assert record["compiled_ms"] == timing["compiled_ms"]
-            assert record["plain_ms"] == timing["plain_ms"]
-    else:  # slower at some batch: the whole model was timed as usual
-        assert all("measured_as" not in w for w in whole)
+    assert [w["batch"] for w in whole][:1] == [2] and whole[0]["against"] == "the original"
+    for record in whole:
+        if record["candidate"] == "all compiled subgraphs":
+            assert record["against"] == "the original"
+            assert record["decision"] == ("rejected" if record["clearly_slower"] else "kept")
+    if entry["status"] == "compiled" and not entry["measurement"]["clearly_slower"]:
+        assert whole[0]["compiled_ms"] > 0 and whole[0]["plain_ms"] > 0
+
+
+def test_the_baseline_is_the_original_unless_tensorflow_cannot_run_it() -> None:
+    """The whole model is compared with the user's own function (its variables read), and with
+    the frozen graph only when TensorFlow's kernels could not run the original."""
+    from dataclasses import replace
+
+    import tensorflow as tf
+
+    from kiln_client.flags import parse_flags
+    from kiln_worker.tracer import passes
+    from kiln_worker.tracer.workdir import WorkdirDumper
+
+    flags, dump = parse_flags(""), WorkdirDumper(None)
+    traced = passes.trace_inputs(_seed_model(), np.ones((2, 3), np.float32), dump)
+    frozen = passes.freeze_graph(traced, flags, dump)
+    plain = passes._plain(traced, frozen, flags)
+    baseline = passes._baseline(traced, plain)
+    assert baseline.call is traced.concrete and baseline.label == "the original"
+    assert "ReadVariableOp" in {n.op for n in baseline.graph_def.node}  # not frozen
+    x = tf.ones([2, 3])
+    np.testing.assert_allclose(baseline.call(x)[0], plain.wrapped.model._serve(x)[0], rtol=1e-6)
+    stand_in = passes._baseline(replace(traced, reference_source="xla"), plain)
+    assert stand_in.call is plain.wrapped.model._serve and "frozen graph" in stand_in.label
 
 
 def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Generator) -> None:

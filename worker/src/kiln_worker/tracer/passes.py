@@ -29,7 +29,7 @@ from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
 from kiln_worker.tracer.timing_cache import TimingCache, store_for
 from kiln_worker.tracer.workdir import WorkdirDumper
-from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model, only_calls
+from kiln_worker.tracer.wrap import Wrapped, build_dispatch, build_model
 
 logger = logging.getLogger(__name__)
 #: ``placement="measured"`` times a model that takes any batch also at this many times its
@@ -161,8 +161,8 @@ def measure_model(
 ) -> Decision:
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
-    slower with them than plain TensorFlow; then try only the subgraphs that were faster alone;
-    then none. When the two batch sizes choose differently, the model runs each choice at the
+    slower with them than the original function (:func:`_baseline`); then try only the
+    subgraphs that were faster alone; then none. When the two batch sizes choose differently, the model runs each choice at the
     batch sizes nearer its own (split at their geometric mean), if that pays for itself.
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
@@ -171,16 +171,14 @@ def measure_model(
     if not any(r.status == "compiled" for r in compiled.results):
         return compiled
     dynamic = compiled.wrapped.batch_mode == "dynamic"
-    reused = _one_call_model(traced, compiled, large_examples if dynamic else None)
-    if reused:
-        return compiled._replace(whole_model=reused)
     plain = _plain(traced, frozen, flags)
-    small = _choose(traced, frozen, flags, compiled, plain, traced.examples, large=False,
-                    timings=timings)
+    baseline = _baseline(traced, plain)
+    small = _choose(traced, frozen, flags, (compiled, plain), baseline, traced.examples,
+                    large=False, timings=timings)
     if large_examples is None or not dynamic:
         return small
-    large = _choose(traced, frozen, flags, compiled, plain, large_examples, large=True,
-                    timings=timings)
+    large = _choose(traced, frozen, flags, (compiled, plain), baseline, large_examples,
+                    large=True, timings=timings)
     records = small.whole_model + large.whole_model
     if _kept(small.results) == _kept(large.results):
         return small._replace(whole_model=records)
@@ -239,30 +237,6 @@ def _switch_record(
             "decision": "rejected" if timing.clearly_slower else "kept"}
 
 
-def _one_call_model(
-    traced: TracedFunction, compiled: Decision, large_examples: list[np.ndarray] | None
-) -> tuple[dict[str, Any], ...]:
-    """The whole-model records when the model is nothing but one compiled subgraph that was
-    not clearly slower at either batch: timing the model again would time the same call (it
-    is compiled whole, so it runs no slower), so that subgraph's measurements stand for it.
-    Empty when the model has more than that one call."""
-    kept = [r for r in compiled.results if r.status == "compiled"]
-    if len(kept) != 1 or not only_calls(compiled.rewritten.graph_def):
-        return ()
-    batches = [(False, traced.examples)]
-    if large_examples is not None:
-        batches.append((True, large_examples))
-    records = []
-    for large, examples in batches:
-        timing = kept[0].measured_at(large)
-        if timing is None or timing.clearly_slower:
-            return ()
-        records.append({"candidate": "all compiled subgraphs", "batch": _rows(traced, examples),
-                        **timing.as_dict(), "decision": "kept",
-                        "measured_as": "its one subgraph (the model runs nothing else)"})
-    return tuple(records)
-
-
 def _kept(results: list[SubgraphResult]) -> list[str]:
     return [r.partition.name for r in results if r.status == "compiled"]
 
@@ -283,19 +257,39 @@ def _plain(traced: TracedFunction, frozen: FrozenGraph, flags: Any) -> Decision:
     return Decision([], plain_rewritten, wrap(traced, frozen, plain_rewritten, flags))
 
 
+class Baseline(NamedTuple):
+    """What a whole-model candidate is timed against: a callable on the flat inputs, its graph
+    (for the timing cache's key) and what the report calls it."""
+
+    call: Callable[..., Any]
+    graph_def: Any
+    label: str
+
+
+def _baseline(traced: TracedFunction, plain: Decision) -> Baseline:
+    """The original function, as the user's model runs (variables read, not frozen): the frozen
+    graph without compiled subgraphs can run slower than it (an NCHW CNN at batch 8, through
+    oneDNN: 5-15% slower), and a candidate merely as fast as a slower graph would be kept. When
+    TensorFlow's kernels cannot run the original, that frozen graph stands in for it."""
+    if traced.reference_source == "tensorflow":
+        return Baseline(traced.concrete, traced.concrete.graph.as_graph_def(), "the original")
+    return Baseline(plain.wrapped.model._serve, plain.rewritten.graph_def,
+                    "the frozen graph without compiled subgraphs")
+
+
 def _choose(
     traced: TracedFunction,
     frozen: FrozenGraph,
     flags: Any,
-    compiled: Decision,
-    plain: Decision,
+    models: tuple[Decision, Decision],
+    baseline: Baseline,
     examples: list[np.ndarray],
     large: bool,
     timings: TimingCache | None = None,
 ) -> Decision:
-    """The whole-model choice at one batch size (``large``: the larger one)."""
-    import tensorflow as tf
-
+    """The whole-model choice at one batch size (``large``: the larger one), between
+    ``models``: the model with every compiled subgraph and the one with none."""
+    compiled, plain = models
     batch = "the larger batch" if large else "the example batch"
     kept = [r for r in compiled.results if r.status == "compiled" and _not_slower(r, large)]
     faster = [r for r in kept if _speedup(r, large) >= 1.0]
@@ -306,21 +300,20 @@ def _choose(
     records: list[dict[str, Any]] = []
     for label, chosen in candidates if kept else []:
         candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
-        graphs = [candidate.rewritten.graph_def, plain.rewritten.graph_def]
+        graphs = [candidate.rewritten.graph_def, baseline.graph_def]
         store = store_for(timings, "whole-model candidate", graphs, args,
-                          [candidate.wrapped.batch_mode, plain.wrapped.batch_mode])
-        timing = compare(candidate.wrapped.model._serve, plain.wrapped.model._serve, args,
-                         store=store)
+                          [candidate.wrapped.batch_mode, baseline.label])
+        timing = compare(candidate.wrapped.model._serve, baseline.call, args, store=store)
         verdict = "rejected" if timing.clearly_slower else "kept"
         records.append(
-            {"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),
-             "decision": verdict}
+            {"candidate": label, "batch": _rows(traced, examples), "against": baseline.label,
+             **timing.as_dict(), "decision": verdict}
         )
         if not timing.clearly_slower:
             return candidate._replace(whole_model=tuple(records))
     reason = f"not kept at {batch}: " + (
         f"the whole model measured clearly slower with its subgraphs compiled "
-        f"({records[-1]['speedup']:.2f}x plain TensorFlow)"
+        f"({records[-1]['speedup']:.2f}x {baseline.label})"
         if records
         else "measured clearly slower than plain TensorFlow there"
     )

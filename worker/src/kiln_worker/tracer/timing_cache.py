@@ -68,7 +68,8 @@ def timing_key(fingerprint: Mapping[str, Any], backend: str, label: str,
                graph_defs: Sequence[Any], args: Sequence[Any], details: Sequence[str] = ()) -> str:
     """The sha256 (hex) naming one comparison's entry: what it runs, on what, by what rule;
     ``details`` tell two comparisons of the same graphs apart (boundary tensors, batch mode)."""
-    rules = [measure.ROUNDS, measure.MAX_ROUNDS, measure.MIN_MARGIN, measure.BLOCK_SECONDS]
+    rules = [measure.ROUNDS, measure.MAX_ROUNDS, measure.MIN_MARGIN, measure.BLOCK_SECONDS,
+             measure.WARM_CALLS]
     header = {"format": FORMAT, "machine": dict(fingerprint), "backend": backend, "label": label,
               "details": list(details), "args": [_spec(a) for a in args], "rules": rules}
     digest = hashlib.sha256()
