@@ -38,3 +38,19 @@ def test_tf_function_is_traced_with_the_example_inputs(tmp_path: Path) -> None:
     with np.load(up.example_inputs, allow_pickle=False) as npz:  # type: ignore[arg-type]
         np.testing.assert_array_equal(npz["x"], np.ones((2, 3)))
         np.testing.assert_array_equal(npz["y"], np.zeros((2, 3)))
+
+
+def test_string_tensors_are_written_with_their_lengths(tmp_path: Path) -> None:
+    from kiln_client import example_inputs
+
+    @tf.function
+    def length(words):  # type: ignore[no-untyped-def]
+        return {"n": tf.strings.length(words)}
+
+    words = tf.constant([["ab\x00", "é"], ["", "\x00\x00"]])
+    up = prepare_upload(length, words, signature="serving_default", workdir=tmp_path)
+    with np.load(up.example_inputs, allow_pickle=False) as npz:  # type: ignore[arg-type]
+        lengths = npz[example_inputs.LENGTHS_PREFIX + "words"]
+        assert lengths.tolist() == [[3, 2], [0, 2]]  # bytes: "é" is two in UTF-8
+        restored = example_inputs.decode("words", npz["words"], lengths)
+    assert restored.tolist() == words.numpy().tolist()

@@ -52,3 +52,29 @@ def test_example_inputs_of_another_dtype_are_refused(tmp_path: Path, sent: str, 
     with pytest.raises(UploadRejectedError, match=f"signature expects {wanted}"):
         ingest.check_example_inputs(_npz(tmp_path, array), _signature(wanted),
                                     max_array_bytes=1 << 20)
+
+
+def _npz_of(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "inputs.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_string_lengths_are_accepted_beside_their_input_and_checked(tmp_path: Path) -> None:
+    from kiln_client import example_inputs
+
+    lengths = example_inputs.LENGTHS_PREFIX + "x"
+    whole = example_inputs.encode("x", np.array([[b"a\x00", b"", b"c"]] * 2, dtype=object))
+    assert set(whole) == {"x", lengths} and whole[lengths].tolist() == [[2, 0, 1]] * 2
+    check = ingest.check_example_inputs
+    assert check(_npz_of(tmp_path, **whole), _signature("string"),
+                 max_array_bytes=1 << 20) == {"x": [2, 3]}
+    for bad, message in [({lengths: np.zeros((2, 2), np.int64)}, "must be int64 of shape"),
+                         ({lengths: np.zeros((2, 3), np.int32)}, "must be int64 of shape"),
+                         ({example_inputs.LENGTHS_PREFIX + "y": whole[lengths]}, "not an input")]:
+        with pytest.raises(UploadRejectedError, match=message):
+            check(_npz_of(tmp_path, x=whole["x"], **bad), _signature("string"),
+                  max_array_bytes=1 << 20)
+    with pytest.raises(UploadRejectedError, match="for a bytes input"):
+        check(_npz_of(tmp_path, x=np.zeros((2, 3), np.float32), **{lengths: whole[lengths]}),
+              _signature("float32"), max_array_bytes=1 << 20)

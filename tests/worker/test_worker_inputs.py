@@ -111,3 +111,17 @@ def test_placement_callback(placement: dict[str, Any] | None, accepted: set[str]
         return
     assert callback is not None
     assert {n.name for n in nodes if callback(n)} == accepted
+
+
+def test_npz_strings_with_lengths_keep_their_trailing_nul_bytes(tmp_path: Path) -> None:
+    from kiln_client import example_inputs
+
+    records = np.array([[b"ab\x00\x00", b""], [b"\x00", b"c"]], dtype=object)
+    np.savez(tmp_path / "whole.npz", **example_inputs.encode("s", records))
+    specs = _specs(s=([None, 2], tf.string))
+    got = prepare_inputs(specs, str(tmp_path / "whole.npz"), None, 0)["s"]
+    assert got.numpy().tolist() == records.tolist()
+    lengths = example_inputs.LENGTHS_PREFIX + "s"
+    np.savez(tmp_path / "long.npz", s=np.array([[b"ab", b"c"]] * 2), **{lengths: np.full((2, 2), 9)})
+    with pytest.raises(JobError, match=r"length 9 .* does not fit"):
+        prepare_inputs(specs, str(tmp_path / "long.npz"), None, 0)

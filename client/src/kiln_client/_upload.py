@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln_client import example_inputs
 from kiln_client._artifacts import TAR_GZ_COMPRESSLEVEL
 from kiln_client._savedmodel import ProtoDecodeError, signature_inputs
 from kiln_client.errors import InputError
@@ -212,20 +213,19 @@ def _to_call_args(inputs: Any) -> Any:
     return inputs
 
 
-def _to_array(name: str, value: Any) -> np.ndarray:
-    """An ndarray from an array, tensor or nested list; never an object array (no pickle)."""
+def _to_arrays(name: str, value: Any) -> dict[str, np.ndarray]:
+    """The ``.npz`` arrays of one input (an array, tensor or nested list); strings keep their
+    trailing NUL bytes (:mod:`kiln_client.example_inputs`); never an object array (no pickle)."""
     if hasattr(value, "numpy") and callable(value.numpy):
         value = value.numpy()
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise InputError(f"example input {name!r} is not array-like: {exc}") from exc
-    if array.dtype == object:
-        raise InputError(
-            f"example input {name!r} has no numeric dtype (ragged or mixed values?); "
-            "pass a numpy array or tensor of one dtype"
-        )
-    return array
+    try:
+        return example_inputs.encode(name, array)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _write_inputs(
@@ -238,7 +238,7 @@ def _write_inputs(
             raise InputError(f"example inputs {str(path)!r}: expected an existing .npz file")
         return path
     if isinstance(inputs, Mapping):
-        arrays = {str(k): _to_array(str(k), v) for k, v in inputs.items()}
+        pairs = [(str(k), v) for k, v in inputs.items()]
     else:
         values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if names is None and archive is not None:
@@ -249,7 +249,8 @@ def _write_inputs(
                 f"got {len(values)} positional example input(s) but signature {signature!r} "
                 f"takes {len(names)}: {', '.join(names)}; pass a dict keyed by these names"
             )
-        arrays = {n: _to_array(n, v) for n, v in zip(names, values, strict=True)}
+        pairs = list(zip(names, values, strict=True))
+    arrays = {k: a for n, v in pairs for k, a in _to_arrays(n, v).items()}
     target = workdir / "example_inputs.npz"
     np.savez(target, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
     return target

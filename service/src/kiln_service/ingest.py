@@ -27,6 +27,7 @@ from typing import IO, Any, cast
 
 import numpy as np
 
+from kiln_client import example_inputs
 from kiln_client.digest import SAVED_MODEL_PB, ContentDigest, saved_model_root
 from kiln_service._archive import Tally, archive_kind, reject, tar_members, zip_members
 from kiln_service._graph_scan import FORBIDDEN_OPS
@@ -241,7 +242,7 @@ def check_example_inputs(path: Path, signature: Signature, *, max_array_bytes: i
         UploadRejectedError: Not an .npz, object arrays (pickle), or names, dtypes, ranks or
             fixed dimensions that do not fit the signature.
     """
-    arrays = read_npz_headers(path, max_array_bytes)
+    arrays, lengths = example_inputs.split(read_npz_headers(path, max_array_bytes))
     expected = signature.inputs
     missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
@@ -259,6 +260,12 @@ def check_example_inputs(path: Path, signature: Signature, *, max_array_bytes: i
             raise reject("example_inputs_mismatch", f"example input {name!r} has dtype "
                           f"{dtype.name} but the signature expects {spec.dtype}")
         _check_shape(name, shape, spec, what="example input")
+    for name, header in sorted(lengths.items()):
+        problem = (f"{example_inputs.LENGTHS_PREFIX}{name} gives lengths for {name!r}, which "
+                   "is not an input" if name not in arrays
+                   else example_inputs.lengths_problem(name, arrays[name], header))
+        if problem:
+            raise reject("example_inputs_mismatch", problem)
     return {name: list(shape) for name, (shape, _) in arrays.items()}
 
 

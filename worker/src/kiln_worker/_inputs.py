@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kiln_client import example_inputs
 from kiln_client.codes import FailureCode
 from kiln_worker._failures import JobError
 
@@ -85,7 +86,9 @@ def prepare_inputs(
 def _load_npz(specs: Mapping[str, tf.TensorSpec], path: Path) -> dict[str, tf.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            arrays, lengths = example_inputs.split({name: data[name] for name in data.files})
+        for name in sorted(set(lengths) & set(arrays)):  # strings whole (trailing NUL bytes)
+            arrays[name] = example_inputs.decode(name, arrays[name], lengths[name])
     except (OSError, ValueError) as exc:
         raise JobError(FailureCode.INVALID_INPUTS, f"cannot read the example inputs .npz: {exc}") from exc
     missing, extra = sorted(set(specs) - set(arrays)), sorted(set(arrays) - set(specs))
@@ -105,7 +108,8 @@ def _as_signature_dtype(spec: tf.TensorSpec, array: np.ndarray) -> np.ndarray | 
     not know) as 2-byte void records: those are read back as the signature's dtype.
     """
     if spec.dtype == tf.string:
-        return array if array.dtype.kind in "SU" else None
+        strings = array.dtype.kind in "SU" or array.dtype == object  # object: decoded bytes
+        return array if strings else None
     if spec.dtype == tf.bfloat16 and array.dtype.kind == "V" and array.dtype.itemsize == 2:
         bfloat16: np.ndarray = array.view(tf.bfloat16.as_numpy_dtype)
         return bfloat16
