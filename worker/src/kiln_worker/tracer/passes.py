@@ -162,8 +162,9 @@ def measure_model(
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
     slower with them than the original function (:func:`_baseline`); then try only the
-    subgraphs that were faster alone; then none. When the two batch sizes choose differently, the model runs each choice at the
-    batch sizes nearer its own (split at their geometric mean), if that pays for itself.
+    subgraphs that were faster alone; then none. When the two batch sizes choose differently,
+    the model runs each choice at the batch sizes nearer its own (split at their geometric
+    mean), if that pays for itself.
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.
