@@ -46,7 +46,7 @@ def _decide(rng: np.random.Generator, switch_pays: bool) -> tuple[Any, Any]:
 
     def timing(first: Any, second: Any, args: list[Any], **_: Any) -> Measurement:
         # Only the check of the switch times a switching model (as ``compiled``).
-        ops = {op.type for op in first.get_concrete_function().graph.get_operations()}
+        ops = {op.type for op in first.graph.get_operations()}  # a concrete function
         switching = bool({"If", "StatelessIf"} & ops)
         return slower if switching and not switch_pays else faster
 

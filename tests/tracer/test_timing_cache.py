@@ -144,7 +144,10 @@ def test_a_second_trace_takes_every_measurement_from_the_cache(
     assert second["placement"]["timing_cache"]["stored"] == 0
     assert [s["status"] for s in second["subgraphs"]] == [s["status"] for s in first["subgraphs"]]
     again = _measurements(second)
-    assert all(m.pop("cached_at") for m in again) and again == _measurements(first)
+    assert all("cached_at" in m for m in again)  # and in the baselines' nested timings
+    from kiln_worker.tracer.report import without_timings
+
+    assert [without_timings(m) for m in again] == _measurements(first)
 
 
 def test_a_corrupt_or_mismatched_entry_is_timed_again_and_rewritten(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +23,7 @@ from kiln_worker.tracer.batching import batch_rows, repeat_batch
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions, run_graph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
-from kiln_worker.tracer.measure import compare
+from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.rewrite import rewrite_graph
@@ -161,10 +161,10 @@ def measure_model(
 ) -> Decision:
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
-    slower with them than the original function (:func:`_baseline`); then try only the
-    subgraphs that were faster alone; then none. When the two batch sizes choose differently,
-    the model runs each choice at the batch sizes nearer its own (split at their geometric
-    mean), if that pays for itself.
+    slower with them than the faster of the original and the frozen graph (:func:`_baseline`);
+    then try only the subgraphs that were faster alone; then none. When the two batch sizes
+    choose differently, the model runs each choice at the batch sizes nearer its own (split at
+    their geometric mean), if that pays for itself.
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.
@@ -173,13 +173,12 @@ def measure_model(
         return compiled
     dynamic = compiled.wrapped.batch_mode == "dynamic"
     plain = _plain(traced, frozen, flags)
-    baseline = _baseline(traced, plain)
-    small = _choose(traced, frozen, flags, (compiled, plain), baseline, traced.examples,
-                    large=False, timings=timings)
+    small = _choose(traced, frozen, flags, (compiled, plain), traced.examples, large=False,
+                    timings=timings)
     if large_examples is None or not dynamic:
         return small
-    large = _choose(traced, frozen, flags, (compiled, plain), baseline, large_examples,
-                    large=True, timings=timings)
+    large = _choose(traced, frozen, flags, (compiled, plain), large_examples, large=True,
+                    timings=timings)
     records = small.whole_model + large.whole_model
     if _kept(small.results) == _kept(large.results):
         return small._replace(whole_model=records)
@@ -232,7 +231,7 @@ def _switch_record(
     args = [tf.constant(x) for x in traced.examples]
     graphs = [small.rewritten.graph_def, large.rewritten.graph_def]
     store = store_for(timings, "switch", graphs, args, [f"split at {split} rows"])
-    timing = compare(dispatch.model._serve, large.wrapped.model._serve, args, store=store)
+    timing = compare(_flat_call(dispatch), _flat_call(large.wrapped), args, store=store)
     return {"candidate": "switching graphs by batch size (against the larger batch's choice "
             "at every batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
             "decision": "rejected" if timing.clearly_slower else "kept"}
@@ -258,24 +257,39 @@ def _plain(traced: TracedFunction, frozen: FrozenGraph, flags: Any) -> Decision:
     return Decision([], plain_rewritten, wrap(traced, frozen, plain_rewritten, flags))
 
 
+#: What the report calls the two versions a whole-model candidate can be timed against.
+ORIGINAL, FROZEN = "the original", "the frozen graph without compiled subgraphs"
+
+
 class Baseline(NamedTuple):
     """What a whole-model candidate is timed against: a callable on the flat inputs, its graph
-    (for the timing cache's key) and what the report calls it."""
+    (for the timing cache's key), what the report calls it and, when both could run, the
+    frozen graph's timing against the original that chose it."""
 
     call: Callable[..., Any]
     graph_def: Any
     label: str
+    frozen_vs_original: Measurement | None = None
 
 
-def _baseline(traced: TracedFunction, plain: Decision) -> Baseline:
-    """The original function, as the user's model runs (variables read, not frozen): the frozen
-    graph without compiled subgraphs can run slower than it (an NCHW CNN at batch 8, through
-    oneDNN: 5-15% slower), and a candidate merely as fast as a slower graph would be kept. When
-    TensorFlow's kernels cannot run the original, that frozen graph stands in for it."""
-    if traced.reference_source == "tensorflow":
-        return Baseline(traced.concrete, traced.concrete.graph.as_graph_def(), "the original")
-    return Baseline(plain.wrapped.model._serve, plain.rewritten.graph_def,
-                    "the frozen graph without compiled subgraphs")
+def _baseline(traced: TracedFunction, plain: Decision, args: list[Any],
+              timings: TimingCache | None = None) -> Baseline:
+    """The faster, on ``args``, of the original function (as the user's model runs: variables
+    read) and the frozen graph without compiled subgraphs (which serves when no candidate is
+    kept). Either can be the faster: freezing folds constants (ResNet50's batch norms: 20%
+    faster at batch 1), yet a frozen graph can also run slower than its original; a candidate
+    is kept only when it is not clearly slower than the faster one.
+    When TensorFlow's kernels cannot run the original, the frozen graph is the baseline."""
+    frozen = Baseline(_flat_call(plain.wrapped), plain.rewritten.graph_def, FROZEN)
+    if traced.reference_source != "tensorflow":
+        return frozen
+    original = traced.concrete.graph.as_graph_def()
+    store = store_for(timings, "baseline", [frozen.graph_def, original], args,
+                      [plain.wrapped.batch_mode])
+    timing = compare(frozen.call, traced.concrete, args, store=store)
+    if timing.speedup >= 1.0:
+        return frozen._replace(frozen_vs_original=timing)
+    return Baseline(traced.concrete, original, ORIGINAL, timing)
 
 
 def _choose(
@@ -283,7 +297,6 @@ def _choose(
     frozen: FrozenGraph,
     flags: Any,
     models: tuple[Decision, Decision],
-    baseline: Baseline,
     examples: list[np.ndarray],
     large: bool,
     timings: TimingCache | None = None,
@@ -294,32 +307,46 @@ def _choose(
     batch = "the larger batch" if large else "the example batch"
     kept = [r for r in compiled.results if r.status == "compiled" and _not_slower(r, large)]
     faster = [r for r in kept if _speedup(r, large) >= 1.0]
-    candidates = [("all compiled subgraphs", kept)]
+    candidates = [("all compiled subgraphs", kept)] if kept else []
     if faster and len(faster) < len(kept):
         candidates.append(("only the subgraphs faster alone", faster))
     args = [tf.constant(x) for x in examples]
     records: list[dict[str, Any]] = []
-    for label, chosen in candidates if kept else []:
+    baseline = _baseline(traced, plain, args, timings) if candidates else None
+    for label, chosen in candidates:
+        assert baseline is not None
         candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
         graphs = [candidate.rewritten.graph_def, baseline.graph_def]
         store = store_for(timings, "whole-model candidate", graphs, args,
                           [candidate.wrapped.batch_mode, baseline.label])
-        timing = compare(candidate.wrapped.model._serve, baseline.call, args, store=store)
-        verdict = "rejected" if timing.clearly_slower else "kept"
-        records.append(
-            {"candidate": label, "batch": _rows(traced, examples), "against": baseline.label,
-             **timing.as_dict(), "decision": verdict}
-        )
+        timing = compare(_flat_call(candidate.wrapped), baseline.call, args, store=store)
+        records.append({"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),
+                        "decision": "rejected" if timing.clearly_slower else "kept",
+                        **_against(baseline)})
         if not timing.clearly_slower:
             return candidate._replace(whole_model=tuple(records))
     reason = f"not kept at {batch}: " + (
         f"the whole model measured clearly slower with its subgraphs compiled "
-        f"({records[-1]['speedup']:.2f}x {baseline.label})"
+        f"({records[-1]['speedup']:.2f}x {records[-1]['against']})"
         if records
         else "measured clearly slower than plain TensorFlow there"
     )
     rejected = [_rejected(r, reason) if r.status == "compiled" else r for r in compiled.results]
     return Decision(rejected, plain.rewritten, plain.wrapped, tuple(records))
+
+
+def _flat_call(wrapped: Wrapped) -> Callable[..., Any]:
+    """The model's serving function as a concrete function on flat tensors, as the original
+    and a reloaded signature are called: the tf.function's own argument handling costs ~90 us a
+    call (a fifth of a 0.4 ms CNN), which would count against every candidate."""
+    return cast(Callable[..., Any], wrapped.model._serve.get_concrete_function())
+
+
+def _against(baseline: Baseline) -> dict[str, Any]:
+    """A whole-model record's account of its baseline: which, and how the two compared."""
+    timing = baseline.frozen_vs_original
+    return {"against": baseline.label,
+            "frozen_vs_original": None if timing is None else timing.as_dict()}
 
 
 def _not_slower(result: SubgraphResult, large: bool) -> bool:
