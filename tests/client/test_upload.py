@@ -119,3 +119,22 @@ def test_unusable_model_or_inputs_say_what_to_do(
     work.mkdir()
     with pytest.raises(kiln_client.InputError, match=message):
         prepare_upload(target, inputs, signature="serving_default", workdir=work)
+
+
+def test_python_strings_keep_their_trailing_nul_bytes(saved_model: Path, tmp_path: Path) -> None:
+    from kiln_client import example_inputs
+
+    records = [[b"ab\x00", b""], [b"\x00", b"c"]]
+    up = prepare_upload(saved_model, {"alpha": records, "zeta": ["é\x00", "x"]},
+                        signature="serving_default", workdir=tmp_path)
+    with np.load(up.example_inputs, allow_pickle=False) as npz:  # type: ignore[arg-type]
+        arrays = dict(npz)
+    inputs, lengths = example_inputs.split(arrays)
+    assert set(inputs) == {"alpha", "zeta"}
+    assert example_inputs.decode("alpha", inputs["alpha"], lengths["alpha"]).tolist() == records
+    assert example_inputs.decode("zeta", inputs["zeta"], lengths["zeta"]).tolist() == [
+        "é\x00".encode(), b"x"]
+    numbers = prepare_upload(saved_model, {"alpha": [1.5, 2.0], "zeta": np.array([b"a\x00"])},
+                             signature="serving_default", workdir=tmp_path)
+    with np.load(numbers.example_inputs, allow_pickle=False) as npz:  # type: ignore[arg-type]
+        assert sorted(npz.files) == ["alpha", "zeta"]  # no lengths: nothing to restore

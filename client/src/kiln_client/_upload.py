@@ -220,6 +220,8 @@ def _to_arrays(name: str, value: Any) -> dict[str, np.ndarray]:
         value = value.numpy()
     try:
         array = np.asarray(value)
+        if array.dtype.kind in "SU" and not isinstance(value, np.ndarray):
+            array = np.array(value, dtype=object)  # Python strings: NumPy's would drop NULs
     except (TypeError, ValueError) as exc:
         raise InputError(f"example input {name!r} is not array-like: {exc}") from exc
     try:
