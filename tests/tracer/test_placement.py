@@ -162,6 +162,15 @@ def test_the_baseline_is_the_faster_of_the_original_and_the_frozen_graph() -> No
     assert stand_in.call.name == frozen_call.get_concrete_function().name
     assert stand_in.frozen_vs_original is None
 
+    @tf.function
+    def only_at_batch_99(x: tf.Tensor) -> tf.Tensor:  # an original that fails on these inputs
+        tf.debugging.assert_equal(tf.shape(x)[0], 99, message="not batch 99")
+        return x
+
+    failing = only_at_batch_99.get_concrete_function(tf.TensorSpec([None, 3]))
+    fallback = passes._baseline(replace(traced, concrete=failing), plain, x)
+    assert fallback.label.startswith("the frozen graph") and fallback.frozen_vs_original is None
+
 
 def test_all_mode_compiles_every_supported_op_without_timing(rng: np.random.Generator) -> None:
     import tensorflow as tf

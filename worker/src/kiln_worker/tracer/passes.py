@@ -26,6 +26,7 @@ from kiln_worker.tracer.inputs import TracedFunction, trace_function
 from kiln_worker.tracer.measure import Measurement, compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
+from kiln_worker.tracer.reference import first_line
 from kiln_worker.tracer.rewrite import rewrite_graph
 from kiln_worker.tracer.timing_cache import TimingCache, store_for
 from kiln_worker.tracer.workdir import WorkdirDumper
@@ -279,14 +280,20 @@ def _baseline(traced: TracedFunction, plain: Decision, args: list[Any],
     kept). Either can be the faster: freezing folds constants (ResNet50's batch norms: 20%
     faster at batch 1), yet a frozen graph can also run slower than its original; a candidate
     is kept only when it is not clearly slower than the faster one.
-    When TensorFlow's kernels cannot run the original, the frozen graph is the baseline."""
+    When TensorFlow's kernels cannot run the original (or it fails on ``args``), the frozen
+    graph is the baseline."""
     frozen = Baseline(_flat_call(plain.wrapped), plain.rewritten.graph_def, FROZEN)
     if traced.reference_source != "tensorflow":
         return frozen
     original = traced.concrete.graph.as_graph_def()
     store = store_for(timings, "baseline", [frozen.graph_def, original], args,
                       [plain.wrapped.batch_mode])
-    timing = compare(frozen.call, traced.concrete, args, store=store)
+    try:
+        timing = compare(frozen.call, traced.concrete, args, store=store)
+    except Exception as e:  # e.g. an original fixed to its example batch, timed at 8x it
+        logger.info("measure: the original does not run here (%s); timed against the frozen "
+                    "graph", first_line(e))
+        return frozen
     if timing.speedup >= 1.0:
         return frozen._replace(frozen_vs_original=timing)
     return Baseline(traced.concrete, original, ORIGINAL, timing)
