@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from kiln_worker.tracer.graphs import (
 )
 from kiln_worker.tracer.inputs import TracedFunction, example_specs
 from kiln_worker.tracer.reference import call_with_xla_fallback
+from kiln_worker.tracer.serving_jit import compile_wrappers
 from kiln_worker.tracer.structure import Structure
 from kiln_worker.tracer.tolerance import compare_arrays
 
@@ -131,6 +133,13 @@ class TracedModel(tf_keras.Model):  # type: ignore[misc]
     def get_config(self) -> dict[str, Any]:
         """Traced models are rebuilt from their SavedModel, not from a config."""
         return {}
+
+    def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        """``tf_keras.Model.save``; a SavedModel written to a directory then gets its wrappers
+        of compiled calls compiled too (``serving_jit``: about 100 us less a call)."""
+        super().save(filepath, *args, **kwargs)
+        if isinstance(filepath, (str, os.PathLike)) and os.path.isdir(filepath):
+            compile_wrappers(os.fspath(filepath))
 
 
 def _runner(serving: ServingGraph) -> Any:
