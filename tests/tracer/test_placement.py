@@ -86,7 +86,7 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     import tensorflow as tf
 
     import kiln_worker
-    from kiln_worker.tracer.measure import MAX_ROUNDS, MIN_MARGIN, ROUNDS
+    from kiln_worker.tracer.measure import MAX_ROUNDS, MIN_MARGIN, ROUNDS, WHOLE_MODEL
 
     report = kiln_worker.trace(_seed_model(), tf.ones([1, 3]), placement="measured").report
     assert report["placement"]["mode"] == "measured"
@@ -104,6 +104,10 @@ def test_measured_placement_records_each_measurement_and_decision() -> None:
     for whole in (small_whole, large_whole):
         assert whole["candidate"] == "all compiled subgraphs"
         assert whole["decision"] in {"kept", "rejected"} and whole["compiled_ms"] > 0
+        # Timed and judged by the whole-model rule: more rounds, a closer margin.
+        assert WHOLE_MODEL.rounds <= whole["rounds"] <= WHOLE_MODEL.max_rounds
+        assert whole["margin"] == pytest.approx(
+            max(WHOLE_MODEL.min_margin, whole["uncertainty"]), abs=1e-4)
     split = report["placement"]["split_rows"]
     assert split is None or split == 2  # each choice serves the batch sizes nearer its own
 
@@ -256,10 +260,42 @@ class _Sleeper:
 
 @pytest.mark.parametrize(("compiled_ms", "slower"), [(2.0, False), (6.0, True), (4.0, False)])
 def test_compare_runs_more_rounds_only_while_undecided(compiled_ms: float, slower: bool) -> None:
-    from kiln_worker.tracer.measure import MAX_ROUNDS, ROUNDS, compare
+    from kiln_worker.tracer.measure import MAX_ROUNDS, ROUNDS, Rule, compare
 
-    m = compare(_Sleeper(compiled_ms / 1e3), _Sleeper(0.004), [], block_seconds=0.004)
+    m = compare(_Sleeper(compiled_ms / 1e3), _Sleeper(0.004), [], Rule(block_seconds=0.004))
     rounds = len(m.compiled_seconds)
     assert ROUNDS <= rounds <= MAX_ROUNDS and (rounds - ROUNDS) % 2 == 0
     assert m.clearly_slower is slower  # 2x faster and as fast are kept, 1.5x slower is not
     assert not m.undecided or rounds == MAX_ROUNDS  # it stopped because it was decided
+
+
+def test_a_whole_model_is_judged_closer_than_a_subgraph() -> None:
+    """3.5% slower every round: within a subgraph's 5% margin (kept), beyond a whole model's
+    2% (rejected: what a whole-model choice keeps is what serves)."""
+    from kiln_worker.tracer.measure import SUBGRAPH, WHOLE_MODEL, Measurement
+
+    rounds = WHOLE_MODEL.rounds
+    compiled, plain = (1.035,) * rounds, (1.0,) * rounds
+    assert not Measurement(compiled, plain, 1, SUBGRAPH.min_margin).clearly_slower
+    assert Measurement(compiled, plain, 1, WHOLE_MODEL.min_margin).clearly_slower
+
+
+def test_compare_warms_both_sides_up_for_the_rule_s_time() -> None:
+    from kiln_worker.tracer.measure import Rule, compare
+
+    calls = {"compiled": 0, "plain": 0}
+
+    def counting(side: str) -> Any:
+        def call() -> None:
+            calls[side] += 1
+            time.sleep(0.002)
+        return call
+
+    rule = Rule(rounds=3, max_rounds=3, block_seconds=0.002, warm_seconds=0.05)
+    m = compare(counting("compiled"), counting("plain"), [], rule)
+    timed = len(m.compiled_seconds) * m.calls_per_round
+    # 2 first calls, then calls of 2 ms for 50 ms (up to 25; fewer when sleeps run long), 3 to
+    # calibrate the plain side, one untimed call per block (3): without the warm-up, at most
+    # 8 calls beyond the timed ones.
+    assert calls["compiled"] >= 2 + 12 + timed
+    assert calls["plain"] >= 2 + 12 + 3 + timed

@@ -106,7 +106,9 @@ def test_key_differs_with_shape_dtype_label_machine_and_rule(
         _key(graph, [np.zeros((2, 4), np.float32)], label="whole-model candidate"),
         _key(graph, [np.zeros((2, 4), np.float32)], cpu="another"),
     ]
-    monkeypatch.setattr(measure, "MIN_MARGIN", 0.1)
+    monkeypatch.setattr(measure, "WHOLE_MODEL", measure.Rule(min_margin=0.1))
+    others.append(_key(graph, [np.zeros((2, 4), np.float32)]))
+    monkeypatch.setattr(measure, "SUBGRAPH", measure.Rule(rounds=9))
     others.append(_key(graph, [np.zeros((2, 4), np.float32)]))
     assert len({base, *others}) == 1 + len(others)
 

@@ -44,6 +44,34 @@ MIN_MARGIN = 0.05
 WARM_CALLS = 1
 
 
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one kind of comparison is timed and judged."""
+
+    rounds: int = ROUNDS
+    max_rounds: int = MAX_ROUNDS
+    #: The smallest slowdown counted as "clearly slower".
+    min_margin: float = MIN_MARGIN
+    block_seconds: float = BLOCK_SECONDS
+    #: Untimed calls of each side, in turns, before the rounds, for at least this long each.
+    warm_seconds: float = 0.0
+
+
+#: A subgraph alone: many per model, each cheap to time; kept unless clearly slower (5%).
+SUBGRAPH = Rule()
+#: A whole model (a candidate, the baseline it is judged against, the switch by batch size):
+#: what these choose is what serves, and their choices are near ties more often (an NCHW CNN
+#: or MobileNetV2 at batch 8, compiled or not, within 10%). Timed longer and judged closer:
+#: 11 rounds of 20 ms blocks after 0.1 s of untimed calls (a oneDNN graph called for the first
+#: time at a new batch size ran 1.3-1.5 ms a call for about 40 calls, then 0.95 ms), clearly
+#: slower beyond 2%. With 5% and 7 rounds of 5 ms, MobileNetV2's subgraphs were kept at batch 8
+#: as 2.5% slower than its frozen graph, and served 5-13% slower.
+WHOLE_MODEL = Rule(rounds=11, max_rounds=31, min_margin=0.02, block_seconds=0.02,
+                   warm_seconds=0.1)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Interleaved timings of a compiled and a plain version (seconds per call, per round)."""
@@ -51,6 +79,8 @@ class Measurement:
     compiled_seconds: tuple[float, ...]
     plain_seconds: tuple[float, ...]
     calls_per_round: int
+    #: The smallest slowdown that counts as clearly slower (the rule it was timed by).
+    min_margin: float = MIN_MARGIN
     #: When it was timed, if it came from the timing cache (``timing_cache``) rather than being
     #: timed now; not part of the timing, so equal measurements compare equal either way.
     cached_at: str | None = field(default=None, compare=False)
@@ -83,7 +113,7 @@ class Measurement:
     @property
     def margin(self) -> float:
         """How much slower the compiled version must be to count as clearly slower."""
-        return max(MIN_MARGIN, self.uncertainty)
+        return max(self.min_margin, self.uncertainty)
 
     @property
     def clearly_slower(self) -> bool:
@@ -139,12 +169,11 @@ def compare(
     compiled: Callable[..., Any],
     plain: Callable[..., Any],
     args: list[Any],
-    rounds: int = ROUNDS,
-    block_seconds: float = BLOCK_SECONDS,
+    rule: Rule = SUBGRAPH,
     store: TimingStore | None = None,
 ) -> Measurement:
-    """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up);
-    an undecided comparison gets two more rounds at a time, up to ``MAX_ROUNDS``.
+    """Time ``compiled`` against ``plain`` on ``args`` in interleaved rounds (both warmed up)
+    by ``rule``; an undecided comparison gets two more rounds at a time, up to its maximum.
 
     With ``store``, a measurement found there is returned and nothing is timed, so a model
     traced again places as it did; a new measurement is saved there. Both sides are warmed up
@@ -158,23 +187,34 @@ def compare(
     if known is not None:
         logger.debug("measure: from the timing cache: %s", known.as_dict())
         return known
-    result = _timed(compiled, plain, args, rounds, block_seconds)
+    _warm(compiled, plain, args, rule.warm_seconds)
+    result = _timed(compiled, plain, args, rule)
     if store is not None:
         store.save(result)
     return result
+
+
+def _warm(compiled: Callable[..., Any], plain: Callable[..., Any], args: list[Any],
+          seconds: float) -> None:
+    """Call each side in turns until each has run for ``seconds``."""
+    spent = [0.0, 0.0]
+    while min(spent) < seconds:
+        for side, fn in enumerate((compiled, plain)):
+            start = time.perf_counter()
+            fn(*args)
+            spent[side] += time.perf_counter() - start
 
 
 def _timed(
     compiled: Callable[..., Any],
     plain: Callable[..., Any],
     args: list[Any],
-    rounds: int,
-    block_seconds: float,
+    rule: Rule,
 ) -> Measurement:
     """The interleaved rounds themselves: calibrate the calls per block on ``plain``, then time
     ``rounds`` rounds and extend an undecided result (see the module docstring)."""
     one_call = max(min(_block(plain, args, 1) for _ in range(3)), 1e-6)
-    calls = int(min(50, max(1, block_seconds / one_call)))
+    calls = int(min(50, max(1, rule.block_seconds / one_call)))
     compiled_times: list[float] = []
     plain_times: list[float] = []
 
@@ -186,10 +226,10 @@ def _timed(
             else:
                 compiled_times.append(_block(compiled, args, calls))
                 plain_times.append(_block(plain, args, calls))
-        return Measurement(tuple(compiled_times), tuple(plain_times), calls)
+        return Measurement(tuple(compiled_times), tuple(plain_times), calls, rule.min_margin)
 
-    result = run_rounds(rounds)
-    while result.undecided and len(compiled_times) < max(rounds, MAX_ROUNDS):
+    result = run_rounds(rule.rounds)
+    while result.undecided and len(compiled_times) < max(rule.rounds, rule.max_rounds):
         result = run_rounds(2)
     logger.debug("measure: %s", result.as_dict())
     return result

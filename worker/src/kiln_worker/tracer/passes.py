@@ -23,7 +23,7 @@ from kiln_worker.tracer.batching import batch_rows, repeat_batch
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions, run_graph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
-from kiln_worker.tracer.measure import Measurement, compare
+from kiln_worker.tracer.measure import WHOLE_MODEL, Measurement, compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
 from kiln_worker.tracer.reference import first_line
@@ -232,7 +232,8 @@ def _switch_record(
     args = [tf.constant(x) for x in traced.examples]
     graphs = [small.rewritten.graph_def, large.rewritten.graph_def]
     store = store_for(timings, "switch", graphs, args, [f"split at {split} rows"])
-    timing = compare(_flat_call(dispatch), _flat_call(large.wrapped), args, store=store)
+    timing = compare(_flat_call(dispatch), _flat_call(large.wrapped), args, rule=WHOLE_MODEL,
+                     store=store)
     return {"candidate": "switching graphs by batch size (against the larger batch's choice "
             "at every batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
             "decision": "rejected" if timing.clearly_slower else "kept"}
@@ -289,7 +290,7 @@ def _baseline(traced: TracedFunction, plain: Decision, args: list[Any],
     store = store_for(timings, "baseline", [frozen.graph_def, original], args,
                       [plain.wrapped.batch_mode])
     try:
-        timing = compare(frozen.call, traced.concrete, args, store=store)
+        timing = compare(frozen.call, traced.concrete, args, rule=WHOLE_MODEL, store=store)
     except Exception as e:  # e.g. an original fixed to its example batch, timed at 8x it
         logger.info("measure: the original does not run here (%s); timed against the frozen "
                     "graph", first_line(e))
@@ -326,7 +327,8 @@ def _choose(
         graphs = [candidate.rewritten.graph_def, baseline.graph_def]
         store = store_for(timings, "whole-model candidate", graphs, args,
                           [candidate.wrapped.batch_mode, baseline.label])
-        timing = compare(_flat_call(candidate.wrapped), baseline.call, args, store=store)
+        timing = compare(_flat_call(candidate.wrapped), baseline.call, args, rule=WHOLE_MODEL,
+                         store=store)
         records.append({"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),
                         "decision": "rejected" if timing.clearly_slower else "kept",
                         **_against(baseline)})

@@ -43,7 +43,7 @@ DISABLED = ("off", "0", "none", "")
 #: Environment variables that change how fast either side of a comparison runs.
 SPEED_VARIABLES = ("OMP_NUM_THREADS", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS")
 #: The entry format: a change makes every older entry a miss.
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_directory(environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -68,8 +68,7 @@ def timing_key(fingerprint: Mapping[str, Any], backend: str, label: str,
                graph_defs: Sequence[Any], args: Sequence[Any], details: Sequence[str] = ()) -> str:
     """The sha256 (hex) naming one comparison's entry: what it runs, on what, by what rule;
     ``details`` tell two comparisons of the same graphs apart (boundary tensors, batch mode)."""
-    rules = [measure.ROUNDS, measure.MAX_ROUNDS, measure.MIN_MARGIN, measure.BLOCK_SECONDS,
-             measure.WARM_CALLS]
+    rules = [measure.SUBGRAPH, measure.WHOLE_MODEL, measure.WARM_CALLS]
     header = {"format": FORMAT, "machine": dict(fingerprint), "backend": backend, "label": label,
               "details": list(details), "args": [_spec(a) for a in args], "rules": rules}
     digest = hashlib.sha256()
@@ -139,6 +138,7 @@ class CacheEntry:
                  "compiled_seconds": list(measurement.compiled_seconds),
                  "plain_seconds": list(measurement.plain_seconds),
                  "calls_per_round": measurement.calls_per_round,
+                 "min_margin": measurement.min_margin,
                  "tf_ops": tf_ops.uid() - self.counter_at_miss + 1,
                  "timed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
@@ -172,12 +172,13 @@ def _measurement(entry: dict[str, Any], key: str) -> tuple[Measurement, int]:
     compiled = tuple(float(s) for s in entry["compiled_seconds"])
     plain = tuple(float(s) for s in entry["plain_seconds"])
     calls, timed_at, ops = entry["calls_per_round"], entry["timed_at"], entry["tf_ops"]
+    margin = float(entry["min_margin"])
     finite = all(math.isfinite(s) and s >= 0 for s in compiled + plain)
     counts = all(isinstance(n, int) and 1 <= n <= 10**7 for n in (calls, ops))
     if not (compiled and len(compiled) == len(plain) and finite and counts
-            and isinstance(timed_at, str)):
+            and isinstance(timed_at, str) and 0 <= margin < 1):
         raise ValueError("not a measurement")
-    return Measurement(compiled, plain, calls, cached_at=timed_at), ops
+    return Measurement(compiled, plain, calls, margin, cached_at=timed_at), ops
 
 
 def _write_atomically(path: Path, text: str) -> None:
