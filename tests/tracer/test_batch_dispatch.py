@@ -22,7 +22,7 @@ def _decide(rng: np.random.Generator, switch_pays: bool) -> tuple[Any, Any]:
     candidate twice as fast, but switching graphs by batch size twice as slow as the larger
     batch's choice at the example batch unless ``switch_pays``."""
     from kiln_client.flags import parse_flags
-    from kiln_worker.tracer import passes
+    from kiln_worker.tracer import baseline, passes
     from kiln_worker.tracer.backends.xla import XlaBackend
     from kiln_worker.tracer.measure import Measurement
     from kiln_worker.tracer.workdir import WorkdirDumper
@@ -52,6 +52,7 @@ def _decide(rng: np.random.Generator, switch_pays: bool) -> tuple[Any, Any]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(passes, "compare", timing)
+        patch.setattr(baseline, "compare", timing)
         decision = passes.measure_model(traced, frozen, flags, compiled, larger)
     return model, decision
 

@@ -142,6 +142,7 @@ def test_the_baseline_is_the_faster_of_the_original_and_the_frozen_graph() -> No
     import tensorflow as tf
 
     from kiln_client.flags import parse_flags
+    from kiln_worker.tracer import baseline as baselines
     from kiln_worker.tracer import passes
     from kiln_worker.tracer.measure import Measurement
     from kiln_worker.tracer.workdir import WorkdirDumper
@@ -150,19 +151,20 @@ def test_the_baseline_is_the_faster_of_the_original_and_the_frozen_graph() -> No
     traced = passes.trace_inputs(_seed_model(), np.ones((2, 3), np.float32), dump)
     plain = passes._plain(traced, passes.freeze_graph(traced, flags, dump), flags)
     x = [tf.ones([2, 3])]
+    frozen_model = (plain.wrapped, plain.rewritten.graph_def)
     frozen_call = plain.wrapped.model._serve
     np.testing.assert_allclose(traced.concrete(*x)[0], frozen_call(*x)[0], rtol=1e-6)
     for frozen_seconds, label in [(2.0, "the original"), (1.0, "the frozen graph")]:
         timed = Measurement((frozen_seconds,) * 7, (1.5,) * 7, 1)  # frozen graph, original
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(passes, "compare", lambda *_, t=timed, **__: t)
-            baseline = passes._baseline(traced, plain, x)
+            patch.setattr(baselines, "compare", lambda *_, t=timed, **__: t)
+            baseline = baselines.baseline_for(traced, *frozen_model, x)
         assert baseline.label.startswith(label) and baseline.frozen_vs_original == timed
         expected = traced.concrete if label == "the original" else frozen_call.get_concrete_function()
         assert baseline.call.name == expected.name  # a concrete function, as the original is
         if label == "the original":  # not frozen: the user's variables are read
             assert "ReadVariableOp" in {n.op for n in baseline.graph_def.node}
-    stand_in = passes._baseline(replace(traced, reference_source="xla"), plain, x)
+    stand_in = baselines.baseline_for(replace(traced, reference_source="xla"), *frozen_model, x)
     assert stand_in.call.name == frozen_call.get_concrete_function().name
     assert stand_in.frozen_vs_original is None
 
@@ -172,7 +174,7 @@ def test_the_baseline_is_the_faster_of_the_original_and_the_frozen_graph() -> No
         return x
 
     failing = only_at_batch_99.get_concrete_function(tf.TensorSpec([None, 3]))
-    fallback = passes._baseline(replace(traced, concrete=failing), plain, x)
+    fallback = baselines.baseline_for(replace(traced, concrete=failing), *frozen_model, x)
     assert fallback.label.startswith("the frozen graph") and fallback.frozen_vs_original is None
 
 

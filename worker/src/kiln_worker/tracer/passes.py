@@ -13,20 +13,20 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from kiln_worker.tracer import freeze as freezing
+from kiln_worker.tracer.baseline import against, baseline_for, flat_call
 from kiln_worker.tracer.batching import batch_rows, repeat_batch
 from kiln_worker.tracer.compile import SubgraphResult, compile_partitions, run_graph
 from kiln_worker.tracer.freeze import FrozenGraph
 from kiln_worker.tracer.inputs import TracedFunction, trace_function
-from kiln_worker.tracer.measure import WHOLE_MODEL, Measurement, compare
+from kiln_worker.tracer.measure import WHOLE_MODEL, compare
 from kiln_worker.tracer.partition import Partitioning, partition_graph
 from kiln_worker.tracer.placement import Placement, node_policy, place
-from kiln_worker.tracer.reference import first_line
 from kiln_worker.tracer.rewrite import rewrite_graph
 from kiln_worker.tracer.timing_cache import TimingCache, store_for
 from kiln_worker.tracer.workdir import WorkdirDumper
@@ -162,8 +162,8 @@ def measure_model(
 ) -> Decision:
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
-    slower with them than the faster of the original and the frozen graph (:func:`_baseline`);
-    then try only the subgraphs that were faster alone; then none. When the two batch sizes
+    slower with them than the faster of the original and the frozen graph
+    (:func:`baseline.baseline_for`); then try only the subgraphs that were faster alone; then none. When the two batch sizes
     choose differently, the model runs each choice at the batch sizes nearer its own (split at
     their geometric mean), if that pays for itself.
 
@@ -232,7 +232,7 @@ def _switch_record(
     args = [tf.constant(x) for x in traced.examples]
     graphs = [small.rewritten.graph_def, large.rewritten.graph_def]
     store = store_for(timings, "switch", graphs, args, [f"split at {split} rows"])
-    timing = compare(_flat_call(dispatch), _flat_call(large.wrapped), args, rule=WHOLE_MODEL,
+    timing = compare(flat_call(dispatch), flat_call(large.wrapped), args, rule=WHOLE_MODEL,
                      store=store)
     return {"candidate": "switching graphs by batch size (against the larger batch's choice "
             "at every batch size)", "batch": _rows(traced, traced.examples), **timing.as_dict(),
@@ -259,47 +259,6 @@ def _plain(traced: TracedFunction, frozen: FrozenGraph, flags: Any) -> Decision:
     return Decision([], plain_rewritten, wrap(traced, frozen, plain_rewritten, flags))
 
 
-#: What the report calls the two versions a whole-model candidate can be timed against.
-ORIGINAL, FROZEN = "the original", "the frozen graph without compiled subgraphs"
-
-
-class Baseline(NamedTuple):
-    """What a whole-model candidate is timed against: a callable on the flat inputs, its graph
-    (for the timing cache's key), what the report calls it and, when both could run, the
-    frozen graph's timing against the original that chose it."""
-
-    call: Callable[..., Any]
-    graph_def: Any
-    label: str
-    frozen_vs_original: Measurement | None = None
-
-
-def _baseline(traced: TracedFunction, plain: Decision, args: list[Any],
-              timings: TimingCache | None = None) -> Baseline:
-    """The faster, on ``args``, of the original function (as the user's model runs: variables
-    read) and the frozen graph without compiled subgraphs (which serves when no candidate is
-    kept). Either can be the faster: freezing folds constants (ResNet50's batch norms: 20%
-    faster at batch 1), yet a frozen graph can also run slower than its original; a candidate
-    is kept only when it is not clearly slower than the faster one.
-    When TensorFlow's kernels cannot run the original (or it fails on ``args``), the frozen
-    graph is the baseline."""
-    frozen = Baseline(_flat_call(plain.wrapped), plain.rewritten.graph_def, FROZEN)
-    if traced.reference_source != "tensorflow":
-        return frozen
-    original = traced.concrete.graph.as_graph_def()
-    store = store_for(timings, "baseline", [frozen.graph_def, original], args,
-                      [plain.wrapped.batch_mode])
-    try:
-        timing = compare(frozen.call, traced.concrete, args, rule=WHOLE_MODEL, store=store)
-    except Exception as e:  # e.g. an original fixed to its example batch, timed at 8x it
-        logger.info("measure: the original does not run here (%s); timed against the frozen "
-                    "graph", first_line(e))
-        return frozen
-    if timing.speedup >= 1.0:
-        return frozen._replace(frozen_vs_original=timing)
-    return Baseline(traced.concrete, original, ORIGINAL, timing)
-
-
 def _choose(
     traced: TracedFunction,
     frozen: FrozenGraph,
@@ -320,18 +279,19 @@ def _choose(
         candidates.append(("only the subgraphs faster alone", faster))
     args = [tf.constant(x) for x in examples]
     records: list[dict[str, Any]] = []
-    baseline = _baseline(traced, plain, args, timings) if candidates else None
+    baseline = (baseline_for(traced, plain.wrapped, plain.rewritten.graph_def, args, timings)
+                if candidates else None)
     for label, chosen in candidates:
         assert baseline is not None
         candidate = _with_only(traced, frozen, flags, compiled, chosen, large)
         graphs = [candidate.rewritten.graph_def, baseline.graph_def]
         store = store_for(timings, "whole-model candidate", graphs, args,
                           [candidate.wrapped.batch_mode, baseline.label])
-        timing = compare(_flat_call(candidate.wrapped), baseline.call, args, rule=WHOLE_MODEL,
+        timing = compare(flat_call(candidate.wrapped), baseline.call, args, rule=WHOLE_MODEL,
                          store=store)
         records.append({"candidate": label, "batch": _rows(traced, examples), **timing.as_dict(),
                         "decision": "rejected" if timing.clearly_slower else "kept",
-                        **_against(baseline)})
+                        **against(baseline)})
         if not timing.clearly_slower:
             return candidate._replace(whole_model=tuple(records))
     reason = f"not kept at {batch}: " + (
@@ -342,20 +302,6 @@ def _choose(
     )
     rejected = [_rejected(r, reason) if r.status == "compiled" else r for r in compiled.results]
     return Decision(rejected, plain.rewritten, plain.wrapped, tuple(records))
-
-
-def _flat_call(wrapped: Wrapped) -> Callable[..., Any]:
-    """The model's serving function as a concrete function on flat tensors, as the original
-    and a reloaded signature are called: the tf.function's own argument handling costs ~90 us a
-    call (a fifth of a 0.4 ms CNN), which would count against every candidate."""
-    return cast(Callable[..., Any], wrapped.model._serve.get_concrete_function())
-
-
-def _against(baseline: Baseline) -> dict[str, Any]:
-    """A whole-model record's account of its baseline: which, and how the two compared."""
-    timing = baseline.frozen_vs_original
-    return {"against": baseline.label,
-            "frozen_vs_original": None if timing is None else timing.as_dict()}
 
 
 def _not_slower(result: SubgraphResult, large: bool) -> bool:
