@@ -44,8 +44,6 @@ MIN_MARGIN = 0.05
 WARM_CALLS = 1
 
 
-
-
 @dataclass(frozen=True)
 class Rule:
     """How one kind of comparison is timed and judged."""

@@ -163,9 +163,9 @@ def measure_model(
     """``placement="measured"``: at the example batch, and at the larger batch when given and
     the model takes any batch, keep the compiled subgraphs unless the whole model is clearly
     slower with them than the faster of the original and the frozen graph
-    (:func:`baseline.baseline_for`); then try only the subgraphs that were faster alone; then none. When the two batch sizes
-    choose differently, the model runs each choice at the batch sizes nearer its own (split at
-    their geometric mean), if that pays for itself.
+    (:func:`baseline.baseline_for`); then try only the subgraphs that were faster alone; then
+    none. When the two batch sizes choose differently, the model runs each choice at the batch
+    sizes nearer its own (split at their geometric mean), if that pays for itself.
 
     Each subgraph passed on its own, but every call has a fixed cost; many small calls (e.g.
     between depthwise convolutions) can add up to a slower model than the frozen graph.

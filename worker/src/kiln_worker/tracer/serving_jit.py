@@ -21,6 +21,7 @@ TensorFlow Serving needs ``--xla_cpu_compilation_enabled=true`` either way (docs
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def wrappers_to_compile(functions: dict[str, Any]) -> list[str]:
                   if XLA_MUST_COMPILE not in f.attr and compiled(n))
 
 
-def _compiled(function: Any, compiled: Any) -> bool:
+def _compiled(function: Any, compiled: Callable[[str], bool]) -> bool:
     if function is None:
         return False
     if XLA_MUST_COMPILE in function.attr:
